@@ -1,0 +1,142 @@
+"""Checkpoints: one folder with ``config.json`` and ``model.safetensors``. Nothing is ever unpickled.
+
+A checkpoint stores only what differs from its backbone: the method's heads (and planners,
+halting units), plus either nothing of the encoder (``base``), its LoRA adapters (``lora``,
+a few MB) or all its weights (``full``, rebuilt from the BERT config kept in config.json).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertModel
+
+from core.backbone import Encoder, load_bert, load_tokenizer
+from core.errors import UserError
+from core.methods import METHODS
+from core.model import AdaptiveModel, ModelConfig
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# the linear layers inside the transformer layers (not the pooler, which the heads replace)
+LORA_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+
+
+def add_lora(encoder: Encoder, rank: int = 16, alpha: int = 32, dropout: float = 0.05) -> dict:
+    """Put LoRA adapters on the encoder's layers (their base weights frozen); return the settings to save."""
+    settings = {"rank": rank, "alpha": alpha, "dropout": dropout}
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS)
+    inject_adapter_in_model(config, encoder.bert)
+    return settings
+
+
+def merge_lora(encoder: Encoder) -> None:
+    """Fold adapters into the base weights so inference pays nothing for them."""
+    for module in encoder.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+
+
+def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    weights = {f"method.{name}": value for name, value in model.method.state_dict().items()}
+    bert = model.encoder.bert
+    if config.encoder_weights == "lora":
+        weights.update({f"encoder.{name}": value for name, value in get_peft_model_state_dict(bert).items()})
+    elif config.encoder_weights == "full":
+        weights.update({f"encoder.{name}": value for name, value in bert.state_dict().items()})
+        config.backbone_config = bert.config.to_dict()
+    config.method_hyperparameters = model.method.hyperparameters()
+    save_file({name: value.detach().contiguous().clone() for name, value in weights.items()}, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return folder
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not Path(folder).is_dir():
+        raise UserError(f"checkpoint folder {folder} does not exist: pass a folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    if not path.is_file():
+        raise UserError(f"{path} is missing: a checkpoint folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged (not valid JSON: {error}); re-create the checkpoint") from error
+    known = {field.name for field in fields(ModelConfig)}
+    if not isinstance(data, dict) or not {"method", "task", "labels", "pair"} <= data.keys():
+        raise UserError(f"{path} is not a checkpoint config: it needs at least the keys method, task, labels and pair")
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"{path} has unknown keys {sorted(unknown)}; was it written by a newer version?")
+    config = ModelConfig(**data)
+    if config.method not in METHODS:
+        raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
+    if config.encoder_weights not in ("base", "lora", "full"):
+        raise UserError(f"{path}: encoder_weights must be base, lora or full, not {config.encoder_weights!r}")
+    return config
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: a checkpoint folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path} is damaged ({error}); re-download or re-create the checkpoint") from error
+
+
+def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> AdaptiveModel:
+    """Load a checkpoint folder. ``merge_adapters=False`` keeps LoRA separate (to go on training)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    weights_path = folder / WEIGHTS_FILE
+    weights = _read_weights(weights_path)
+    method_weights = {name[len("method."):]: value for name, value in weights.items() if name.startswith("method.")}
+    encoder_weights = {name[len("encoder."):]: value for name, value in weights.items() if name.startswith("encoder.")}
+
+    if config.encoder_weights == "full":
+        if not config.backbone_config:
+            raise UserError(f"{folder / CONFIG_FILE}: a full-weights checkpoint needs backbone_config")
+        bert = BertModel(BertConfig(**config.backbone_config))
+    else:
+        bert = load_bert(config.backbone)
+    encoder = Encoder(bert)
+    labels = config.labels
+    num_outputs = 1 if labels is None else len(labels)
+    method = METHODS[config.method](encoder.hidden_size, encoder.num_layers, num_outputs, **config.method_hyperparameters)
+
+    try:
+        if config.encoder_weights == "lora":
+            add_lora(encoder, **(config.lora or {}))
+            result = set_peft_model_state_dict(bert, encoder_weights)
+            missing = [name for name in result.missing_keys if "lora_" in name]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"adapter weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        elif config.encoder_weights == "full":
+            bert.load_state_dict(encoder_weights, strict=True)
+        method.load_state_dict(method_weights, strict=True)
+    except RuntimeError as error:
+        raise UserError(
+            f"{weights_path} does not fit its config ({config.method}, {config.task}, backbone {config.backbone}): {str(error).splitlines()[0]}"
+        ) from error
+
+    if merge_adapters:
+        merge_lora(encoder)
+    tokenizer_source = str(folder) if (folder / "tokenizer_config.json").is_file() else config.backbone
+    model = AdaptiveModel(encoder, method, load_tokenizer(tokenizer_source), config, source=str(folder))
+    return model.eval()
+
+
+def shipped_checkpoint(task: str, method: str) -> Path | None:
+    """The trained checkpoint shipped in ``assets/checkpoints/<task>/<method>``, if there is one."""
+    folder = SHIPPED_DIR / task.replace("-", "").lower() / method
+    return folder if (folder / CONFIG_FILE).is_file() else None

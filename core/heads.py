@@ -1,0 +1,36 @@
+"""Output heads shared by all methods: BERT's pooler + classifier, and the task loss."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class PooledHead(nn.Module):
+    """BERT's sequence head: dense + tanh on the [CLS] state (the pooler), dropout, then a linear layer.
+
+    DeeBERT's off-ramps, DACT's per-layer classifiers and the final head of every method are all this.
+    """
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float = 0.1):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(torch.tanh(self.dense(cls))))
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for classification, mean squared error for regression (one output)."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.float(), reduction=reduction)
+    return F.cross_entropy(logits, labels.long(), reduction=reduction)
+
+
+def head_output(logits: torch.Tensor) -> torch.Tensor:
+    """What a head answers: class probabilities, or the score itself for regression."""
+    if logits.shape[-1] == 1:
+        return logits.squeeze(-1)
+    return logits.softmax(-1)

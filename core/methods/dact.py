@@ -1,0 +1,99 @@
+"""DACT-BERT (Eyzaguirre et al., 2021): differentiable adaptive computation time on BERT.
+
+After layer n a classifier gives class probabilities y_n and a halting unit gives
+h_n = sigmoid(w_n . cls + b_n). With p_0 = 1 and a_0 = 0 the answer accumulates as
+a_n = y_n * p_{n-1} + a_{n-1} * (1 - p_{n-1}) and p_n = p_{n-1} * h_n. Since p can only shrink,
+in the d = L - n layers still to come the top class c* keeps at least a_n[c*] * (1 - p_n)^d and
+any other class gains at most p_n * d, so once
+    a_n[c*] * (1 - p_n)^d >= a_n[runner-up] + p_n * d
+the final answer's class is decided and the model halts with a_n.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.backbone import Encoder
+from core.errors import UserError
+from core.heads import PooledHead
+from core.methods.base import Method, Report, RunSettings, State, TrainBatch, run_all_layers
+
+
+def accumulate(answer: torch.Tensor, remaining: torch.Tensor, probs: torch.Tensor, halting: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DACT step: (a_{n-1}, p_{n-1}, y_n, h_n) -> (a_n, p_n)."""
+    weight = remaining.unsqueeze(-1)
+    return probs * weight + answer * (1 - weight), remaining * halting
+
+
+def halting_bounds(answer: torch.Tensor, remaining: torch.Tensor, layers_left: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower bound of the top class and upper bound of the runner-up after ``layers_left`` more layers."""
+    top_two = answer.topk(2, dim=-1).values
+    lower = top_two[:, 0] * (1 - remaining) ** layers_left
+    upper = top_two[:, 1] + remaining * layers_left
+    return lower, upper
+
+
+class DACT(Method):
+    name = "dact"
+    supports_regression = False
+
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float = 0.1, halting_bias: float = 1.0):
+        if num_outputs < 2:
+            raise UserError("DACT-BERT halts when the top class can no longer change, so it needs a classification task, not regression")
+        super().__init__(hidden_size, num_layers, num_outputs, dropout)
+        self.halting_bias = halting_bias
+        self.classifiers = nn.ModuleList(self.new_head() for _ in range(num_layers))
+        self.halting = nn.ModuleList(nn.Linear(hidden_size, 1) for _ in range(num_layers))
+        with torch.no_grad():
+            for unit in self.halting:
+                unit.bias.fill_(halting_bias)
+
+    def hyperparameters(self) -> dict:
+        return {"halting_bias": self.halting_bias}
+
+    def start_from_full(self, full_head: PooledHead) -> None:
+        for classifier in self.classifiers:
+            classifier.load_state_dict(full_head.state_dict())
+
+    def halting_probability(self, layer: int, cls: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.halting[layer](cls)).squeeze(-1)
+
+    def begin(self, batch_size: int, device: torch.device) -> State:
+        return {
+            "answer": torch.zeros(batch_size, self.num_outputs, device=device),
+            "remaining": torch.ones(batch_size, device=device),
+        }
+
+    def after_layer(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        logits = self.classifiers[layer](cls)
+        halting = self.halting_probability(layer, cls)
+        state["answer"], state["remaining"] = accumulate(state["answer"], state["remaining"], logits.softmax(-1), halting)
+        layers_left = self.num_layers - layer - 1
+        lower, upper = halting_bounds(state["answer"], state["remaining"], layers_left)
+        stop = (lower >= upper) if settings.early_exit and layers_left > 0 else None
+        report = {
+            "prediction": logits.argmax(-1),
+            "halting_prob": halting,
+            "accumulated": state["answer"],
+            "top_lower_bound": lower,
+            "runner_up_upper_bound": upper,
+        }
+        return stop, report
+
+    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
+        return state["answer"]
+
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, tau: float = 0.0, **options) -> tuple[torch.Tensor, dict[str, float]]:
+        """Negative log-likelihood of the accumulated answer a_L plus tau * sum of the halting values."""
+        cls_states = run_all_layers(encoder, batch)
+        answer = torch.zeros(len(batch.labels), self.num_outputs, device=batch.labels.device)
+        remaining = torch.ones(len(batch.labels), device=batch.labels.device)
+        halting_sum = torch.zeros_like(remaining)
+        for layer, cls in enumerate(cls_states):
+            halting = self.halting_probability(layer, cls)
+            answer, remaining = accumulate(answer, remaining, self.classifiers[layer](cls).softmax(-1), halting)
+            halting_sum = halting_sum + halting
+        nll = -answer.gather(1, batch.labels.long().unsqueeze(1)).squeeze(1).clamp_min(1e-12).log().mean()
+        ponder = halting_sum.mean()
+        loss = nll + tau * ponder
+        return loss, {"loss": loss.item(), "nll": nll.item(), "sum_h": ponder.item()}

@@ -1,0 +1,210 @@
+"""An adaptive model: tokenizer + encoder + one method, with input checks and trace building."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
+from core.engine import BatchResult, run_batch
+from core.errors import UserError
+from core.methods import METHODS, Method, RunSettings
+from core.tasks import get_task
+from core.trace import LayerStep, Trace
+
+
+@dataclass
+class ModelConfig:
+    """What ``config.json`` of a checkpoint holds."""
+
+    method: str
+    task: str
+    labels: list[str] | None  # None: regression
+    pair: bool
+    backbone: str = DEFAULT_BACKBONE
+    encoder_weights: str = "base"  # base (the backbone as published) | lora | full
+    lora: dict | None = None  # LoRA settings when encoder_weights == "lora"
+    backbone_config: dict | None = None  # the BERT config, so a full-weights checkpoint rebuilds without the backbone
+    method_hyperparameters: dict = field(default_factory=dict)
+    threshold: float | None = None  # default operating point
+    max_length: int = 512
+    trained: bool = False
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AdaptiveModel(nn.Module):
+    def __init__(self, encoder: Encoder, method: Method, tokenizer: PreTrainedTokenizerBase, config: ModelConfig, source: str | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.method = method
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source  # the checkpoint folder it was loaded from, if any
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
+
+    @property
+    def max_length(self) -> int:
+        return min(self.config.max_length, self.encoder.config.max_position_embeddings, self.tokenizer.model_max_length)
+
+    def default_threshold(self) -> float | None:
+        return self.method.default_threshold if self.config.threshold is None else self.config.threshold
+
+    def check_threshold(self, threshold: float | None) -> None:
+        if threshold is None:
+            return
+        allowed = self.method.threshold_range
+        if allowed is None:
+            raise UserError(f"method {self.config.method!r} has no threshold; use early_exit=False (--no-early-exit) to run every layer")
+        if not (math.isfinite(threshold) and allowed[0] <= threshold <= allowed[1]):
+            raise UserError(f"threshold {threshold} is out of range for {self.config.method}: use a value in [{allowed[0]:.4g}, {allowed[1]:.4g}]")
+
+    def check_inputs(self, texts: list[str], pairs: list[str] | None) -> None:
+        if not texts:
+            raise UserError("no input given: pass at least one text")
+        if pairs is not None and len(pairs) != len(texts):
+            raise UserError(f"{len(texts)} texts but {len(pairs)} second sentences: give one second sentence per text")
+        if pairs is not None and not self.config.pair:
+            raise UserError(f"task {self.config.task} takes a single sentence, but a sentence pair was given: drop the second sentence")
+        if pairs is None and self.config.pair:
+            raise UserError(f"task {self.config.task} takes a sentence pair: give the second sentence too (--text-pair)")
+        for number, text in enumerate(texts + (pairs or []), start=1):
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"input {number if number <= len(texts) else number - len(texts)} has an empty text: give some words")
+
+    def settings(self, threshold: float | None = None, early_exit: bool = True) -> RunSettings:
+        self.check_threshold(threshold)
+        return RunSettings(threshold=self.default_threshold() if threshold is None else threshold, early_exit=early_exit)
+
+    def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+        """Untruncated lengths in tokens, to tell the user when an input was cut."""
+        encoded = self.tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def predict(
+        self,
+        texts: list[str] | str,
+        pairs: list[str] | str | None = None,
+        *,
+        threshold: float | None = None,
+        early_exit: bool = True,
+        batch_size: int = 32,
+    ) -> list[Trace]:
+        """Run the method on every input, ``batch_size`` at a time, and return one trace per input.
+
+        Inputs are grouped by length so batches carry little padding; traces come back in input order.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        pairs = [pairs] if isinstance(pairs, str) else (None if pairs is None else list(pairs))
+        self.check_inputs(texts, pairs)
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        settings = self.settings(threshold, early_exit)
+        self.eval()
+        lengths = self.token_counts(texts, pairs)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        traces: list[Trace | None] = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch_texts = [texts[i] for i in chosen]
+            batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
+            encoded = self.tokenize(batch_texts, batch_pairs)
+            began = time.perf_counter()
+            result = run_batch(
+                self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings
+            )
+            latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
+            for row, index in enumerate(chosen):
+                traces[index] = self._trace(
+                    result, row, settings, latency_ms, len(chosen), texts[index], None if pairs is None else pairs[index], lengths[index] > self.max_length
+                )
+        return traces
+
+    def _label(self, index: int) -> str:
+        return self.config.labels[index]
+
+    def _trace(self, result: BatchResult, row: int, settings: RunSettings, latency_ms: float, batch_size: int, text: str, text_pair: str | None, truncated: bool) -> Trace:
+        num_layers = self.num_layers
+        executed = result.executed[row].tolist()
+        reached = result.reached[row].tolist()
+        output = result.outputs[row]
+        if self.config.labels is None:
+            prediction: str | float = float(output)
+            probabilities: dict[str, float] = {}
+        else:
+            probabilities = {label: float(p) for label, p in zip(self.config.labels, output.tolist())}
+            prediction = self._label(int(output.argmax()))
+        steps = [self._layer_step(result.reports[layer], row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
+        layers_executed = [layer + 1 for layer in range(num_layers) if executed[layer]]
+        exit_layer = int(result.exit_layer[row])
+        return Trace(
+            method=self.config.method,
+            task=self.config.task,
+            num_layers=num_layers,
+            prediction=prediction,
+            probabilities=probabilities,
+            layers_executed=layers_executed,
+            layers_skipped=[layer + 1 for layer in range(num_layers) if reached[layer] and not executed[layer]],
+            layers_not_reached=[layer + 1 for layer in range(num_layers) if not reached[layer]],
+            exit_layer=exit_layer or None,
+            expected_speedup=num_layers / max(len(layers_executed), 1),
+            latency_ms=latency_ms,
+            threshold=settings.threshold,
+            early_exit=settings.early_exit,
+            text=text,
+            text_pair=text_pair,
+            truncated=truncated,
+            batch_size=batch_size,
+            checkpoint=self.source,
+            per_layer=steps,
+        )
+
+    def _layer_step(self, report: dict[str, torch.Tensor], row: int, layer: int, executed: bool, reached: bool) -> LayerStep:
+        step = LayerStep(layer=layer + 1, executed=executed, reached=reached)
+        if not reached:
+            return step
+        for name, values in report.items():
+            value = values[row]
+            if name == "prediction":
+                step.prediction = self._label(int(value))
+            elif name == "accumulated":
+                step.accumulated = {label: float(p) for label, p in zip(self.config.labels, value.tolist())}
+                step.top_class = self._label(int(value.argmax()))
+            else:
+                setattr(step, name, float(value))
+        return step
+
+
+def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, **hyperparameters) -> AdaptiveModel:
+    """A model with fresh (untrained) method heads on the pretrained backbone."""
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = get_task(task)
+    bert = load_bert(backbone)
+    encoder = Encoder(bert)
+    method_module = METHODS[method](encoder.hidden_size, encoder.num_layers, spec.num_outputs, **hyperparameters)
+    method_module.initialise_heads(encoder.pooler_state())
+    config = ModelConfig(
+        method=method,
+        task=spec.name,
+        labels=None if spec.labels is None else list(spec.labels),
+        pair=spec.pair,
+        backbone=backbone,
+        method_hyperparameters=method_module.hyperparameters(),
+    )
+    return AdaptiveModel(encoder, method_module, load_tokenizer(backbone), config)

