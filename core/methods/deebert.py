@@ -46,14 +46,19 @@ class DeeBERT(Method):
     def start_from_full(self, full_head: PooledHead) -> None:
         self.ramps[-1].load_state_dict(full_head.state_dict())
 
+    @staticmethod
+    def exits(entropy: torch.Tensor, threshold: float) -> torch.Tensor:
+        """DeeBERT's exit rule; the evaluator's one-pass threshold sweep applies it too."""
+        return entropy < threshold
+
     def begin(self, batch_size: int, device: torch.device) -> State:
         return {"probs": torch.zeros(batch_size, self.num_outputs, device=device)}
 
-    def after_layer(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor, Report]:
+    def after_layer(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
         logits = self.ramps[layer](cls)
         entropy = entropy_from_logits(logits)
         state["probs"] = logits.softmax(-1)
-        stop = entropy < self.threshold(settings) if settings.early_exit else torch.zeros_like(entropy, dtype=torch.bool)
+        stop = self.exits(entropy, self.threshold(settings)) if settings.early_exit else None
         return stop, {"prediction": logits.argmax(-1), "entropy": entropy}
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Training, evaluation and benchmarking of the adaptive models on GLUE."""

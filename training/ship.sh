@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Train every shipped checkpoint, pick its operating point on dev, and copy it to assets/checkpoints.
+# Usage: bash training/ship.sh [TASK ...]   (default: MRPC RTE STS-B SST-2). Finished stages are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -gt 0 ] && tasks=("$@") || tasks=(MRPC RTE STS-B SST-2)
+train() {  # train OUT ARGS...: run one stage unless its checkpoint exists
+  local out=$1; shift
+  if [ -f "$out/config.json" ]; then echo "skip $out (done)"; return; fi
+  mkdir -p runs/logs
+  echo "train $out: python -m training.train $* --out $out"
+  python -m training.train "$@" --out "$out" --resume > "runs/logs/$(echo "$out" | tr / _).log" 2>&1
+  tail -n 1 "runs/logs/$(echo "$out" | tr / _).log"
+}
+for task in "${tasks[@]}"; do
+  slug=$(echo "$task" | tr -d '-' | tr 'A-Z' 'a-z')
+  run=runs/$slug
+  # The CPU budget of one session: SST-2 trains on its first 24,000 rows, one epoch a stage.
+  case $task in
+    SST-2) full_epochs=1; joint_epochs=1; limit=(--train-limit 24000) ;;
+    *)     full_epochs=3; joint_epochs=2; limit=() ;;
+  esac
+  train $run/full --method full --task "$task" --epochs $full_epochs --lr 5e-4 "${limit[@]}"
+  if [ "$task" != STS-B ]; then
+    train $run/deebert --method deebert --task "$task" --init $run/full --epochs $joint_epochs --lr 1e-3 "${limit[@]}"
+    train $run/dact --method dact --task "$task" --init $run/full --epochs $joint_epochs --lr 2e-4 --tau 0.05 "${limit[@]}"
+  fi
+  train $run/dpbert-relaxed --method dpbert --stage relaxed --task "$task" --init $run/full --epochs 1 --lr 1e-3 "${limit[@]}"
+  train $run/dpbert --method dpbert --stage rl --task "$task" --init $run/dpbert-relaxed --epochs $joint_epochs --lr 2e-4 "${limit[@]}"
+done

@@ -1,0 +1,227 @@
+"""Train one stage of one method on one GLUE task.
+
+    python -m training.train --method full --task MRPC --out runs/mrpc/full
+    python -m training.train --method deebert --task MRPC --init runs/mrpc/full --out runs/mrpc/deebert
+    python -m training.train --method dact --task MRPC --init runs/mrpc/full --tau 0.01
+    python -m training.train --method dpbert --stage relaxed --task MRPC --init runs/mrpc/full --out runs/mrpc/dpbert-relaxed
+    python -m training.train --method dpbert --stage rl --task MRPC --init runs/mrpc/dpbert-relaxed --out runs/mrpc/dpbert
+
+Runs on the CPU (bf16 autocast with --bf16) or, unchanged, under ``accelerate launch`` on GPUs.
+An interrupted run continues from its last saved state with the same command plus --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from core.backbone import DEFAULT_BACKBONE
+from core.checkpoint import save_checkpoint
+from core.errors import UserError
+from core.methods import METHODS
+from core.tasks import get_task
+from training.data import DEFAULT_DATA_DIR, load_split
+from training.evaluate import evaluate
+from training.recipes import TrainingObjective, starting_model, trainable_parameters
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", required=True, choices=list(METHODS))
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--stage", choices=["relaxed", "rl"], default="rl", help="DPBERT: stage 2 (relaxed gate) or stage 3 (reinforcement learning)")
+    parser.add_argument("--init", help="checkpoint to start from (stage 1 for deebert/dact/dpbert relaxed; DPBERT stage 2 for rl)")
+    parser.add_argument("--out", help="output checkpoint folder (default runs/<task>/<method>)")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="glue_data folder (default: %(default)s; env GLUE_DIR)")
+    parser.add_argument("--from-hub", action="store_true", help="load GLUE from the Hugging Face hub instead of --data-dir")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--finetune", choices=["lora", "full"], default="lora", help="how stage 1 tunes the encoder")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate (adapters and heads)")
+    parser.add_argument("--encoder-lr", type=float, help="learning rate of the encoder's own weights with --finetune full (default: --lr / 10)")
+    parser.add_argument("--warmup", type=float, default=0.06, help="fraction of steps for linear warm-up")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--train-limit", type=int, help="use only the first N training rows (smoke runs)")
+    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev rows")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (default on)")
+    parser.add_argument("--save-every", type=int, default=200, help="save resumable state every N steps")
+    parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out/resume")
+    parser.add_argument("--tau", type=float, default=1e-2, help="DACT: weight of the sum of halting values")
+    parser.add_argument("--target-skip-rate", type=float, default=0.35, help="DPBERT: fraction of layers to skip")
+    parser.add_argument("--rate-weight", type=float, default=2.0, help="DPBERT: lambda2, weight of the rate penalty")
+    parser.add_argument("--loss-weight", type=float, default=0.5, help="DPBERT rl: beta, weight of the task loss in the reward")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def loss_options(args: argparse.Namespace) -> dict:
+    if args.method == "dact":
+        return {"tau": args.tau}
+    if args.method == "dpbert":
+        return {"mode": args.stage, "target_skip_rate": args.target_skip_rate, "rate_weight": args.rate_weight, "loss_weight": args.loss_weight}
+    return {}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Random batches of similar lengths (little padding): shuffle, sort within chunks, shuffle batches."""
+    generator = random.Random(seed)
+    order = list(range(len(lengths)))
+    generator.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        sorted_chunk = sorted(order[start : start + chunk], key=lengths.__getitem__)
+        batches += [sorted_chunk[i : i + batch_size] for i in range(0, len(sorted_chunk), batch_size)]
+    generator.shuffle(batches)
+    return batches
+
+
+class ResumeState:
+    """Trainable weights, optimiser moments, scheduler and position, all in safetensors + JSON."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def save(self, parameters, optimizer, step: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"param.{i}": p.detach().contiguous().clone() for i, p in enumerate(parameters)}
+        for i, p in enumerate(parameters):
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"optim.{i}.{key}"] = value.detach().reshape(-1).clone() if value.dim() == 0 else value.detach().contiguous().clone()
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, self.folder / "state.safetensors")
+        (self.folder / "position.json").write_text(json.dumps({"step": step}))
+
+    def load(self, parameters, optimizer) -> int:
+        tensors = load_file(self.folder / "state.safetensors")
+        with torch.no_grad():
+            for i, p in enumerate(parameters):
+                p.copy_(tensors[f"param.{i}"])
+                state = {key.split(".", 2)[2]: value for key, value in tensors.items() if key.startswith(f"optim.{i}.")}
+                if state:
+                    optimizer.state[p] = {key: value.reshape(()) if key == "step" else value for key, value in state.items()}
+        torch.set_rng_state(tensors["rng.torch"])
+        return json.loads((self.folder / "position.json").read_text())["step"]
+
+    def exists(self) -> bool:
+        return (self.folder / "position.json").is_file()
+
+
+def train(args: argparse.Namespace) -> dict:
+    spec = get_task(args.task)
+    out = Path(args.out or f"runs/{spec.name.replace('-', '').lower()}/{args.method}")
+    set_seed(args.seed)
+    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no")
+    model = starting_model(args.method, spec.name, args.backbone, args.init, args.finetune, args.lora_rank, {})
+    stage = args.stage if args.method == "dpbert" else "joint"
+    parameters = trainable_parameters(model, args.method, stage)
+    model.config.max_length = args.max_length
+
+    train_set = load_split(spec.name, "train", args.data_dir, args.from_hub)
+    if args.train_limit:
+        train_set = train_set.select(range(min(args.train_limit, len(train_set))))
+    dev_set = load_split(spec.name, "dev", args.data_dir, args.from_hub)
+    if args.eval_limit:
+        dev_set = dev_set.select(range(min(args.eval_limit, len(dev_set))))
+
+    pairs = list(train_set["text_pair"]) if spec.pair else None
+    encoded = model.tokenizer(list(train_set["text"]), pairs, truncation=True, max_length=args.max_length)
+    labels = list(train_set["label"])
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+
+    def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+        features = [{key: encoded[key][i] for key in ("input_ids", "attention_mask", "token_type_ids")} for i in indices]
+        batch = model.tokenizer.pad(features, return_tensors="pt")
+        batch["labels"] = torch.tensor([labels[i] for i in indices], dtype=torch.float if spec.is_regression else torch.long)
+        return dict(batch)
+
+    steps_per_epoch = -(-len(lengths) // args.batch_size)
+    total_steps = args.max_steps or max(1, int(steps_per_epoch * args.epochs))
+    encoder_lr = args.encoder_lr or args.lr / 10
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    full_encoder = [p for p in parameters if id(p) in encoder_ids and model.config.encoder_weights == "full"]
+    rest = [p for p in parameters if not any(p is q for q in full_encoder)]
+    groups = [{"params": rest, "lr": args.lr}] + ([{"params": full_encoder, "lr": encoder_lr}] if full_encoder else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
+    objective = TrainingObjective(model, loss_options(args))
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+
+    resume = ResumeState(out / "resume")
+    step = 0
+    if args.resume and resume.exists():
+        step = resume.load(parameters, optimizer)
+        for _ in range(step):
+            scheduler.step()
+        accelerator.print(f"resumed from step {step}")
+
+    objective.train()
+    progress = tqdm(total=total_steps, initial=step, disable=args.quiet or not accelerator.is_main_process, desc=f"{args.method} {spec.name}", dynamic_ncols=True)
+    began, seen = time.perf_counter(), 0
+    epoch = step // steps_per_epoch
+    while step < total_steps:
+        batches = length_grouped_batches(lengths, args.batch_size, seed=args.seed + epoch)
+        loader = accelerator.prepare_data_loader(DataLoader(batches, batch_size=None, collate_fn=collate, shuffle=False))
+        for position, batch in enumerate(loader):
+            if position < step - epoch * steps_per_epoch:
+                continue  # already done before the interruption
+            with accelerator.autocast():
+                loss, stats = objective(**batch)
+            if not torch.isfinite(loss):
+                raise UserError(f"the loss became {loss.item()} at step {step}: lower --lr")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            seen += len(batch["labels"])
+            progress.update(1)
+            progress.set_postfix({**{k: f"{v:.4f}" for k, v in stats.items() if k in ("loss", "execute_rate", "sum_h")}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
+            if step % args.save_every == 0:
+                resume.save(parameters, optimizer, step)
+            if step >= total_steps:
+                break
+        epoch += 1
+    progress.close()
+
+    objective.eval()
+    model = model.eval()
+    result = evaluate(model, dev_set)
+    model.config.trained = True
+    model.config.training = {key: value for key, value in vars(args).items() if key not in ("quiet", "resume")} | {"steps": step, "stage": stage}
+    model.config.metrics = result
+    if accelerator.is_main_process:
+        save_checkpoint(model, out)
+        (out / "train_command.txt").write_text("python -m training.train " + " ".join(sys.argv[1:]) + "\n")
+    accelerator.print(json.dumps({"out": str(out), **{k: v for k, v in result.items() if k not in ("layer_frequency", "exit_frequency")}}))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
