@@ -29,6 +29,9 @@ SECOND = [
 ]
 
 
+torch.set_num_threads(1)  # tests share two cores with training runs; one thread each avoids oversubscription
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> str:
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"), num_layers=4)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -166,8 +168,10 @@ def train(args: argparse.Namespace) -> dict:
     step = 0
     if args.resume and resume.exists():
         step = resume.load(parameters, optimizer)
-        for _ in range(step):
-            scheduler.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule before any optimiser step is intended
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                scheduler.step()
         accelerator.print(f"resumed from step {step}")
 
     objective.train()
@@ -176,7 +180,10 @@ def train(args: argparse.Namespace) -> dict:
     epoch = step // steps_per_epoch
     while step < total_steps:
         batches = length_grouped_batches(lengths, args.batch_size, seed=args.seed + epoch)
-        loader = accelerator.prepare_data_loader(DataLoader(batches, batch_size=None, collate_fn=collate, shuffle=False))
+        # its own generator, so creating the loader does not draw from the global RNG (dropout), and a resumed run matches
+        loader = accelerator.prepare_data_loader(
+            DataLoader(batches, batch_size=None, collate_fn=collate, shuffle=False, generator=torch.Generator().manual_seed(args.seed + epoch))
+        )
         for position, batch in enumerate(loader):
             if position < step - epoch * steps_per_epoch:
                 continue  # already done before the interruption
@@ -204,17 +211,18 @@ def train(args: argparse.Namespace) -> dict:
     model = model.eval()
     result = evaluate(model, dev_set)
     model.config.trained = True
-    model.config.training = {key: value for key, value in vars(args).items() if key not in ("quiet", "resume")} | {"steps": step, "stage": stage}
+    model.config.training = {key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command")} | {
+        "steps": step, "stage": stage, "command": args.command}
     model.config.metrics = result
     if accelerator.is_main_process:
         save_checkpoint(model, out)
-        (out / "train_command.txt").write_text("python -m training.train " + " ".join(sys.argv[1:]) + "\n")
     accelerator.print(json.dumps({"out": str(out), **{k: v for k, v in result.items() if k not in ("layer_frequency", "exit_frequency")}}))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         train(args)
     except UserError as error:
