@@ -17,10 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
-from core.backbone import Encoder, load_bert, load_tokenizer
+from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
 from core.errors import UserError
 from core.methods import METHODS
-from core.model import AdaptiveModel, ModelConfig
+from core.model import AdaptiveModel, ModelConfig, build_model
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 CONFIG_FILE = "config.json"
@@ -140,3 +140,9 @@ def shipped_checkpoint(task: str, method: str) -> Path | None:
     """The trained checkpoint shipped in ``assets/checkpoints/<task>/<method>``, if there is one."""
     folder = SHIPPED_DIR / task.replace("-", "").lower() / method
     return folder if (folder / CONFIG_FILE).is_file() else None
+
+
+def load_for_task(task: str, method: str, backbone: str = DEFAULT_BACKBONE) -> AdaptiveModel:
+    """The shipped checkpoint of a task and method, or untrained heads on ``backbone`` when none is shipped."""
+    folder = shipped_checkpoint(task, method)
+    return load_checkpoint(folder) if folder is not None else build_model(method, task, backbone=backbone).eval()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -48,6 +49,7 @@ class AdaptiveModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.source = source  # the checkpoint folder it was loaded from, if any
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
     @property
     def num_layers(self) -> int:
@@ -87,13 +89,13 @@ class AdaptiveModel(nn.Module):
         return RunSettings(threshold=self.default_threshold() if threshold is None else threshold, early_exit=early_exit)
 
     def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.tokenizer(
-            texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        with self._tokenizer_lock:
+            return self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
     def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
         """Untruncated lengths in tokens, to tell the user when an input was cut."""
-        encoded = self.tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
     def predict(

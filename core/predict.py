@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from core.backbone import DEFAULT_BACKBONE
-from core.checkpoint import load_checkpoint, shipped_checkpoint
+from core.checkpoint import load_checkpoint, load_for_task
 from core.errors import UserError
 from core.methods import METHODS
-from core.model import AdaptiveModel, build_model
+from core.model import AdaptiveModel
 from core.tasks import get_task
 from core.trace import Trace
 
@@ -43,12 +43,7 @@ def resolve_model(args: argparse.Namespace) -> tuple[AdaptiveModel, str | None]:
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint)
     elif args.method and args.task:
-        task = get_task(args.task).name
-        folder = shipped_checkpoint(task, args.method)
-        if folder is not None:
-            model = load_checkpoint(folder)
-        else:
-            model = build_model(args.method, task, backbone=args.backbone).eval()
+        model = load_for_task(get_task(args.task).name, args.method, backbone=args.backbone)
     else:
         raise UserError("say which model to run: --checkpoint DIR, or --method and --task")
     note = None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -265,7 +264,6 @@ def test_headless_browser_shows_the_result_of_an_example(server, tmp_path):
         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom", f"{server.url}?example=1",
     ]
     page = subprocess.run(command, capture_output=True, text=True, timeout=180).stdout
-    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
     _, text, _ = example_rows()[0]
     assert page.count('class="result-card"') == len(ALL_METHODS), page[-2000:]
     assert any(f'class="prediction" style="font-size:1.3em;font-weight:bold">{label}<' in page for label in ("negative", "positive"))

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import threading
-import types
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import torch
+from datasets import Dataset
 
 from core.errors import UserError
 from interpret import charts
@@ -139,7 +138,7 @@ RECORDS = [
 def test_layer_usage_counts_executions_and_exits():
     usage = layer_usage(RECORDS).set_index(["method", "layer"])
     assert usage.loc[("deebert", 3), "executed"] == 0.5
-    assert usage.loc[("deebert", 2), "exited"] == 0.5 and usage.loc[("deebert", 4), "exited"] == 0.5
+    assert usage.loc[("deebert", 2), "exited"] == 0.5 and usage.loc[("deebert", 4), "exited"] == 0.0  # ran to the end: no exit
     assert usage.loc[("dpbert", 2), "executed"] == 0.0 and usage.loc[("dpbert", 1), "executed"] == 1.0
     assert usage.loc[("dpbert", 4), "exited"] is None or usage["exited"].isna()[("dpbert", 4)]
     assert usage.loc[("deebert", 1), "inputs"] == 2
@@ -153,16 +152,18 @@ def test_precomputed_usage_reads_training_metrics(make_model):
     assert usage["executed"].tolist() == [1.0, 0.8, 0.5, 0.2] and usage["exited"].tolist() == [0.2, 0.3, 0.3, 0.2]
 
 
-def test_dev_set_usage_runs_the_dev_split_and_reports_progress(make_model, monkeypatch):
+def test_dev_set_usage_runs_the_whole_dev_split(make_model, monkeypatch):
+    import training.data
+
     texts = SENTENCES * 5
-    fake = types.ModuleType("training.data")
-    fake.load_split = lambda task, split: types.SimpleNamespace(texts=texts, pairs=SECOND * 5)
-    monkeypatch.setitem(sys.modules, "training.data", fake)
-    progress = []
-    usage = dev_set_usage(randomise(make_model("dpbert"), seed=5, scale=3.0), lambda fraction, text: progress.append(fraction))
-    assert progress[-1] == 1.0 and progress == sorted(progress)
+    dev = Dataset.from_dict({"text": texts, "text_pair": SECOND * 5, "label": [0, 1] * 20})
+    monkeypatch.setattr(training.data, "load_split", lambda task, split: dev if (task, split) == ("MRPC", "dev") else None)
+    model = randomise(make_model("dpbert"), seed=4, scale=3.0)
+    usage = dev_set_usage(model)
     assert set(usage["inputs"]) == {len(texts)}
-    assert usage["executed"].min() < 1.0
+    traces = model.predict(texts, SECOND * 5)
+    expected = [sum(layer in trace.layers_executed for trace in traces) / len(texts) for layer in range(1, 5)]
+    assert usage["executed"].tolist() == expected and 0.0 in expected  # some layer is bypassed
 
 
 # --- query log ----------------------------------------------------------------------------

@@ -1,0 +1,244 @@
+"""The query log: every question asked in the demo, and per method what it answered and which layers ran.
+
+Two tables in one SQLite file, written with ``sqlite-utils``:
+
+- ``queries``: id, time (UTC, ISO 8601), task, text, text_pair, methods (JSON list), settings (JSON)
+- ``results``: one row per query and method: prediction, probabilities, layers executed and
+  skipped, exit layer, latency, checkpoint, ... (``query_id`` points at ``queries.id``)
+
+All writes go through one writer thread with its own connection, so many requests at once
+never contend for the write lock inside the app; the file is in WAL mode so readers (reports,
+histograms) never block the writer. Every SQL statement takes its values as parameters.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import sqlite3
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import sqlite_utils
+
+from core.errors import UserError
+from core.trace import Trace
+
+DB_ENV = "ADAPTIVE_BERT_QUERY_DB"
+SWITCH_ENV = "ADAPTIVE_BERT_QUERY_LOG"
+DEFAULT_DB = Path(__file__).resolve().parent.parent / "queries.db"  # beside app.py
+OFF_VALUES = {"off", "0", "false", "no"}
+BUSY_TIMEOUT_S = 30.0  # other processes (a report being written) may hold the lock briefly
+
+QUERY_COLUMNS = {"id": int, "time": str, "task": str, "text": str, "text_pair": str, "methods": str, "settings": str}
+RESULT_COLUMNS = {
+    "id": int,
+    "query_id": int,
+    "method": str,
+    "prediction": str,
+    "probabilities": str,
+    "layers_executed": str,
+    "layers_skipped": str,
+    "exit_layer": int,
+    "num_layers": int,
+    "latency_ms": float,
+    "expected_speedup": float,
+    "threshold": float,
+    "early_exit": int,
+    "truncated": int,
+    "checkpoint": str,
+    "trained": int,
+}
+JSON_COLUMNS = ("methods", "settings", "probabilities", "layers_executed", "layers_skipped")
+
+
+def connect(path: str | Path) -> sqlite_utils.Database:
+    """Open (and if needed create) the log database in WAL mode with its two tables."""
+    connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    db = sqlite_utils.Database(connection)
+    db.enable_wal()
+    db["queries"].create(QUERY_COLUMNS, pk="id", if_not_exists=True)
+    db["results"].create(RESULT_COLUMNS, pk="id", foreign_keys=[("query_id", "queries", "id")], if_not_exists=True)
+    db["queries"].create_index(["time"], if_not_exists=True)
+    db["results"].create_index(["query_id"], if_not_exists=True)
+    return db
+
+
+@dataclass(frozen=True)
+class _Job:
+    write: Callable[[sqlite_utils.Database], int]
+    done: Future
+
+
+class QueryLog:
+    """Writes queries from any thread; ``enabled`` and ``status`` say whether logging works right now.
+
+    A failure to open or write the database never reaches the caller: the query is answered
+    anyway and ``status`` explains that logging is off.
+    """
+
+    def __init__(self, path: str | Path | None, disabled_reason: str | None = None):
+        self.path = None if path is None else Path(path)
+        self._error = disabled_reason or ("switched off" if path is None else None)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        if self._error is None:
+            try:
+                connect(self.path).close()
+            except (sqlite3.Error, OSError) as error:
+                self._error = f"cannot open {self.path}: {error}"
+
+    @classmethod
+    def from_env(cls) -> QueryLog:
+        """The log the environment asks for: ``ADAPTIVE_BERT_QUERY_LOG=off`` disables it,
+        ``ADAPTIVE_BERT_QUERY_DB`` names the file (default ``queries.db`` beside ``app.py``)."""
+        if os.environ.get(SWITCH_ENV, "on").strip().lower() in OFF_VALUES:
+            return cls(None, disabled_reason=f"switched off ({SWITCH_ENV}={os.environ[SWITCH_ENV]})")
+        return cls(os.environ.get(DB_ENV) or DEFAULT_DB)
+
+    @property
+    def enabled(self) -> bool:
+        return self._error is None
+
+    @property
+    def status(self) -> str:
+        return f"query log: on ({self.path})" if self.enabled else f"query log: off ({self._error})"
+
+    def record(self, task: str, text: str, text_pair: str | None, settings: dict, traces: list[Trace], trained: dict[str, bool]) -> int | None:
+        """Log one query and one result row per trace; return the query's id, or None if logging is off."""
+        if self.path is None:
+            return None
+        self._ensure_writer()
+        done: Future = Future()
+        self._jobs.put(_Job(lambda db: _insert(db, task, text, text_pair, settings, traces, trained), done))
+        try:
+            query_id = done.result()
+        except (sqlite3.Error, OSError) as error:
+            self._error = f"cannot write {self.path}: {error}"
+            return None
+        self._error = None  # a write worked again (e.g. the disk had been full)
+        return query_id
+
+    def close(self) -> None:
+        """Finish pending writes and stop the writer thread."""
+        if self._writer is not None:
+            self._jobs.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def _ensure_writer(self) -> None:
+        with self._start_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_forever, name="query-log-writer", daemon=True)
+                self._writer.start()
+
+    def _write_forever(self) -> None:
+        db: sqlite_utils.Database | None = None
+        while (job := self._jobs.get()) is not None:
+            try:
+                db = db or connect(self.path)
+                job.done.set_result(job.write(db))
+            except Exception as error:  # handed to the waiting caller; the writer must outlive any one failure
+                if db is not None:
+                    db.close()
+                db = None  # reopen on the next job: the file may be writable again
+                job.done.set_exception(error)
+        if db is not None:
+            db.close()
+
+
+def _insert(db: sqlite_utils.Database, task: str, text: str, text_pair: str | None, settings: dict, traces: list[Trace], trained: dict[str, bool]) -> int:
+    with db.atomic():
+        query = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "task": task,
+            "text": text,
+            "text_pair": text_pair,
+            "methods": json.dumps([trace.method for trace in traces]),
+            "settings": json.dumps(settings),
+        }
+        query_id = db["queries"].insert(query).last_pk
+        db["results"].insert_all(
+            {
+                "query_id": query_id,
+                "method": trace.method,
+                "prediction": trace.prediction if isinstance(trace.prediction, str) else f"{trace.prediction:.4f}",
+                "probabilities": json.dumps(trace.probabilities),
+                "layers_executed": json.dumps(trace.layers_executed),
+                "layers_skipped": json.dumps(trace.layers_skipped),
+                "exit_layer": trace.exit_layer,
+                "num_layers": trace.num_layers,
+                "latency_ms": trace.latency_ms,
+                "expected_speedup": trace.expected_speedup,
+                "threshold": trace.threshold,
+                "early_exit": trace.early_exit,
+                "truncated": trace.truncated,
+                "checkpoint": trace.checkpoint,
+                "trained": trained.get(trace.method, False),
+            }
+            for trace in traces
+        )
+    return query_id
+
+
+RELATIVE_TIME = re.compile(r"^(\d+)\s*([hdw])$")
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """A start time from ``2025-01-31``, ``2025-01-31T12:00`` (UTC unless it says otherwise) or ``24h`` / ``7d`` / ``2w`` ago."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    relative = RELATIVE_TIME.match(text.lower())
+    if relative:
+        amount, unit = int(relative[1]), relative[2]
+        return datetime.now(timezone.utc) - timedelta(hours=amount * {"h": 1, "d": 24, "w": 24 * 7}[unit])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise UserError(f"cannot read the time {text!r}: give a date like 2025-01-31, a time like 2025-01-31T12:00, or 24h / 7d / 2w") from error
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def read_results(path: str | Path, task: str | None = None, method: str | None = None, since: datetime | None = None) -> list[dict]:
+    """One row per query and method (the query's fields joined in), oldest first; JSON columns decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"query log {path} does not exist: run some queries in the demo first, or pass the right --db")
+    conditions, params = [], []
+    for column, value in (("queries.task", task), ("results.method", method)):
+        if value:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        conditions.append("queries.time >= ?")
+        params.append(since.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
+    where = f"where {' and '.join(conditions)}" if conditions else ""
+    sql = f"""
+        select results.query_id, queries.time, queries.task, queries.text, queries.text_pair, queries.settings,
+               results.method, results.prediction, results.probabilities, results.layers_executed, results.layers_skipped,
+               results.exit_layer, results.num_layers, results.latency_ms, results.expected_speedup, results.threshold,
+               results.early_exit, results.truncated, results.checkpoint, results.trained
+        from results join queries on queries.id = results.query_id
+        {where}
+        order by queries.id, results.id
+    """
+    try:
+        db = sqlite_utils.Database(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S))
+        try:
+            rows = list(db.query(sql, params))
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise UserError(f"cannot read the query log {path}: {error}") from error
+    for row in rows:
+        for column in JSON_COLUMNS:
+            if column in row and row[column] is not None:
+                row[column] = json.loads(row[column])
+    return rows

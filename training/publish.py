@@ -1,0 +1,113 @@
+"""Choose each trained model's operating point on dev, copy it to assets/checkpoints, and write the table.
+
+    python -m training.publish --runs runs --keep 0.98
+
+For every task folder in --runs: the full model is evaluated as the reference; DeeBERT's entropy
+threshold and DPBERT's planner threshold are swept and the fastest point that keeps --keep of the
+full model's dev metric becomes the checkpoint's default; DACT (no threshold) is evaluated as
+trained. The sweeps go to assets/results/, the table to assets/checkpoints/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint
+from core.errors import UserError
+from training.data import DEFAULT_DATA_DIR, load_split
+from training.evaluate import choose_default, evaluate, sweep, write_sweep
+
+SWEEPS = {
+    "deebert": [0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6],
+    "dpbert": [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7],
+}
+RESULTS_DIR = SHIPPED_DIR.parent / "results"
+METHOD_ORDER = ["full", "deebert", "dact", "dpbert"]
+
+
+def publish_task(run: Path, data_dir: str, keep: float) -> list[dict]:
+    reference_model = load_checkpoint(run / "full")
+    task = reference_model.config.task
+    dev = load_split(task, "dev", data_dir)
+    reference = evaluate(reference_model, dev, progress=True)
+    rows = []
+    for method in METHOD_ORDER:
+        folder = run / method
+        if not (folder / CONFIG_FILE).is_file():
+            continue
+        model = reference_model if method == "full" else load_checkpoint(folder)
+        if method in SWEEPS:
+            results = sweep(model, dev, SWEEPS[method], progress=True)
+            write_sweep(results, RESULTS_DIR / f"{run.name}-{method}", reference)
+            chosen = choose_default(results, reference["metric"], keep)
+        else:
+            chosen = reference if method == "full" else evaluate(model, dev, progress=True)
+        chosen = chosen | {"reference_metric": reference["metric"], "metric_pct_of_full": 100 * chosen["metric"] / reference["metric"]}
+        target = SHIPPED_DIR / run.name / method
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / WEIGHTS_FILE, target / WEIGHTS_FILE)
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        config["threshold"] = chosen["threshold"] if method in SWEEPS else config.get("threshold")
+        config["metrics"] = chosen | {"operating_point": f"fastest threshold keeping {keep:.0%} of the full model's dev metric" if method in SWEEPS else "as trained"}
+        (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        rows.append({"folder": str(target.relative_to(SHIPPED_DIR.parent.parent)), "command": config["training"].get("command", ""), **chosen})
+        print(f"{task} {method}: {chosen['metric_name']} {chosen['metric']:.4f} ({chosen['metric_pct_of_full']:.1f}% of full), "
+              f"{chosen['avg_layers']:.2f} layers, {chosen['expected_speedup']:.2f}x, threshold {chosen['threshold']}")
+    return rows
+
+
+def write_table(rows: list[dict], keep: float) -> None:
+    lines = [
+        "# Shipped checkpoints",
+        "",
+        "All on all-MiniLM-L6-v2 (6 layers) with LoRA adapters (rank 16), trained on this project's CPU machine by",
+        "`bash training/ship.sh`, operating points chosen by `python -m training.publish --keep " + f"{keep}` on the GLUE dev sets",
+        "(so the dev numbers below are optimistic for the adaptive methods' thresholds). Expected speed-up is",
+        "6 / average layers executed; measured wall-clock speed-ups are in the benchmark (assets/benchmarks/).",
+        "",
+        "| task | method | threshold | dev metric | value | % of full | avg layers | expected speed-up | checkpoint |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        threshold = "–" if row["threshold"] is None or row["method"] in ("full", "dact") else f"{row['threshold']:g}"
+        lines.append(
+            f"| {row['task']} | {row['method']} | {threshold} | {row['metric_name']} | {row['metric']:.4f} | {row['metric_pct_of_full']:.1f}% "
+            f"| {row['avg_layers']:.2f} | {row['expected_speedup']:.2f}x | `{row['folder']}` |"
+        )
+    lines += ["", "## Commands that trained them", ""]
+    for row in rows:
+        lines.append(f"- {row['task']} {row['method']}: `{row['command']}`")
+    lines.append("")
+    (SHIPPED_DIR / "README.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs", help="folder of <task>/<method> training outputs")
+    parser.add_argument("--tasks", nargs="*", help="task folders to publish (default: all in --runs)")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--keep", type=float, default=0.98, help="fraction of the full model's dev metric an operating point must keep")
+    args = parser.parse_args(argv)
+    try:
+        runs = sorted(path for path in Path(args.runs).iterdir() if (path / "full" / CONFIG_FILE).is_file())
+        if args.tasks:
+            runs = [path for path in runs if path.name in args.tasks]
+        if not runs:
+            raise UserError(f"no trained full models under {args.runs}/<task>/full: run bash training/ship.sh first")
+        rows = [row for run in runs for row in publish_task(run, args.data_dir, args.keep)]
+        existing = SHIPPED_DIR / "table.json"
+        kept = [row for row in (json.loads(existing.read_text()) if existing.is_file() else []) if row["task"] not in {r["task"] for r in rows}]
+        rows = sorted(kept + rows, key=lambda row: (row["task"], METHOD_ORDER.index(row["method"])))
+        existing.write_text(json.dumps(rows, indent=2) + "\n")
+        write_table(rows, args.keep)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
