@@ -21,7 +21,7 @@ from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import choose_default, evaluate, sweep, write_sweep
 
 SWEEPS = {
-    "deebert": [0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6],
+    "deebert": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.62, 0.64, 0.66, 0.68],
     "dpbert": [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7],
 }
 RESULTS_DIR = SHIPPED_DIR.parent / "results"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Train every shipped checkpoint, pick its operating point on dev, and copy it to assets/checkpoints.
-# Usage: bash training/ship.sh [TASK ...]   (default: MRPC RTE STS-B SST-2). Finished stages are skipped.
+# Train every stage of every shipped model into runs/<task>/<method>; finished stages are skipped.
+# Usage: bash training/ship.sh [TASK ...]   (default: MRPC RTE STS-B SST-2)
+# Then choose operating points on dev and copy to assets/checkpoints: python -m training.publish
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && tasks=("$@") || tasks=(MRPC RTE STS-B SST-2)
@@ -23,7 +24,7 @@ for task in "${tasks[@]}"; do
   train $run/full --method full --task "$task" --epochs $full_epochs --lr 5e-4 "${limit[@]}"
   if [ "$task" != STS-B ]; then
     train $run/deebert --method deebert --task "$task" --init $run/full --epochs $joint_epochs --lr 1e-3 "${limit[@]}"
-    train $run/dact --method dact --task "$task" --init $run/full --epochs $joint_epochs --lr 2e-4 --tau 0.05 "${limit[@]}"
+    train $run/dact --method dact --task "$task" --init $run/full --epochs $joint_epochs --lr 2e-4 --tau 0.2 "${limit[@]}"
   fi
   train $run/dpbert-relaxed --method dpbert --stage relaxed --task "$task" --init $run/full --epochs 1 --lr 1e-3 "${limit[@]}"
   train $run/dpbert --method dpbert --stage rl --task "$task" --init $run/dpbert-relaxed --epochs $joint_epochs --lr 2e-4 "${limit[@]}"
