@@ -4,8 +4,10 @@
 
 For every task folder in --runs: the full model is evaluated as the reference; DeeBERT's entropy
 threshold and DPBERT's planner threshold are swept and the fastest point that keeps --keep of the
-full model's dev metric becomes the checkpoint's default; DACT (no threshold) is evaluated as
-trained. The sweeps go to assets/results/, the table to assets/checkpoints/README.md.
+full model's dev metric becomes the checkpoint's default. DACT has no threshold: its trade-off is
+the training weight tau, so every trained variant (runs/<task>/dact, dact-tau0.05, ...) is an
+operating point and the same rule picks the one shipped. The sweeps go to assets/results/, the
+table to assets/checkpoints/README.md.
 """
 from __future__ import annotations
 
@@ -28,6 +30,23 @@ RESULTS_DIR = SHIPPED_DIR.parent / "results"
 METHOD_ORDER = ["full", "deebert", "dact", "dpbert"]
 
 
+def training_command(training: dict, folder: Path) -> str:
+    """The command that trained a checkpoint (rebuilt from its saved arguments for runs that predate recording it)."""
+    if training.get("command"):
+        return training["command"]
+    parts = ["python -m training.train", f"--method {training['method']}", f"--task {training['task']}"]
+    if training["method"] == "dpbert":
+        parts.append(f"--stage {training['stage']}")
+    if training.get("init"):
+        parts.append(f"--init {training['init']}")
+    parts += [f"--epochs {training['epochs']:g}", f"--lr {training['lr']:g}"]
+    if training["method"] == "dact":
+        parts.append(f"--tau {training['tau']:g}")
+    if training.get("train_limit"):
+        parts.append(f"--train-limit {training['train_limit']}")
+    return " ".join(parts + [f"--out {folder}"])
+
+
 def publish_task(run: Path, data_dir: str, keep: float) -> list[dict]:
     reference_model = load_checkpoint(run / "full")
     task = reference_model.config.task
@@ -35,25 +54,32 @@ def publish_task(run: Path, data_dir: str, keep: float) -> list[dict]:
     reference = evaluate(reference_model, dev, progress=True)
     rows = []
     for method in METHOD_ORDER:
-        folder = run / method
-        if not (folder / CONFIG_FILE).is_file():
+        candidates = sorted(run.glob("dact*")) if method == "dact" else [run / method]
+        candidates = [folder for folder in candidates if (folder / CONFIG_FILE).is_file()]
+        if not candidates:
             continue
-        model = reference_model if method == "full" else load_checkpoint(folder)
-        if method in SWEEPS:
-            results = sweep(model, dev, SWEEPS[method], progress=True)
+        if method == "full":
+            chosen, folder = reference | {"threshold": None}, run / "full"
+        elif method in SWEEPS:
+            folder = candidates[0]
+            results = sweep(load_checkpoint(folder), dev, SWEEPS[method], progress=True)
             write_sweep(results, RESULTS_DIR / f"{run.name}-{method}", reference)
             chosen = choose_default(results, reference["metric"], keep)
-        else:
-            chosen = reference if method == "full" else evaluate(model, dev, progress=True)
+        else:  # DACT: one operating point per trained tau
+            results = [evaluate(load_checkpoint(folder), dev, progress=True) | {"checkpoint": folder.name} for folder in candidates]
+            chosen = choose_default(results, reference["metric"], keep)
+            folder = run / chosen["checkpoint"]
         chosen = chosen | {"reference_metric": reference["metric"], "metric_pct_of_full": 100 * chosen["metric"] / reference["metric"]}
         target = SHIPPED_DIR / run.name / method
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(folder / WEIGHTS_FILE, target / WEIGHTS_FILE)
         config = json.loads((folder / CONFIG_FILE).read_text())
-        config["threshold"] = chosen["threshold"] if method in SWEEPS else config.get("threshold")
-        config["metrics"] = chosen | {"operating_point": f"fastest threshold keeping {keep:.0%} of the full model's dev metric" if method in SWEEPS else "as trained"}
+        if method in SWEEPS:
+            config["threshold"] = chosen["threshold"]
+        rule = f"fastest operating point keeping {keep:.0%} of the full model's dev metric"
+        config["metrics"] = chosen | {"operating_point": rule if method != "full" else "all layers"}
         (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        rows.append({"folder": str(target.relative_to(SHIPPED_DIR.parent.parent)), "command": config["training"].get("command", ""), **chosen})
+        rows.append({"folder": str(target.relative_to(SHIPPED_DIR.parent.parent)), "command": training_command(config["training"], folder), **chosen})
         print(f"{task} {method}: {chosen['metric_name']} {chosen['metric']:.4f} ({chosen['metric_pct_of_full']:.1f}% of full), "
               f"{chosen['avg_layers']:.2f} layers, {chosen['expected_speedup']:.2f}x, threshold {chosen['threshold']}")
     return rows
