@@ -2,7 +2,8 @@
 
 Rows of a batch make their own decisions. A row that a planner bypasses is not fed through the
 layer; a row that exits is removed from the batch, and the padding that only it needed is cut
-off. A layer no remaining row needs is never called.
+off. A layer no remaining row needs is never called. The loop only appends what happened at
+each layer; per-row tables for traces are built afterwards, outside the timed path.
 """
 from __future__ import annotations
 
@@ -15,26 +16,57 @@ from core.methods.base import Method, Report, RunSettings, State
 
 
 @dataclass
+class LayerRecord:
+    """What happened at one layer, for the rows that reached it."""
+
+    rows: torch.Tensor  # original batch index of each row that reached the layer
+    ran: torch.Tensor | None  # which of those rows executed it (None: all of them)
+    report: Report  # the method's per-row values, aligned with ``rows``
+
+
+@dataclass
 class BatchResult:
     """Per-row outcome of one batch, in the batch's original row order."""
 
     outputs: torch.Tensor  # [B, C] probabilities or [B] scores
-    executed: torch.Tensor  # [B, L] bool
     exit_layer: torch.Tensor  # [B] 1-based layer of an early exit, 0 if none
-    reports: list[dict[str, torch.Tensor]]  # per layer: name -> [B, ...] (NaN / -1 where not reached)
-    reached: torch.Tensor  # [B, L] bool
+    layers: list[LayerRecord]
+    num_layers: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.outputs.shape[0]
+
+    def reached(self) -> torch.Tensor:
+        """[B, L] bool: the row got as far as this layer (it had not exited before it)."""
+        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool)
+        for layer, record in enumerate(self.layers):
+            table[record.rows, layer] = True
+        return table
+
+    def executed(self) -> torch.Tensor:
+        """[B, L] bool: the layer was computed for the row."""
+        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool)
+        for layer, record in enumerate(self.layers):
+            table[record.rows if record.ran is None else record.rows[record.ran], layer] = True
+        return table
+
+    def reports(self) -> list[dict[str, torch.Tensor]]:
+        """Per layer, each reported value as a [B, ...] tensor (NaN, or -1 for integers, where not reached)."""
+        tables = []
+        for record in self.layers:
+            table = {}
+            for name, value in record.report.items():
+                fill = -1 if not value.is_floating_point() else float("nan")
+                table[name] = torch.full((self.batch_size, *value.shape[1:]), fill, dtype=value.dtype)
+                table[name][record.rows] = value
+            tables.append(table)
+        tables += [{} for _ in range(self.num_layers - len(tables))]
+        return tables
 
 
 def _select(state: State, rows: torch.Tensor) -> State:
     return {name: value[rows] for name, value in state.items()}
-
-
-def _record(store: dict[str, torch.Tensor], report: Report, rows: torch.Tensor, batch_size: int) -> None:
-    for name, value in report.items():
-        if name not in store:
-            fill = -1 if value.dtype in (torch.int64, torch.int32, torch.bool) else float("nan")
-            store[name] = torch.full((batch_size, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
-        store[name][rows] = value
 
 
 def _trim_padding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,39 +91,36 @@ def run_batch(
     mask = attention_mask
     layer_mask = encoder.attention_mask_for(hidden, mask)
     state = method.begin(batch_size, device)
-
-    executed = torch.zeros(batch_size, num_layers, dtype=torch.bool, device=device)
-    reached = torch.zeros_like(executed)
     exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)
     outputs: torch.Tensor | None = None
-    reports: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]
+    records: list[LayerRecord] = []
 
     for layer in range(num_layers):
-        reached[rows, layer] = True
         run, report = method.plan(layer, hidden[:, 0], state, settings)
-        if run is None or bool(run.all()):
+        if run is not None and bool(run.all()):
+            run = None
+        if run is None:
             hidden = encoder.run_layer(layer, hidden, layer_mask)
-            executed[rows, layer] = True
         elif bool(run.any()):
             chosen = run.nonzero().squeeze(1)
             sub_hidden, sub_mask = _trim_padding(hidden[chosen], mask[chosen])
             new = encoder.run_layer(layer, sub_hidden, encoder.attention_mask_for(sub_hidden, sub_mask))
             hidden = hidden.clone()
             hidden[chosen, : new.shape[1]] = new
-            executed[rows[chosen], layer] = True
 
         stop, after_report = method.after_layer(layer, hidden[:, 0], state, settings)
-        _record(reports[layer], {**report, **after_report}, rows, batch_size)
+        records.append(LayerRecord(rows, run, {**report, **after_report}))
         last = layer == num_layers - 1
         if last:
-            stop = torch.ones(len(rows), dtype=torch.bool, device=device)
-        if stop is None or not bool(stop.any()):
+            stop = None
+        elif stop is None or not bool(stop.any()):
             continue
 
-        answer = method.answer(hidden[stop, 0], _select(state, stop))
+        leaving = slice(None) if stop is None else stop
+        answer = method.answer(hidden[leaving, 0], state if stop is None else _select(state, stop))
         if outputs is None:
             outputs = torch.zeros((batch_size, *answer.shape[1:]), dtype=answer.dtype, device=device)
-        outputs[rows[stop]] = answer
+        outputs[rows[leaving]] = answer
         if not last:
             exit_layer[rows[stop]] = layer + 1
             keep = ~stop
@@ -101,4 +130,4 @@ def run_batch(
             hidden, mask = _trim_padding(hidden[keep], mask[keep])
             layer_mask = encoder.attention_mask_for(hidden, mask)
 
-    return BatchResult(outputs=outputs, executed=executed, exit_layer=exit_layer, reports=reports, reached=reached)
+    return BatchResult(outputs=outputs, exit_layer=exit_layer, layers=records, num_layers=num_layers)

@@ -131,19 +131,26 @@ class AdaptiveModel(nn.Module):
                 self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings
             )
             latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
-            for row, index in enumerate(chosen):
-                traces[index] = self._trace(
-                    result, row, settings, latency_ms, len(chosen), texts[index], None if pairs is None else pairs[index], lengths[index] > self.max_length
-                )
+            truncated = [lengths[i] > self.max_length for i in chosen]
+            for index, trace in zip(chosen, self._traces(result, settings, latency_ms, batch_texts, batch_pairs, truncated)):
+                traces[index] = trace
         return traces
 
     def _label(self, index: int) -> str:
         return self.config.labels[index]
 
-    def _trace(self, result: BatchResult, row: int, settings: RunSettings, latency_ms: float, batch_size: int, text: str, text_pair: str | None, truncated: bool) -> Trace:
+    def _traces(self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]) -> list[Trace]:
+        tables = (result.executed(), result.reached(), result.reports())
+        return [
+            self._trace(result, tables, row, settings, latency_ms, len(texts), texts[row], None if pairs is None else pairs[row], truncated[row])
+            for row in range(len(texts))
+        ]
+
+    def _trace(self, result: BatchResult, tables: tuple, row: int, settings: RunSettings, latency_ms: float, batch_size: int, text: str, text_pair: str | None, truncated: bool) -> Trace:
         num_layers = self.num_layers
-        executed = result.executed[row].tolist()
-        reached = result.reached[row].tolist()
+        executed_table, reached_table, reports = tables
+        executed = executed_table[row].tolist()
+        reached = reached_table[row].tolist()
         output = result.outputs[row]
         if self.config.labels is None:
             prediction: str | float = float(output)
@@ -151,7 +158,7 @@ class AdaptiveModel(nn.Module):
         else:
             probabilities = {label: float(p) for label, p in zip(self.config.labels, output.tolist())}
             prediction = self._label(int(output.argmax()))
-        steps = [self._layer_step(result.reports[layer], row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
+        steps = [self._layer_step(reports[layer], row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
         layers_executed = [layer + 1 for layer in range(num_layers) if executed[layer]]
         exit_layer = int(result.exit_layer[row])
         return Trace(

@@ -222,8 +222,8 @@ def time_interleaved(runners: list[Runner], batches: list[dict[str, torch.Tensor
                     elapsed = time.perf_counter() - began
                     timing = timings[runner.point]
                     timing.per_batch_seconds[index].append(elapsed)
-                    timing.rows += len(result.executed)
-                    timing.layers += int(result.executed.sum())
+                    timing.rows += result.batch_size
+                    timing.layers += int(result.executed().sum())
     return timings
 
 
