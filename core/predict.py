@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core.backbone import DEFAULT_BACKBONE
 from core.checkpoint import load_checkpoint, load_for_task
-from core.errors import UserError
+from core.errors import UserError, command_line
 from core.methods import METHODS
 from core.model import AdaptiveModel
 from core.tasks import get_task
@@ -99,15 +99,12 @@ def describe(trace: Trace, index: int) -> str:
     return head + "\n    " + " · ".join(parts)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        texts, pairs = read_inputs(args)
-        model, note = resolve_model(args)
-        traces = model.predict(texts, pairs, threshold=args.threshold, early_exit=not args.no_early_exit, batch_size=args.batch_size)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    texts, pairs = read_inputs(args)
+    model, note = resolve_model(args)
+    traces = model.predict(texts, pairs, threshold=args.threshold, early_exit=not args.no_early_exit, batch_size=args.batch_size)
     if note:
         print(note, file=sys.stderr)
     for index, trace in enumerate(traces, start=1):

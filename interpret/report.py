@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import vl_convert
 
-from core.errors import UserError
+from core.errors import UserError, command_line
 from core.tasks import get_task
 from interpret.charts import layer_frequency_chart, method_title
 from interpret.querylog import parse_since, read_results
@@ -104,6 +104,7 @@ def export_report(db: str | Path, out_dir: str | Path, task: str | None = None, 
     return files
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interpret.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True, help="the query log (SQLite file written by the demo)")
@@ -111,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", help="only this task, e.g. MRPC")
     parser.add_argument("--since", help="only queries since a date (2025-01-31), a time (2025-01-31T12:00, UTC) or 24h / 7d / 2w ago")
     args = parser.parse_args(argv)
-    try:
-        files = export_report(args.db, args.out, task=args.task, since=args.since)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    files = export_report(args.db, args.out, task=args.task, since=args.since)
     print(f"{files.rows} rows -> " + ", ".join(str(path) for path in files.paths()))
     return 0
 

@@ -36,7 +36,7 @@ import transformers
 
 from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, shipped_checkpoint
 from core.engine import BatchResult, run_batch
-from core.errors import UserError
+from core.errors import UserError, command_line
 from core.methods import METHODS, RunSettings
 from core.model import AdaptiveModel
 from core.tasks import get_task
@@ -489,42 +489,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        task = get_task(args.task).name
-        batch_sizes = parse_batch_sizes(args.batch_sizes)
-        for name in ("repeats", "limit", "metric_limit", "threads"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        out = Path(args.out) if args.out else DEFAULT_OUT / task.replace("-", "").lower()
-        models = load_models(task, args.methods, Path(args.checkpoints) if args.checkpoints else None)
-        dev = load_split(task, "dev", args.data_dir)
-        metric_dev = dev.select(range(min(args.metric_limit, len(dev)))) if args.metric_limit else dev
-        timed_dev = dev.select(range(min(args.limit, len(dev))))
-        points = operating_points(models)
-        metrics = dev_metrics(models, points, metric_dev)
-        timings = measure(models, points, timed_dev, batch_sizes, args.repeats, args.warmup)
-        rows = measured_rows(task, points, metrics, timings, len(timed_dev), args.repeats)
-        targets = target_summary(rows)
-        rows += reference_rows()
-        machine = machine_details()
-        out.mkdir(parents=True, exist_ok=True)
-        if args.profile:
-            profile(models, timed_dev, out)
-        write_csv(rows, out / "results.csv")
-        table = markdown(task, rows, machine, targets, args.profile)
-        (out / "results.md").write_text(table)
-        (out / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
-        write_chart(rows, out)
-        print(table)
-        print(f"wrote {out}/results.csv, results.md, tradeoff.html, tradeoff.png, machine.json{', profile.txt' if args.profile else ''}")
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    task = get_task(args.task).name
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    for name in ("repeats", "limit", "metric_limit", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else DEFAULT_OUT / task.replace("-", "").lower()
+    models = load_models(task, args.methods, Path(args.checkpoints) if args.checkpoints else None)
+    dev = load_split(task, "dev", args.data_dir)
+    metric_dev = dev.select(range(min(args.metric_limit, len(dev)))) if args.metric_limit else dev
+    timed_dev = dev.select(range(min(args.limit, len(dev))))
+    points = operating_points(models)
+    metrics = dev_metrics(models, points, metric_dev)
+    timings = measure(models, points, timed_dev, batch_sizes, args.repeats, args.warmup)
+    rows = measured_rows(task, points, metrics, timings, len(timed_dev), args.repeats)
+    targets = target_summary(rows)
+    rows += reference_rows()
+    machine = machine_details()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        profile(models, timed_dev, out)
+    write_csv(rows, out / "results.csv")
+    table = markdown(task, rows, machine, targets, args.profile)
+    (out / "results.md").write_text(table)
+    (out / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+    write_chart(rows, out)
+    print(table)
+    print(f"wrote {out}/results.csv, results.md, tradeoff.html, tradeoff.png, machine.json{', profile.txt' if args.profile else ''}")
     return 0
 
 

@@ -20,7 +20,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from core.checkpoint import CONFIG_FILE, load_checkpoint
-from core.errors import UserError
+from core.errors import UserError, command_line
 from core.methods.deebert import DeeBERT
 from core.model import AdaptiveModel
 from core.trace import Trace
@@ -152,43 +152,40 @@ def describe(result: dict, reference: dict | None) -> str:
     )
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model = load_checkpoint(args.checkpoint)
-        dataset = load_split(model.config.task, "dev", args.data_dir)
-        if args.limit:
-            dataset = dataset.select(range(min(args.limit, len(dataset))))
-        reference = evaluate(load_checkpoint(args.reference), dataset, progress=True) if args.reference else None
-        if args.sweep:
-            thresholds = [float(value) for value in args.sweep.split(",")]
-            results = sweep(model, dataset, thresholds, progress=True)
-        elif args.threshold:
-            results = [evaluate(model, dataset, threshold, progress=True) for threshold in args.threshold]
-        else:
-            results = [evaluate(model, dataset, early_exit=not args.no_early_exit, progress=True)]
-        if reference:
-            for result in results:
-                result["metric_pct_of_full"] = 100 * result["metric"] / reference["metric"]
+    model = load_checkpoint(args.checkpoint)
+    dataset = load_split(model.config.task, "dev", args.data_dir)
+    if args.limit:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+    reference = evaluate(load_checkpoint(args.reference), dataset, progress=True) if args.reference else None
+    if args.sweep:
+        thresholds = [float(value) for value in args.sweep.split(",")]
+        results = sweep(model, dataset, thresholds, progress=True)
+    elif args.threshold:
+        results = [evaluate(model, dataset, threshold, progress=True) for threshold in args.threshold]
+    else:
+        results = [evaluate(model, dataset, early_exit=not args.no_early_exit, progress=True)]
+    if reference:
         for result in results:
-            print(describe(result, reference))
-        if args.out and args.sweep:
-            write_sweep(results, Path(args.out), reference)
-        if args.choose_default:
-            if not (args.sweep and reference):
-                raise UserError("--choose-default needs --sweep and --reference")
-            chosen = choose_default(results, reference["metric"], args.keep)
-            config_path = Path(args.checkpoint) / CONFIG_FILE
-            config = json.loads(config_path.read_text())
-            config["threshold"] = chosen["threshold"]
-            config["metrics"] = chosen | {"reference_metric": reference["metric"], "chosen_with": f"fastest keeping {args.keep:.0%} of full on dev"}
-            config_path.write_text(json.dumps(config, indent=2) + "\n")
-            print(f"default threshold set to {chosen['threshold']} in {config_path}")
-        if args.json:
-            print(json.dumps(results[0] if len(results) == 1 else results))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            result["metric_pct_of_full"] = 100 * result["metric"] / reference["metric"]
+    for result in results:
+        print(describe(result, reference))
+    if args.out and args.sweep:
+        write_sweep(results, Path(args.out), reference)
+    if args.choose_default:
+        if not (args.sweep and reference):
+            raise UserError("--choose-default needs --sweep and --reference")
+        chosen = choose_default(results, reference["metric"], args.keep)
+        config_path = Path(args.checkpoint) / CONFIG_FILE
+        config = json.loads(config_path.read_text())
+        config["threshold"] = chosen["threshold"]
+        config["metrics"] = chosen | {"reference_metric": reference["metric"], "chosen_with": f"fastest keeping {args.keep:.0%} of full on dev"}
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        print(f"default threshold set to {chosen['threshold']} in {config_path}")
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
     return 0
 
 

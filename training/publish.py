@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint
-from core.errors import UserError
+from core.errors import UserError, command_line
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import choose_default, evaluate, sweep, write_sweep
 
@@ -110,6 +110,7 @@ def write_table(rows: list[dict], keep: float) -> None:
     (SHIPPED_DIR / "README.md").write_text("\n".join(lines))
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs", help="folder of <task>/<method> training outputs")
@@ -117,21 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--keep", type=float, default=0.98, help="fraction of the full model's dev metric an operating point must keep")
     args = parser.parse_args(argv)
-    try:
-        runs = sorted(path for path in Path(args.runs).iterdir() if (path / "full" / CONFIG_FILE).is_file())
-        if args.tasks:
-            runs = [path for path in runs if path.name in args.tasks]
-        if not runs:
-            raise UserError(f"no trained full models under {args.runs}/<task>/full: run bash training/ship.sh first")
-        rows = [row for run in runs for row in publish_task(run, args.data_dir, args.keep)]
-        existing = SHIPPED_DIR / "table.json"
-        kept = [row for row in (json.loads(existing.read_text()) if existing.is_file() else []) if row["task"] not in {r["task"] for r in rows}]
-        rows = sorted(kept + rows, key=lambda row: (row["task"], METHOD_ORDER.index(row["method"])))
-        existing.write_text(json.dumps(rows, indent=2) + "\n")
-        write_table(rows, args.keep)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    runs = sorted(path for path in Path(args.runs).iterdir() if (path / "full" / CONFIG_FILE).is_file())
+    if args.tasks:
+        runs = [path for path in runs if path.name in args.tasks]
+    if not runs:
+        raise UserError(f"no trained full models under {args.runs}/<task>/full: run bash training/ship.sh first")
+    rows = [row for run in runs for row in publish_task(run, args.data_dir, args.keep)]
+    existing = SHIPPED_DIR / "table.json"
+    kept = [row for row in (json.loads(existing.read_text()) if existing.is_file() else []) if row["task"] not in {r["task"] for r in rows}]
+    rows = sorted(kept + rows, key=lambda row: (row["task"], METHOD_ORDER.index(row["method"])))
+    existing.write_text(json.dumps(rows, indent=2) + "\n")
+    write_table(rows, args.keep)
     return 0
 
 

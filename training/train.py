@@ -30,7 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from core.backbone import DEFAULT_BACKBONE
 from core.checkpoint import save_checkpoint
-from core.errors import UserError
+from core.errors import UserError, command_line
 from core.methods import METHODS
 from core.tasks import get_task
 from training.data import DEFAULT_DATA_DIR, load_split
@@ -220,14 +220,11 @@ def train(args: argparse.Namespace) -> dict:
     return result
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-    try:
-        train(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    train(args)
     return 0
 
 
