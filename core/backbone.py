@@ -56,6 +56,12 @@ def load_bert(reference: str) -> BertModel:
     return model
 
 
+def trim_padding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut trailing columns that are padding for every row (the tokenizer pads on the right)."""
+    length = int(attention_mask.sum(1).max())
+    return hidden[:, :length], attention_mask[:, :length]
+
+
 class Encoder(nn.Module):
     """Embeddings and transformer layers of a ``BertModel``, exposed step by step.
 
@@ -92,6 +98,15 @@ class Encoder(nn.Module):
 
     def run_layer(self, index: int, hidden: torch.Tensor, layer_mask: torch.Tensor | None) -> torch.Tensor:
         return self.layers[index](hidden, attention_mask=layer_mask)
+
+    def run_layer_on_rows(self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Run layer ``index`` for ``rows`` only, on just the columns they need; other rows keep their state.
+
+        Out of place (``index_copy``), so it serves inference and gradient-carrying training alike.
+        """
+        sub_hidden, sub_mask = trim_padding(hidden[rows], attention_mask[rows])
+        new = self.run_layer(index, sub_hidden, self.attention_mask_for(sub_hidden, sub_mask))
+        return hidden.index_copy(0, rows, torch.cat([new, hidden[rows, new.shape[1] :]], dim=1))
 
     def pooler_state(self) -> dict[str, torch.Tensor] | None:
         """The pretrained pooler's weights, to start heads from, or None if the checkpoint has none."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.backbone import Encoder
+from core.backbone import Encoder, trim_padding
 from core.methods.base import Method, Report, RunSettings, State
 
 
@@ -69,12 +69,6 @@ def _select(state: State, rows: torch.Tensor) -> State:
     return {name: value[rows] for name, value in state.items()}
 
 
-def _trim_padding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut trailing columns that are padding for every row (the tokenizer pads on the right)."""
-    length = int(attention_mask.sum(1).max())
-    return hidden[:, :length], attention_mask[:, :length]
-
-
 @torch.inference_mode()
 def run_batch(
     encoder: Encoder,
@@ -102,11 +96,7 @@ def run_batch(
         if run is None:
             hidden = encoder.run_layer(layer, hidden, layer_mask)
         elif bool(run.any()):
-            chosen = run.nonzero().squeeze(1)
-            sub_hidden, sub_mask = _trim_padding(hidden[chosen], mask[chosen])
-            new = encoder.run_layer(layer, sub_hidden, encoder.attention_mask_for(sub_hidden, sub_mask))
-            hidden = hidden.clone()
-            hidden[chosen, : new.shape[1]] = new
+            hidden = encoder.run_layer_on_rows(layer, hidden, mask, run.nonzero().squeeze(1))
 
         stop, after_report = method.after_layer(layer, hidden[:, 0], state, settings)
         records.append(LayerRecord(rows, run, {**report, **after_report}))
@@ -127,7 +117,7 @@ def run_batch(
             if not bool(keep.any()):
                 break
             rows, state = rows[keep], _select(state, keep)
-            hidden, mask = _trim_padding(hidden[keep], mask[keep])
+            hidden, mask = trim_padding(hidden[keep], mask[keep])
             layer_mask = encoder.attention_mask_for(hidden, mask)
 
     return BatchResult(outputs=outputs, exit_layer=exit_layer, layers=records, num_layers=num_layers)

@@ -119,10 +119,8 @@ class AdaptiveModel(nn.Module):
         settings = self.settings(threshold, early_exit)
         self.eval()
         lengths = self.token_counts(texts, pairs)
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
         traces: list[Trace | None] = [None] * len(texts)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
+        for chosen in length_sorted_batches(lengths, batch_size):
             batch_texts = [texts[i] for i in chosen]
             batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
             encoded = self.tokenize(batch_texts, batch_pairs)
@@ -197,6 +195,12 @@ class AdaptiveModel(nn.Module):
             else:
                 setattr(step, name, float(value))
         return step
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Input indices grouped into batches of similar length, so batches carry little padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, **hyperparameters) -> AdaptiveModel:

@@ -38,7 +38,7 @@ from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_checkpo
 from core.engine import BatchResult, run_batch
 from core.errors import UserError, command_line
 from core.methods import METHODS, RunSettings
-from core.model import AdaptiveModel
+from core.model import AdaptiveModel, length_sorted_batches
 from core.tasks import get_task
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate, sweep
@@ -184,13 +184,10 @@ def timing_batches(model: AdaptiveModel, dev, batch_size: int) -> list[dict[str,
     """Length-sorted batches as AdaptiveModel.predict forms them, tokenized ahead of the timed region."""
     texts = list(dev["text"])
     pairs = list(dev["text_pair"]) if model.config.pair else None
-    lengths = model.token_counts(texts, pairs)
-    order = sorted(range(len(texts)), key=lambda index: lengths[index])
-    batches = []
-    for start in range(0, len(order), batch_size):
-        chosen = order[start : start + batch_size]
-        batches.append(model.tokenize([texts[i] for i in chosen], None if pairs is None else [pairs[i] for i in chosen]))
-    return batches
+    return [
+        model.tokenize([texts[i] for i in chosen], None if pairs is None else [pairs[i] for i in chosen])
+        for chosen in length_sorted_batches(model.token_counts(texts, pairs), batch_size)
+    ]
 
 
 @contextmanager

@@ -90,8 +90,7 @@ class DPBERT(Method):
                 if len(rows) == len(action):
                     hidden = encoder.run_layer(layer, hidden, full_mask)
                 elif len(rows):
-                    sub_mask = encoder.attention_mask_for(hidden[rows], batch.attention_mask[rows])
-                    hidden = hidden.index_copy(0, rows, encoder.run_layer(layer, hidden[rows], sub_mask))
+                    hidden = encoder.run_layer_on_rows(layer, hidden, batch.attention_mask, rows)
                 actions.append(action)
             logits_per_layer.append(logit)
         planner_logits = torch.stack(logits_per_layer, 1)  # [batch, layers]
