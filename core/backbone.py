@@ -6,8 +6,6 @@ downloaded.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
@@ -114,24 +112,3 @@ class Encoder(nn.Module):
         if pooler is None:
             return None
         return {"weight": pooler.dense.weight.detach().clone(), "bias": pooler.dense.bias.detach().clone()}
-
-
-def tiny_bert_config(num_layers: int = 4, hidden_size: int = 32, vocab_size: int = 30522) -> BertConfig:
-    """A small random BERT for tests and smoke runs (same vocabulary as MiniLM's tokenizer)."""
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=hidden_size * 2,
-        max_position_embeddings=128,
-    )
-
-
-def save_tiny_backbone(folder: str | Path, num_layers: int = 4, seed: int = 0) -> str:
-    """Write a random tiny BERT plus MiniLM's tokenizer to ``folder``; return the folder as a backbone reference."""
-    torch.manual_seed(seed)
-    folder = Path(folder)
-    BertModel(tiny_bert_config(num_layers)).save_pretrained(folder)
-    load_tokenizer(DEFAULT_BACKBONE).save_pretrained(folder)
-    return str(folder)

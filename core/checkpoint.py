@@ -55,10 +55,53 @@ def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
     elif config.encoder_weights == "full":
         weights.update({f"encoder.{name}": value for name, value in bert.state_dict().items()})
         config.backbone_config = bert.config.to_dict()
-    config.method_hyperparameters = model.method.hyperparameters()
+    config.method_config = model.method.config.to_dict()
     save_file({name: value.detach().contiguous().clone() for name, value in weights.items()}, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_config(config, folder)
     return folder
+
+
+def write_config(config: ModelConfig, folder: str | Path) -> None:
+    (Path(folder) / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_operating_point(folder: str | Path, threshold: float | None, metrics: dict, operating_point: dict) -> ModelConfig:
+    """Record a checkpoint's shipped operating point: its knob value, how it was chosen, and its dev metrics.
+
+    The one writer of operating points (publish and calibration both call it), so every
+    checkpoint records them the same way.
+    """
+    config = read_config(folder)
+    config.threshold = threshold
+    config.metrics = metrics
+    config.operating_point = operating_point
+    write_config(config, folder)
+    return config
+
+
+# Keys of configs written before methods had typed configs, and where their values live now.
+_OLD_TRAINING_KEYS = {"dact": {"tau": "tau"}, "dpbert": {"target_skip_rate": "target_skip_rate", "rate_weight": "rate_weight", "loss_weight": "reward_loss_weight"}}
+
+
+def _migrate(data: dict) -> dict:
+    """Bring a config.json written by an earlier version up to date (the shipped checkpoints predate typed configs)."""
+    if "method_hyperparameters" not in data:
+        return data
+    data = dict(data)
+    method_config = dict(data.pop("method_hyperparameters") or {})
+    training = data.get("training") or {}
+    for old, new in _OLD_TRAINING_KEYS.get(data.get("method"), {}).items():
+        if old in training:
+            method_config[new] = training[old]
+    if data.get("method") == "dpbert":  # what those models were trained with
+        method_config |= {"rate_penalty": "mean", "first_layer": "cls", "policy_weight": 1.0}
+    data["method_config"] = method_config
+    metrics = dict(data.get("metrics") or {})
+    rule = metrics.pop("operating_point", None)
+    if rule and rule != "all layers":
+        data["operating_point"] = {"rule": rule, "chosen_on": "dev"}
+    data["metrics"] = metrics
+    return data
 
 
 def read_config(folder: str | Path) -> ModelConfig:
@@ -74,12 +117,14 @@ def read_config(folder: str | Path) -> ModelConfig:
     known = {field.name for field in fields(ModelConfig)}
     if not isinstance(data, dict) or not {"method", "task", "labels", "pair"} <= data.keys():
         raise UserError(f"{path} is not a checkpoint config: it needs at least the keys method, task, labels and pair")
+    data = _migrate(data)
     unknown = set(data) - known
     if unknown:
         raise UserError(f"{path} has unknown keys {sorted(unknown)}; was it written by a newer version?")
     config = ModelConfig(**data)
     if config.method not in METHODS:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
+    METHODS[config.method].Config.from_dict(config.method_config, where=f"{path}: method_config")
     if config.encoder_weights not in ("base", "lora", "full"):
         raise UserError(f"{path}: encoder_weights must be base, lora or full, not {config.encoder_weights!r}")
     return config
@@ -112,7 +157,8 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> Adaptive
     encoder = Encoder(bert)
     labels = config.labels
     num_outputs = 1 if labels is None else len(labels)
-    method = METHODS[config.method](encoder.hidden_size, encoder.num_layers, num_outputs, **config.method_hyperparameters)
+    method_class = METHODS[config.method]
+    method = method_class(encoder.hidden_size, encoder.num_layers, num_outputs, method_class.Config.from_dict(config.method_config))
 
     try:
         if config.encoder_weights == "lora":

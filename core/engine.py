@@ -90,7 +90,7 @@ def run_batch(
     records: list[LayerRecord] = []
 
     for layer in range(num_layers):
-        run, report = method.plan(layer, hidden[:, 0], state, settings)
+        run, report = method.plan(layer, hidden, mask, state, settings)
         if run is not None and bool(run.all()):
             run = None
         if run is None:
@@ -98,7 +98,7 @@ def run_batch(
         elif bool(run.any()):
             hidden = encoder.run_layer_on_rows(layer, hidden, mask, run.nonzero().squeeze(1))
 
-        stop, after_report = method.after_layer(layer, hidden[:, 0], state, settings)
+        stop, after_report = method.after_layer(layer, hidden, mask, state, settings)
         records.append(LayerRecord(rows, run, {**report, **after_report}))
         last = layer == num_layers - 1
         if last:

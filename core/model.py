@@ -1,7 +1,6 @@
 """An adaptive model: tokenizer + encoder + one method, with input checks and trace building."""
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
 from core.engine import BatchResult, run_batch
 from core.errors import UserError
-from core.methods import METHODS, Method, RunSettings
+from core.methods import Method, MethodConfig, RunSettings, get_method
 from core.tasks import get_task
 from core.trace import LayerStep, Trace
 
@@ -30,8 +29,9 @@ class ModelConfig:
     encoder_weights: str = "base"  # base (the backbone as published) | lora | full
     lora: dict | None = None  # LoRA settings when encoder_weights == "lora"
     backbone_config: dict | None = None  # the BERT config, so a full-weights checkpoint rebuilds without the backbone
-    method_hyperparameters: dict = field(default_factory=dict)
-    threshold: float | None = None  # default operating point
+    method_config: dict = field(default_factory=dict)  # the method's typed config (core.methods.<method>.Config)
+    threshold: float | None = None  # the shipped operating point: the method's knob value (None: the method's default)
+    operating_point: dict = field(default_factory=dict)  # how the threshold was chosen: split, rule, validation metrics
     max_length: int = 512
     trained: bool = False
     training: dict = field(default_factory=dict)
@@ -65,11 +65,10 @@ class AdaptiveModel(nn.Module):
     def check_threshold(self, threshold: float | None) -> None:
         if threshold is None:
             return
-        allowed = self.method.threshold_range
-        if allowed is None:
-            raise UserError(f"method {self.config.method!r} has no threshold; use early_exit=False (--no-early-exit) to run every layer")
-        if not (math.isfinite(threshold) and allowed[0] <= threshold <= allowed[1]):
-            raise UserError(f"threshold {threshold} is out of range for {self.config.method}: use a value in [{allowed[0]:.4g}, {allowed[1]:.4g}]")
+        knob = self.method.knob
+        if knob is None:
+            raise UserError(f"{self.method.title} has no threshold to set; use early_exit=False (--no-early-exit) to run every layer")
+        knob.check(threshold, self.method.title)
 
     def check_inputs(self, texts: list[str], pairs: list[str] | None) -> None:
         if not texts:
@@ -137,6 +136,14 @@ class AdaptiveModel(nn.Module):
     def _label(self, index: int) -> str:
         return self.config.labels[index]
 
+    def _field_value(self, kind: str, value: torch.Tensor) -> str | float | dict[str, float]:
+        """A reported tensor value as the trace shows it: a label, per-class probabilities, or a number."""
+        if kind == "class" and self.config.labels is not None:
+            return self._label(int(value))
+        if kind == "distribution":
+            return {label: float(p) for label, p in zip(self.config.labels, value.tolist())}
+        return float(value)
+
     def _traces(self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]) -> list[Trace]:
         tables = (result.executed(), result.reached(), result.reports())
         return [
@@ -185,15 +192,13 @@ class AdaptiveModel(nn.Module):
         step = LayerStep(layer=layer + 1, executed=executed, reached=reached)
         if not reached:
             return step
+        kinds = {item.name: item.kind for item in self.method.layer_fields}
         for name, values in report.items():
-            value = values[row]
+            value = self._field_value(kinds.get(name, "number"), values[row])
             if name == "prediction":
-                step.prediction = self._label(int(value))
-            elif name == "accumulated":
-                step.accumulated = {label: float(p) for label, p in zip(self.config.labels, value.tolist())}
-                step.top_class = self._label(int(value.argmax()))
+                step.prediction = value
             else:
-                setattr(step, name, float(value))
+                step.values[name] = value
         return step
 
 
@@ -203,14 +208,15 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, **hyperparameters) -> AdaptiveModel:
+def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
     """A model with fresh (untrained) method heads on the pretrained backbone."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    method_class = get_method(method)
     spec = get_task(task)
+    if not method_class.supports(spec.is_regression):
+        raise UserError(f"{method_class.title} cannot run {spec.name}: it needs class probabilities, and {spec.name} is a regression task")
     bert = load_bert(backbone)
     encoder = Encoder(bert)
-    method_module = METHODS[method](encoder.hidden_size, encoder.num_layers, spec.num_outputs, **hyperparameters)
+    method_module = method_class(encoder.hidden_size, encoder.num_layers, spec.num_outputs, method_config)
     method_module.initialise_heads(encoder.pooler_state())
     config = ModelConfig(
         method=method,
@@ -218,6 +224,6 @@ def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, **hype
         labels=None if spec.labels is None else list(spec.labels),
         pair=spec.pair,
         backbone=backbone,
-        method_hyperparameters=method_module.hyperparameters(),
+        method_config=method_module.config.to_dict(),
     )
     return AdaptiveModel(encoder, method_module, load_tokenizer(backbone), config)

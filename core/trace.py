@@ -7,19 +7,19 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class LayerStep:
-    """One layer of one input. Fields a method does not have stay None."""
+    """One layer of one input.
+
+    ``prediction`` is the layer's own answer where the method has one (an off-ramp, a per-layer
+    classifier): a label, or a score for regression. ``values`` holds the method's other
+    per-layer numbers under the names its ``layer_fields`` declare (e.g. ``entropy``,
+    ``planner_prob``, ``halting_prob``); empty for layers the input did not reach.
+    """
 
     layer: int  # 1-based
     executed: bool
     reached: bool  # False after an early exit
-    prediction: str | None = None  # this layer's own classifier (DeeBERT off-ramp, DACT y_n)
-    entropy: float | None = None  # DeeBERT
-    planner_prob: float | None = None  # DPBERT: probability of executing this layer
-    halting_prob: float | None = None  # DACT h_n
-    accumulated: dict[str, float] | None = None  # DACT a_n
-    top_class: str | None = None  # DACT: class with the largest a_n
-    top_lower_bound: float | None = None  # DACT
-    runner_up_upper_bound: float | None = None  # DACT
+    prediction: str | float | None = None
+    values: dict[str, float | str | dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

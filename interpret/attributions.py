@@ -2,9 +2,11 @@
 
 The engine's decisions (which layers ran, where the input left) depend on the input, so
 attributing through the engine would mix in paths the model never took. ``replay`` instead
-fixes the trace's path: the executed layers only (DPBERT), up to the exit (DeeBERT, DACT), and
-the head that answered (the exit layer's off-ramp for DeeBERT, the accumulation over the layers
-run for DACT, the final head otherwise). Integrated gradients run along that fixed path.
+fixes the trace's path and lets the method compute its answer along it with its own code: the
+layers the input reached are visited in order, executed ones are run, and the method's
+``plan``/``after_layer`` see every reached layer as in the engine (so DeeBERT's answer is its
+exit layer's off-ramp, DACT's the accumulation over the layers run, DPBERT's the head after the
+executed subset), with decisions switched off. Integrated gradients run along that fixed path.
 
 Integrated gradients are taken with respect to the embedding layer's output, which is exactly
 what Captum's ``LayerIntegratedGradients`` on the embeddings computes, but without installing a
@@ -12,19 +14,18 @@ hook on the shared model: predictions running at the same time in other threads 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from captum.attr import IntegratedGradients
 
-from core.heads import head_output
-from core.methods.dact import accumulate
+from core.methods import RunSettings
 from core.model import AdaptiveModel
 from core.trace import Trace
 
 DEFAULT_STEPS = 32
 PAIR_SEPARATOR = "  ‖  "
+FOLLOW_PATH = RunSettings(early_exit=False)  # the path is fixed by the trace, not decided again
 
 
 @dataclass
@@ -34,39 +35,6 @@ class Attribution:
     tokens: list[tuple[str, float | None]]
     target: str  # the class (or "score") being explained
     convergence_delta: float  # how far the integral is from f(input) - f(baseline); small is good
-
-
-def _path(trace: Trace) -> list[int]:
-    """0-based indices of the layers the trace ran, in order."""
-    return [layer - 1 for layer in trace.layers_executed]
-
-
-def _final_head_answer(model: AdaptiveModel, trace: Trace, cls_states: list[torch.Tensor]) -> torch.Tensor:
-    return head_output(model.method.head(cls_states[-1]))
-
-
-def _off_ramp_answer(model: AdaptiveModel, trace: Trace, cls_states: list[torch.Tensor]) -> torch.Tensor:
-    answering_layer = trace.exit_layer or trace.num_layers
-    return head_output(model.method.ramps[answering_layer - 1](cls_states[-1]))
-
-
-def _accumulated_answer(model: AdaptiveModel, trace: Trace, cls_states: list[torch.Tensor]) -> torch.Tensor:
-    method = model.method
-    rows = cls_states[0].shape[0]
-    answer = cls_states[0].new_zeros(rows, method.num_outputs)
-    remaining = cls_states[0].new_ones(rows)
-    for layer, cls in zip(_path(trace), cls_states):
-        probs = method.classifiers[layer](cls).softmax(-1)
-        answer, remaining = accumulate(answer, remaining, probs, method.halting_probability(layer, cls))
-    return answer
-
-
-ANSWERS: dict[str, Callable[[AdaptiveModel, Trace, list[torch.Tensor]], torch.Tensor]] = {
-    "full": _final_head_answer,
-    "dpbert": _final_head_answer,
-    "deebert": _off_ramp_answer,
-    "dact": _accumulated_answer,
-}
 
 
 def encode(model: AdaptiveModel, trace: Trace) -> dict[str, torch.Tensor]:
@@ -79,17 +47,19 @@ def replay(model: AdaptiveModel, trace: Trace, embeddings: torch.Tensor, attenti
 
     ``embeddings`` may hold several rows (Captum's interpolation steps); the mask is shared.
     """
-    if trace.method not in ANSWERS:
-        raise ValueError(f"no replay for method {trace.method!r}")
+    encoder, method = model.encoder, model.method
     mask = attention_mask.expand(embeddings.shape[0], -1)
-    layer_mask = model.encoder.attention_mask_for(embeddings, mask)
-    hidden, cls_states = embeddings, []
-    for layer in _path(trace):
-        hidden = model.encoder.run_layer(layer, hidden, layer_mask)
-        cls_states.append(hidden[:, 0])
-    if not cls_states:  # every layer bypassed: the head reads the embeddings' [CLS]
-        cls_states.append(hidden[:, 0])
-    return ANSWERS[trace.method](model, trace, cls_states)
+    layer_mask = encoder.attention_mask_for(embeddings, mask)
+    hidden, state = embeddings, method.begin(embeddings.shape[0], embeddings.device)
+    for step in trace.per_layer:
+        if not step.reached:
+            break
+        index = step.layer - 1
+        method.plan(index, hidden, mask, state, FOLLOW_PATH)
+        if step.executed:
+            hidden = encoder.run_layer(index, hidden, layer_mask)
+        method.after_layer(index, hidden, mask, state, FOLLOW_PATH)
+    return method.answer(hidden[:, 0], state)
 
 
 def _display_tokens(model: AdaptiveModel, input_ids: list[int], scores: list[float]) -> list[tuple[str, float | None]]:

@@ -8,15 +8,15 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from core.methods import METHODS
 from core.trace import Trace
 
-METHOD_TITLES = {"full": "Full model", "deebert": "DeeBERT", "dact": "DACT-BERT", "dpbert": "DPBERT"}
 STATUS_COLOURS = {"executed": "#2563eb", "skipped (bypassed)": "#f59e0b", "not reached (exited)": "#e5e7eb"}
 WIDTH = 460
 
 
 def method_title(method: str) -> str:
-    return METHOD_TITLES.get(method, method)
+    return METHODS[method].title if method in METHODS else method
 
 
 def _layer_status(trace: Trace, layer: int) -> str:
@@ -82,64 +82,38 @@ def _combine(charts: list[alt.Chart | None], title: str) -> alt.LayerChart:
     return alt.layer(*[chart for chart in charts if chart is not None]).properties(width=WIDTH, height=220, title=title)
 
 
-def entropy_chart(trace: Trace) -> alt.LayerChart:
-    """DeeBERT: each off-ramp's entropy against the threshold S; the input exits at the first one below S."""
-    steps = pd.DataFrame(
-        [{"layer": step.layer, "entropy": step.entropy, "status": _layer_status(trace, step.layer), "prediction": step.prediction} for step in trace.per_layer if step.reached]
-    )
-    axis = _layer_axis(trace.num_layers)
-    line = alt.Chart(steps).mark_line(point=alt.OverlayMarkDef(size=80, filled=True), color="#2563eb").encode(
-        x=axis, y=alt.Y("entropy:Q", title="off-ramp entropy (nats)"), tooltip=["layer", alt.Tooltip("entropy:Q", format=".4f"), "prediction"]
-    )
-    exit_label = f"exit after layer {trace.exit_layer}" if trace.exit_layer else None
-    rules = [_threshold_rule(trace.threshold, "S")] if trace.threshold is not None and trace.early_exit else []
-    return _combine([line, *rules, _exit_rule(trace.exit_layer, exit_label)], f"DeeBERT: entropy per layer vs S ({trace.prediction})")
+def method_chart(trace: Trace) -> alt.LayerChart | None:
+    """The method's own per-layer chart (its ``LayerChart``), drawn from the trace; None if it declares none.
 
-
-def halting_chart(trace: Trace) -> alt.LayerChart:
-    """DACT-BERT: the top class's accumulated probability and its lower bound, the runner-up's and its upper bound.
-
-    The model halts at the first layer where the lower bound reaches the upper bound. The upper
-    bound can exceed 1 early on (it adds every probability still to come); the axis is clipped at 1.
+    Lines, or bars coloured by whether the layer ran; the run's knob value as a dashed rule where
+    the method asks for one; the exit layer marked.
     """
-    rows = []
-    for step in trace.per_layer:
-        if not step.reached or step.accumulated is None:
-            continue
-        ranked = sorted(step.accumulated.items(), key=lambda item: item[1], reverse=True)
-        (top, top_value), (runner_up, runner_up_value) = ranked[0], ranked[1]
-        rows += [
-            {"layer": step.layer, "series": "top class: accumulated", "value": top_value, "class": top},
-            {"layer": step.layer, "series": "top class: lower bound", "value": step.top_lower_bound, "class": top},
-            {"layer": step.layer, "series": "runner-up: accumulated", "value": runner_up_value, "class": runner_up},
-            {"layer": step.layer, "series": "runner-up: upper bound", "value": step.runner_up_upper_bound, "class": runner_up},
-        ]
-    series = ["top class: accumulated", "top class: lower bound", "runner-up: accumulated", "runner-up: upper bound"]
-    lines = alt.Chart(pd.DataFrame(rows)).mark_line(point=True, clip=True).encode(
-        x=_layer_axis(trace.num_layers),
-        y=alt.Y("value:Q", title="probability", scale=alt.Scale(domain=[0, 1], clamp=True)),
-        color=alt.Color("series:N", sort=series, scale=alt.Scale(domain=series, range=["#2563eb", "#93c5fd", "#ea580c", "#fdba74"]), legend=alt.Legend(orient="bottom", columns=2, title=None)),
-        strokeDash=alt.StrokeDash("series:N", sort=series, scale=alt.Scale(domain=series, range=[[1, 0], [5, 3], [1, 0], [5, 3]]), legend=None),
-        tooltip=["layer", "series", "class", alt.Tooltip("value:Q", format=".4f")],
-    )
-    label = f"halt after layer {trace.exit_layer}" if trace.exit_layer else None
-    title = f"DACT-BERT: halting bounds ({trace.prediction}" + ("" if trace.exit_layer else ", no early halt") + ")"
-    return _combine([lines, _exit_rule(trace.exit_layer, label)], title)
-
-
-def planner_chart(trace: Trace) -> alt.LayerChart:
-    """DPBERT: the planner's probability of executing each layer against the threshold; below it the layer is bypassed."""
-    steps = pd.DataFrame(
-        [{"layer": step.layer, "planner probability": step.planner_prob, "status": _layer_status(trace, step.layer)} for step in trace.per_layer if step.reached]
-    )
-    bars = alt.Chart(steps).mark_bar().encode(
-        x=_layer_axis(trace.num_layers),
-        y=alt.Y("planner probability:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("status:N", title="layer", scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())), legend=alt.Legend(orient="bottom")),
-        tooltip=["layer", alt.Tooltip("planner probability:Q", format=".4f"), "status"],
-    )
-    rules = [_threshold_rule(trace.threshold, "threshold")] if trace.threshold is not None and trace.early_exit else []
-    return _combine([bars, *rules], f"DPBERT: planner probability per layer ({len(trace.layers_skipped)} bypassed)")
+    spec = METHODS[trace.method].layer_chart if trace.method in METHODS else None
+    if spec is None:
+        return None
+    rows = [
+        {"layer": step.layer, "series": series.label, "value": step.values.get(series.field), "status": _layer_status(trace, step.layer), "prediction": str(step.prediction)}
+        for step in trace.per_layer
+        if step.reached
+        for series in spec.series
+    ]
+    frame = pd.DataFrame(rows, columns=["layer", "series", "value", "status", "prediction"])
+    scale = alt.Scale(domain=list(spec.y_domain), clamp=True) if spec.y_domain else alt.Undefined
+    y = alt.Y("value:Q", title=spec.y_title, scale=scale)
+    tooltip = ["layer", "series", alt.Tooltip("value:Q", format=".4f"), "status", "prediction"]
+    if spec.mark == "bar":
+        colour = alt.Color("status:N", title="layer", scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())), legend=alt.Legend(orient="bottom"))
+        marks = alt.Chart(frame).mark_bar().encode(x=_layer_axis(trace.num_layers), y=y, color=colour, tooltip=tooltip)
+    else:
+        labels = [series.label for series in spec.series]
+        colour = alt.Color("series:N", sort=labels, scale=alt.Scale(domain=labels, range=[series.colour for series in spec.series]),
+                           legend=alt.Legend(orient="bottom", columns=2, title=None) if len(labels) > 1 else None)
+        dash = alt.StrokeDash("series:N", sort=labels, scale=alt.Scale(domain=labels, range=[[5, 3] if series.dashed else [1, 0] for series in spec.series]), legend=None)
+        marks = alt.Chart(frame).mark_line(point=True, clip=True).encode(x=_layer_axis(trace.num_layers), y=y, color=colour, strokeDash=dash, tooltip=tooltip)
+    rules = [_threshold_rule(trace.threshold, spec.knob_rule)] if spec.knob_rule and trace.threshold is not None and trace.early_exit else []
+    exit_label = f"exit after layer {trace.exit_layer}" if trace.exit_layer else None
+    answer = f"{trace.prediction:.3f}" if isinstance(trace.prediction, float) else str(trace.prediction)
+    return _combine([marks, *rules, _exit_rule(trace.exit_layer, exit_label)], f"{spec.title} ({answer})")
 
 
 def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart | alt.Chart:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.backbone import save_tiny_backbone
+from core.methods import get_method
 from core.model import AdaptiveModel, build_model
+from tests.tiny import save_tiny_backbone
 
 SENTENCES = [
     "a gorgeous, witty, seductive movie.",
@@ -48,8 +49,9 @@ def randomise(model: AdaptiveModel, seed: int, scale: float = 1.0) -> AdaptiveMo
 
 @pytest.fixture
 def make_model(tiny_backbone):
-    def make(method: str, task: str = "MRPC", **hyperparameters) -> AdaptiveModel:
+    def make(method: str, task: str = "MRPC", **settings) -> AdaptiveModel:
         torch.manual_seed(0)
-        return build_model(method, task, backbone=tiny_backbone, **hyperparameters).eval()
+        config = get_method(method).Config.from_dict(settings)
+        return build_model(method, task, backbone=tiny_backbone, method_config=config).eval()
 
     return make

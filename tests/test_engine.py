@@ -6,6 +6,7 @@ import torch
 from transformers import BertModel
 
 from core.backbone import Encoder, load_bert, load_tokenizer
+from core.methods import METHODS
 from core.methods.base import TrainBatch, run_all_layers
 from core.methods.deebert import entropy_from_logits
 from tests.conftest import SECOND, SENTENCES, randomise
@@ -107,9 +108,23 @@ def test_dact_halting_never_changes_the_class(make_model):
             if early.exit_layer is not None:
                 halted_early += 1
                 step = early.per_layer[early.exit_layer - 1]
-                assert step.top_lower_bound >= step.runner_up_upper_bound
+                assert step.values["top_lower_bound"] >= step.values["runner_up_upper_bound"]
                 assert early.layers_executed == list(range(1, early.exit_layer + 1))
     assert halted_early >= 5, "the test needs inputs that halt early to mean anything"
+
+
+def pabee_with_varied_agreement(model):
+    """Make each off-ramp split the inputs between the two classes along its own direction, so consecutive ramps agree on some rows only."""
+    states = cls_states(model)[1:]
+    with torch.no_grad():
+        for ramp, cls in zip(model.method.ramps, states):
+            ramp.out.weight[0].zero_()
+            ramp.out.bias[0].zero_()
+            pooled = torch.tanh(ramp.dense(cls))
+            ramp.out.weight[1].mul_(4 / (pooled @ ramp.out.weight[1]).std())
+            middle = (pooled @ ramp.out.weight[1]).sort().values[len(cls) // 2 - 1 : len(cls) // 2 + 1].mean()
+            ramp.out.bias[1].copy_(-middle)  # between the two middle rows, so no row sits on the decision boundary
+    return model
 
 
 def configured(make_model, method: str):
@@ -123,13 +138,15 @@ def configured(make_model, method: str):
         with torch.no_grad():
             model.method.planners[0].weight.zero_()
             model.method.planners[0].bias.fill_(5.0)
+    if method == "pabee":
+        return pabee_with_varied_agreement(model), 1.0  # exit as soon as two consecutive off-ramps agree
     if method != "deebert":
         return model, None
-    first_layer = [trace.per_layer[0].entropy for trace in model.predict(SENTENCES, SECOND, early_exit=False)]
+    first_layer = [trace.per_layer[0].values["entropy"] for trace in model.predict(SENTENCES, SECOND, early_exit=False)]
     return model, float(torch.tensor(first_layer).median())  # about half the rows exit after layer 1
 
 
-@pytest.mark.parametrize("method", ["full", "deebert", "dact", "dpbert"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_batched_results_equal_one_at_a_time(make_model, method):
     model, threshold = configured(make_model, method)
     batched = model.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
@@ -157,7 +174,7 @@ class LayerCallCounter:
         return record
 
 
-@pytest.mark.parametrize("method", ["deebert", "dact", "dpbert"])
+@pytest.mark.parametrize("method", [name for name in METHODS if name != "full"])
 def test_skipped_and_unreached_layers_are_never_computed(make_model, method):
     model, threshold = configured(make_model, method)
     counter = LayerCallCounter(model)
@@ -180,7 +197,7 @@ def test_layer_no_row_needs_is_never_called(make_model):
 def test_deebert_high_threshold_exits_after_first_layer(make_model):
     model = make_model("deebert")
     counter = LayerCallCounter(model)
-    traces = model.predict(SENTENCES, SECOND, threshold=model.method.threshold_range[1])
+    traces = model.predict(SENTENCES, SECOND, threshold=model.method.knob.high)
     assert counter.rows == [len(SENTENCES), 0, 0, 0]
     assert all(trace.exit_layer == 1 and trace.layers_not_reached == [2, 3, 4] for trace in traces)
 
@@ -202,6 +219,7 @@ def test_trace_has_the_documented_keys(make_model):
                 "exit_layer", "expected_speedup", "latency_ms", "per_layer"):
         assert key in data
     step = data["per_layer"][0]
-    for key in ("executed", "prediction", "halting_prob", "accumulated", "top_lower_bound", "runner_up_upper_bound"):
-        assert step[key] is not None
+    assert step["executed"] and step["prediction"] in ("not_equivalent", "equivalent")
+    declared = {item.name for item in METHODS["dact"].layer_fields} - {"prediction"}
+    assert set(step["values"]) == declared, "a trace records exactly the per-layer values its method declares"
     assert data["expected_speedup"] == pytest.approx(4 / len(data["layers_executed"]))

@@ -22,6 +22,28 @@ HUB_SPLITS = {"train": "train", "dev": "validation"}
 
 
 @dataclass(frozen=True)
+class ValidationSplit:
+    """Rows held out of the GLUE training file to choose operating points on (dev is only ever reported).
+
+    The same seed always picks the same rows, so every stage of a recipe trains on the same
+    remainder and never sees the rows its thresholds are chosen on.
+    """
+
+    fraction: float = 0.1
+    max_rows: int = 2000
+    seed: int = 2020
+
+    def rows(self, total: int) -> int:
+        return max(1, min(self.max_rows, round(self.fraction * total)))
+
+    def to_dict(self, total: int) -> dict:
+        return {"fraction": self.fraction, "max_rows": self.max_rows, "seed": self.seed, "rows": self.rows(total), "of": total}
+
+
+VALIDATION = ValidationSplit()
+
+
+@dataclass(frozen=True)
 class TsvColumns:
     """Where a task's fields are: column names, or indices for a file without a header."""
 
@@ -69,11 +91,25 @@ def read_tsv(path: Path, spec: TaskSpec) -> Dataset:
     return Dataset.from_dict(data)
 
 
+def carve_validation(train: Dataset, split: ValidationSplit = VALIDATION) -> tuple[Dataset, Dataset]:
+    """(training rows, held-out validation rows) of a GLUE training set; disjoint, deterministic in ``split.seed``."""
+    parts = train.train_test_split(test_size=split.rows(len(train)), seed=split.seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
 def load_split(task: str, split: str, data_dir: str | Path | None = None, from_hub: bool = False) -> Dataset:
-    """A split (``train`` or ``dev``) with columns ``text``, ``label`` and, for pair tasks, ``text_pair``."""
+    """A split with columns ``text``, ``label`` and, for pair tasks, ``text_pair``.
+
+    ``train`` and ``dev`` are the GLUE files; ``fit`` is ``train`` without the held-out rows and
+    ``validation`` those rows (``VALIDATION``): training uses ``fit``, operating points are
+    chosen on ``validation``, results are reported on ``dev``.
+    """
+    if split in ("fit", "validation"):
+        fit, validation = carve_validation(load_split(task, "train", data_dir, from_hub))
+        return fit if split == "fit" else validation
     spec = get_task(task)
     if split not in SPLIT_FILES:
-        raise UserError(f"unknown split {split!r}; use train or dev")
+        raise UserError(f"unknown split {split!r}; use train, fit, validation or dev")
     if from_hub:
         from datasets import load_dataset
 

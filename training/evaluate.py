@@ -1,27 +1,29 @@
-"""Evaluate a checkpoint on a task's dev set: GLUE metric, layers used, and threshold sweeps.
+"""Evaluate a checkpoint on a task's dev set (or the validation split): GLUE metric, layers used, and sweeps.
 
     python -m training.evaluate --checkpoint assets/checkpoints/mrpc/deebert --json
     python -m training.evaluate --checkpoint DIR --sweep 0,0.05,0.1,0.2,0.3 --out runs/sweeps/mrpc-deebert
-    python -m training.evaluate --checkpoint DIR --sweep ... --choose-default --reference FULL_DIR --keep 0.99
+    python -m training.evaluate --checkpoint DIR --sweep default --split validation --reference FULL_DIR
 
-A DeeBERT sweep needs one pass over the data: every layer's off-ramp is computed once, and each
-threshold's exit is read off the recorded entropies with DeeBERT's own exit rule. A DPBERT
-planner threshold changes the path, so each threshold is a pass of its own.
+For methods whose exit rule only reads values a full-depth run records (``sweeps_in_one_pass``:
+DeeBERT's entropies, PABEE's agreement counts) a sweep is one pass over the data, each
+threshold's exit read off with the method's own rule. Where the knob changes the path (DPBERT's
+planners) each threshold is a pass of its own. Choosing and recording an operating point is
+``python -m training.calibrate``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from core.checkpoint import CONFIG_FILE, load_checkpoint
+from core.checkpoint import load_checkpoint
 from core.errors import UserError, command_line
-from core.methods.deebert import DeeBERT
 from core.model import AdaptiveModel
 from core.trace import Trace
 from training.data import DEFAULT_DATA_DIR, load_split
@@ -38,10 +40,11 @@ def run_traces(model: AdaptiveModel, dataset: Dataset, threshold: float | None =
 
 
 def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: list[list[int]], exits: list[int | None], threshold: float | None) -> dict:
-    """One operating point: GLUE metrics, average layers, expected speed-up and per-layer frequencies."""
+    """One operating point: GLUE metrics, average layers, expected speed-up, per-layer frequencies and path spread."""
     task, num_layers, count = model.config.task, model.num_layers, len(labels)
     metrics = glue_metrics(task, predictions, labels)
     avg_layers = sum(map(len, executed)) / count
+    top_path, top_count = Counter(tuple(layers) for layers in executed).most_common(1)[0]
     result = {
         "task": task,
         "method": model.config.method,
@@ -52,66 +55,67 @@ def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: l
         "avg_layers": avg_layers,
         "expected_speedup": num_layers / avg_layers if avg_layers else float(num_layers),
         "layer_frequency": [sum(layer in layers for layers in executed) / count for layer in range(1, num_layers + 1)],
+        "top_path": list(top_path),
+        "top_path_share": top_count / count,
         "examples": count,
     }
-    if model.config.method in ("deebert", "dact"):
+    if model.method.exits_early:
         result["exit_frequency"] = [sum(exit_layer == layer for exit_layer in exits) / count for layer in range(1, num_layers + 1)]
     return result
 
 
-def label_index(model: AdaptiveModel, trace: Trace) -> int | float:
-    return trace.prediction if model.config.labels is None else model.config.labels.index(trace.prediction)
+def label_index(model: AdaptiveModel, prediction: str | float) -> int | float:
+    return prediction if model.config.labels is None else model.config.labels.index(prediction)
 
 
 def evaluate(model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False) -> dict:
     traces = run_traces(model, dataset, threshold, early_exit, progress=progress)
     return summarise(
-        model, list(dataset["label"]), [label_index(model, t) for t in traces], [t.layers_executed for t in traces],
+        model, list(dataset["label"]), [label_index(model, t.prediction) for t in traces], [t.layers_executed for t in traces],
         [t.exit_layer for t in traces], traces[0].threshold,
     )
 
 
-def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float], progress: bool = False) -> list[dict]:
-    """Evaluate several thresholds; one pass for DeeBERT, one pass per threshold otherwise."""
-    if model.method.threshold_range is None:
-        raise UserError(f"{model.config.method} has no threshold to sweep")
+def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None = None, progress: bool = False) -> list[dict]:
+    """Evaluate several knob values (default: the method's own grid); one pass where the method allows it."""
+    knob = model.method.knob
+    if knob is None:
+        raise UserError(f"{model.method.title} has no threshold to sweep: its trade-off is set in training")
+    thresholds = list(knob.sweep if thresholds is None else thresholds)
     for threshold in thresholds:
         model.check_threshold(threshold)
-    if model.config.method != "deebert":
+    if not model.method.sweeps_in_one_pass:
         return [evaluate(model, dataset, threshold, progress=progress) for threshold in thresholds]
     traces = run_traces(model, dataset, early_exit=False, progress=progress)
-    entropies = torch.tensor([[step.entropy for step in t.per_layer] for t in traces])
-    ramp_predictions = [[model.config.labels.index(step.prediction) for step in t.per_layer] for t in traces]
+    numbers = [item.name for item in model.method.layer_fields if item.kind == "number"]
+    values = {name: torch.tensor([[step.values[name] for step in t.per_layer] for t in traces]) for name in numbers}
+    layer_predictions = [[label_index(model, step.prediction) for step in t.per_layer] for t in traces]
+    labels = list(dataset["label"])
     results = []
     for threshold in thresholds:
-        exits = DeeBERT.exits(entropies[:, :-1], threshold)
-        exit_layers = [int(row.nonzero()[0]) + 1 if row.any() else None for row in exits]
-        predictions = [ramps[(layer or model.num_layers) - 1] for ramps, layer in zip(ramp_predictions, exit_layers)]
+        exit_layers = [int(layer) or None for layer in model.method.sweep_exits(values, threshold)]
+        predictions = [per_layer[(layer or model.num_layers) - 1] for per_layer, layer in zip(layer_predictions, exit_layers)]
         executed = [list(range(1, (layer or model.num_layers) + 1)) for layer in exit_layers]
-        results.append(summarise(model, list(dataset["label"]), predictions, executed, exit_layers, threshold))
+        results.append(summarise(model, labels, predictions, executed, exit_layers, threshold))
     return results
 
 
-def choose_default(results: list[dict], reference_metric: float, keep: float) -> dict:
-    """The fastest operating point whose metric is at least ``keep`` x the reference (else the most accurate)."""
-    good = [r for r in results if r["metric"] >= keep * reference_metric]
-    if not good:
-        return max(results, key=lambda r: r["metric"])
-    return max(good, key=lambda r: (r["expected_speedup"], r["metric"]))
+SWEEP_COLUMNS = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share", "layer_frequency", "exit_frequency"]
 
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:
-    """A CSV of the sweep and an Altair chart of metric against average layers executed."""
+    """A CSV of the sweep (with each point's per-layer run and exit shares) and an Altair chart of metric against average layers."""
     import altair as alt
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup"]
-    table = pd.DataFrame([{key: r[key] for key in columns} for r in results])
+    rows = [{key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS} for r in results]
+    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     table.to_csv(out / "sweep.csv", index=False)
-    points = table.assign(kind="sweep")
+    plotted = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup"]
+    points = table[plotted].assign(kind="sweep")
     if reference is not None:
-        points = pd.concat([points, pd.DataFrame([{**{key: reference[key] for key in columns}, "kind": "full model"}])])
+        points = pd.concat([points, pd.DataFrame([{**{key: reference[key] for key in plotted}, "kind": "full model"}])])
     chart = (
         alt.Chart(points)
         .mark_line(point=True)
@@ -119,25 +123,34 @@ def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -
             x=alt.X("avg_layers:Q", title="average layers executed"),
             y=alt.Y("metric:Q", title=results[0]["metric_name"], scale=alt.Scale(zero=False)),
             color=alt.Color("kind:N", title=None),
-            tooltip=columns,
+            tooltip=plotted,
         )
         .properties(title=f"{results[0]['task']} · {results[0]['method']}: {results[0]['metric_name']} vs layers", width=480, height=300)
     )
     chart.save(str(out / "sweep.html"))
 
 
+def parse_thresholds(text: str) -> list[float] | None:
+    """``default`` (the method's own grid) or comma-separated numbers."""
+    if text == "default":
+        return None
+    try:
+        return [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise UserError(f"--sweep takes 'default' or comma-separated numbers such as 0,0.1,0.2, not {text!r}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--threshold", type=float, nargs="*", help="one or more thresholds (default: the checkpoint's)")
-    parser.add_argument("--sweep", help="comma-separated thresholds to sweep")
+    parser.add_argument("--split", choices=["dev", "validation"], default="dev", help="dev (reported) or the validation rows held out of train (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, nargs="*", help="one or more knob values (default: the checkpoint's)")
+    parser.add_argument("--sweep", help="knob values to sweep: 'default' (the method's grid) or comma-separated numbers")
     parser.add_argument("--no-early-exit", action="store_true", help="run every layer")
-    parser.add_argument("--limit", type=int, help="only the first N dev rows")
+    parser.add_argument("--limit", type=int, help="only the first N rows")
     parser.add_argument("--out", help="folder for the sweep's CSV and chart")
     parser.add_argument("--reference", help="full-model checkpoint to compare with (metric %% of full, chart point)")
-    parser.add_argument("--choose-default", action="store_true", help="store the fastest swept threshold keeping --keep of the reference metric as the checkpoint's default")
-    parser.add_argument("--keep", type=float, default=0.99, help="fraction of the reference metric to keep (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object (a list of them for several thresholds)")
     return parser.parse_args(argv)
 
@@ -148,7 +161,8 @@ def describe(result: dict, reference: dict | None) -> str:
     frequencies = " ".join(f"{f:.2f}" for f in result["layer_frequency"])
     return (
         f"{result['task']} {result['method']} threshold {threshold}: {result['metric_name']} {result['metric']:.4f}{share}, "
-        f"avg layers {result['avg_layers']:.2f}, expected speed-up {result['expected_speedup']:.2f}x, layer frequency [{frequencies}]"
+        f"avg layers {result['avg_layers']:.2f}, expected speed-up {result['expected_speedup']:.2f}x, layer frequency [{frequencies}], "
+        f"most common path {result['top_path']} ({result['top_path_share']:.0%})"
     )
 
 
@@ -156,13 +170,12 @@ def describe(result: dict, reference: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model = load_checkpoint(args.checkpoint)
-    dataset = load_split(model.config.task, "dev", args.data_dir)
+    dataset = load_split(model.config.task, args.split, args.data_dir)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     reference = evaluate(load_checkpoint(args.reference), dataset, progress=True) if args.reference else None
     if args.sweep:
-        thresholds = [float(value) for value in args.sweep.split(",")]
-        results = sweep(model, dataset, thresholds, progress=True)
+        results = sweep(model, dataset, parse_thresholds(args.sweep), progress=True)
     elif args.threshold:
         results = [evaluate(model, dataset, threshold, progress=True) for threshold in args.threshold]
     else:
@@ -174,16 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(result, reference))
     if args.out and args.sweep:
         write_sweep(results, Path(args.out), reference)
-    if args.choose_default:
-        if not (args.sweep and reference):
-            raise UserError("--choose-default needs --sweep and --reference")
-        chosen = choose_default(results, reference["metric"], args.keep)
-        config_path = Path(args.checkpoint) / CONFIG_FILE
-        config = json.loads(config_path.read_text())
-        config["threshold"] = chosen["threshold"]
-        config["metrics"] = chosen | {"reference_metric": reference["metric"], "chosen_with": f"fastest keeping {args.keep:.0%} of full on dev"}
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-        print(f"default threshold set to {chosen['threshold']} in {config_path}")
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results))
     return 0

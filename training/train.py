@@ -12,6 +12,7 @@ An interrupted run continues from its last saved state with the same command plu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shlex
@@ -31,24 +32,51 @@ from transformers import get_linear_schedule_with_warmup
 from core.backbone import DEFAULT_BACKBONE
 from core.checkpoint import save_checkpoint
 from core.errors import UserError, command_line
-from core.methods import METHODS
+from core.methods import METHODS, MethodConfig
 from core.tasks import get_task
-from training.data import DEFAULT_DATA_DIR, load_split
+from training.data import DEFAULT_DATA_DIR, VALIDATION, load_split
 from training.evaluate import evaluate
 from training.recipes import TrainingObjective, starting_model, trainable_parameters
 
 
+def config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type[MethodConfig]) -> None:
+    """One option per field of a method's config (``--target-skip-rate``), from its type, choices and help."""
+    for item in dataclasses.fields(config_class):
+        flag = "--" + item.name.replace("_", "-")
+        meta = item.metadata
+        help_text = f"{meta.get('help', '')} (default: {item.default})"
+        if isinstance(item.default, bool):
+            parser.add_argument(flag, dest=f"setting_{item.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f"setting_{item.name}", type=type(item.default), choices=meta.get("choices"), default=None, help=help_text)
+
+
+def method_settings(args: argparse.Namespace) -> dict:
+    """The method settings given on the command line (the rest keep their defaults)."""
+    return {key.removeprefix("setting_"): value for key, value in vars(args).items() if key.startswith("setting_") and value is not None}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--method", choices=list(METHODS))
+    method_name = chosen.parse_known_args(argv)[0].method
+    others = "" if method_name else "Method settings (shown with --method M --help): " + "; ".join(
+        f"{name}: " + ", ".join("--" + item.name.replace("_", "-") for item in dataclasses.fields(cls.Config)) for name, cls in METHODS.items()
+    )
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, epilog=others, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True, choices=list(METHODS))
     parser.add_argument("--task", required=True)
-    parser.add_argument("--stage", choices=["relaxed", "rl"], default="rl", help="DPBERT: stage 2 (relaxed gate) or stage 3 (reinforcement learning)")
-    parser.add_argument("--init", help="checkpoint to start from (stage 1 for deebert/dact/dpbert relaxed; DPBERT stage 2 for rl)")
+    stages = [stage.name for stage in METHODS[method_name].stages] if method_name else sorted({stage.name for cls in METHODS.values() for stage in cls.stages})
+    parser.add_argument("--stage", choices=stages, help="training stage of the method's recipe (default: its first)")
+    parser.add_argument("--init", help="checkpoint to start from: the stage-1 full model, or the method's previous stage")
     parser.add_argument("--out", help="output checkpoint folder (default runs/<task>/<method>)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="glue_data folder (default: %(default)s; env GLUE_DIR)")
     parser.add_argument("--from-hub", action="store_true", help="load GLUE from the Hugging Face hub instead of --data-dir")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--finetune", choices=["lora", "full"], default="lora", help="how stage 1 tunes the encoder")
+    parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=True, help="with --finetune full: keep the embedding layer as published (default on)")
+    parser.add_argument("--encoder-from", help="stage 1: start the encoder from this checkpoint's (any task: intermediate-task training) instead of the backbone")
+    parser.add_argument("--train-split", default="fit", choices=["fit", "train", "dev"], help="rows to train on: fit = the GLUE train file minus the held-out validation rows (default)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
@@ -60,23 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-limit", type=int, help="use only the first N training rows (smoke runs)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev rows")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (default on)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast (default off: on CPUs without native bf16 it is ~27x slower, measured)")
     parser.add_argument("--save-every", type=int, default=200, help="save resumable state every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out/resume")
-    parser.add_argument("--tau", type=float, default=1e-2, help="DACT: weight of the sum of halting values")
-    parser.add_argument("--target-skip-rate", type=float, default=0.35, help="DPBERT: fraction of layers to skip")
-    parser.add_argument("--rate-weight", type=float, default=2.0, help="DPBERT: lambda2, weight of the rate penalty")
-    parser.add_argument("--loss-weight", type=float, default=0.5, help="DPBERT rl: beta, weight of the task loss in the reward")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    if method_name:
+        config_options(parser.add_argument_group(f"{METHODS[method_name].title} settings (recorded in config.json)"), METHODS[method_name].Config)
     return parser.parse_args(argv)
-
-
-def loss_options(args: argparse.Namespace) -> dict:
-    if args.method == "dact":
-        return {"tau": args.tau}
-    if args.method == "dpbert":
-        return {"mode": args.stage, "target_skip_rate": args.target_skip_rate, "rate_weight": args.rate_weight, "loss_weight": args.loss_weight}
-    return {}
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -129,12 +147,12 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out or f"runs/{spec.name.replace('-', '').lower()}/{args.method}")
     set_seed(args.seed)
     accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no")
-    model = starting_model(args.method, spec.name, args.backbone, args.init, args.finetune, args.lora_rank, {})
-    stage = args.stage if args.method == "dpbert" else "joint"
-    parameters = trainable_parameters(model, args.method, stage)
+    stage = METHODS[args.method].stage(args.stage)
+    model = starting_model(args.method, spec.name, stage, method_settings(args), args.backbone, args.init, args.finetune, args.lora_rank, args.encoder_from)
+    parameters = trainable_parameters(model, stage, freeze_embeddings=args.freeze_embeddings)
     model.config.max_length = args.max_length
 
-    train_set = load_split(spec.name, "train", args.data_dir, args.from_hub)
+    train_set = load_split(spec.name, args.train_split, args.data_dir, args.from_hub)
     if args.train_limit:
         train_set = train_set.select(range(min(args.train_limit, len(train_set))))
     dev_set = load_split(spec.name, "dev", args.data_dir, args.from_hub)
@@ -161,7 +179,7 @@ def train(args: argparse.Namespace) -> dict:
     groups = [{"params": rest, "lr": args.lr}] + ([{"params": full_encoder, "lr": encoder_lr}] if full_encoder else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
-    objective = TrainingObjective(model, loss_options(args))
+    objective = TrainingObjective(model, stage)
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     resume = ResumeState(out / "resume")
@@ -199,7 +217,7 @@ def train(args: argparse.Namespace) -> dict:
             step += 1
             seen += len(batch["labels"])
             progress.update(1)
-            progress.set_postfix({**{k: f"{v:.4f}" for k, v in stats.items() if k in ("loss", "execute_rate", "sum_h")}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
+            progress.set_postfix({**{k: f"{v:.4f}" for k, v in list(stats.items())[:3]}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
             if step % args.save_every == 0:
                 resume.save(parameters, optimizer, step)
             if step >= total_steps:
@@ -211,8 +229,10 @@ def train(args: argparse.Namespace) -> dict:
     model = model.eval()
     result = evaluate(model, dev_set)
     model.config.trained = True
-    model.config.training = {key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command")} | {
-        "steps": step, "stage": stage, "command": args.command}
+    model.config.training = {key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")} | {
+        "steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set)}
+    if args.train_split == "fit":
+        model.config.training["validation_split"] = VALIDATION.to_dict(len(load_split(spec.name, "train", args.data_dir, args.from_hub)))
     model.config.metrics = result
     if accelerator.is_main_process:
         save_checkpoint(model, out)

@@ -1,29 +1,147 @@
-"""The interface every method implements: a decision before and after each layer, and an answer.
+"""What every method is: a typed config, decisions around each layer, an answer, and its training.
 
 The engine (core/engine.py) owns the layer loop and the bookkeeping of which rows are still
 running; a method only says, for the rows it is shown, which of them run the next layer
 (``plan``), which of them stop after it (``after_layer``), and what they answer (``answer``).
 Training uses the same modules: ``training_loss`` is the method's objective, computed with the
 same heads, gates and accumulations as inference.
+
+Everything else that differs between methods is declared here too, as data, so that training,
+evaluation, the benchmark, attributions, charts and the demo never ask for a method by name:
+the ``Config`` dataclass (hyper-parameters, defaults, command-line help), the ``Knob`` a user
+turns at inference, the training ``Stage`` list, the ``LayerField`` values a trace records per
+layer, and the ``LayerChart`` that draws them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from core.backbone import Encoder
+from core.errors import UserError
 from core.heads import PooledHead
 
 State = dict[str, torch.Tensor]  # per-row running values; every tensor has the batch as dim 0
 Report = dict[str, torch.Tensor]  # per-row values recorded in the trace for one layer
 
 
+def option(default: Any, help: str, choices: tuple | None = None, low: float | None = None, high: float | None = None) -> Any:
+    """A config field with what the command line and the error messages need to know about it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high})
+
+
+@dataclass
+class MethodConfig:
+    """A method's hyper-parameters with their defaults; saved as ``method_config`` in config.json.
+
+    Subclasses add fields with ``option``. ``from_dict`` refuses keys it does not know, so a
+    misspelt setting is an error instead of being silently ignored.
+    """
+
+    dropout: float = option(0.1, "dropout in every head while training", low=0.0, high=1.0)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "method_config") -> MethodConfig:
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(known))}")
+        config = cls(**data)
+        config.validate(where)
+        return config
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> MethodConfig:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def validate(self, where: str = "method_config") -> None:
+        """Check every field against its declared choices and range."""
+        for item in dataclasses.fields(self):
+            value, meta = getattr(self, item.name), item.metadata
+            if meta.get("choices") and value not in meta["choices"]:
+                raise UserError(f"{where}: {item.name} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise UserError(f"{where}: {item.name} must be a finite number, not {value}")
+                low, high = meta.get("low"), meta.get("high")
+                if (low is not None and value < low) or (high is not None and value > high):
+                    raise UserError(f"{where}: {item.name} = {value} is out of range [{low}, {high}]")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """The inference-time trade-off between speed and accuracy a user can turn (``--threshold``)."""
+
+    name: str  # what the value is, for labels: "entropy threshold S"
+    symbol: str  # short name for chart rules: "S"
+    low: float
+    high: float
+    sweep: tuple[float, ...]  # the default grid that calibration and the benchmark evaluate
+    help: str  # one sentence: what a larger value does
+    integer: bool = False
+    step: float = 0.01  # slider step in the demo
+
+    def check(self, value: float, method: str) -> None:
+        if not (math.isfinite(value) and self.low <= value <= self.high):
+            raise UserError(f"{self.name} {value} is out of range for {method}: use a value in [{self.low:.4g}, {self.high:.4g}]")
+        if self.integer and value != int(value):
+            raise UserError(f"{self.name} of {method} is a whole number, not {value}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a method's recipe."""
+
+    name: str
+    starts_from: str  # "backbone": fresh heads; "full": the task's trained full model; "previous": this method's previous stage
+    trains_encoder: bool  # False: the encoder (and its adapters) stay frozen
+    help: str
+
+
+@dataclass(frozen=True)
+class LayerField:
+    """A value a method records per layer in the trace (``LayerStep.values[name]``)."""
+
+    name: str
+    label: str
+    kind: str = "number"  # number | class (an index, shown as the label) | distribution (per-class probabilities)
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line (or bar) of a per-layer chart: a ``LayerField`` of the trace."""
+
+    field: str
+    label: str
+    colour: str = "#2563eb"
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class LayerChart:
+    """How the demo draws a method's per-layer values (interpret/charts.py renders it)."""
+
+    title: str
+    y_title: str
+    series: tuple[Series, ...]
+    mark: str = "line"  # line | bar (bars are coloured by whether the layer ran)
+    y_domain: tuple[float, float] | None = None
+    knob_rule: str | None = None  # draw the run's knob value as a horizontal rule with this label
+    caption: str = ""
+
+
 @dataclass(frozen=True)
 class RunSettings:
-    """How to run a method: its threshold (None: the checkpoint's default) and whether it may save layers."""
+    """How to run a method: its knob value (None: the checkpoint's default) and whether it may save layers."""
 
     threshold: float | None = None
     early_exit: bool = True
@@ -38,28 +156,56 @@ class TrainBatch:
 
 
 class Method(nn.Module):
-    name: ClassVar[str]
-    supports_regression: ClassVar[bool] = True
-    default_threshold: ClassVar[float | None] = None
+    """Base class of the methods in ``core.methods``; a subclass is the whole method."""
 
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float = 0.1):
+    name: ClassVar[str]  # used in checkpoints, on command lines and in file names
+    title: ClassVar[str]  # shown to people
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line: what it decides
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    supports_regression: ClassVar[bool] = True
+    exits_early: ClassVar[bool] = False  # inputs can leave before the last layer (exit counts are reported)
+    sweeps_in_one_pass: ClassVar[bool] = False  # ``sweep_exits`` reads every knob value's exits off one full-depth run
+    stages: ClassVar[tuple[Stage, ...]] = ()
+    layer_fields: ClassVar[tuple[LayerField, ...]] = ()
+    layer_chart: ClassVar[LayerChart | None] = None
+    variants_are_operating_points: ClassVar[bool] = False  # the trade-off is a training setting: each trained variant is a point
+
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: MethodConfig | None = None):
         super().__init__()
+        if num_outputs < 2 and not self.supports_regression:
+            raise UserError(f"{self.title} needs class probabilities, so it runs classification tasks only, not regression")
+        self.config = config if config is not None else self.Config()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.num_outputs = num_outputs
-        self.dropout = dropout
+
+    @classmethod
+    def supports(cls, regression: bool) -> bool:
+        return cls.supports_regression or not regression
+
+    @classmethod
+    def stage(cls, name: str | None) -> Stage:
+        """A stage by name; None gives the first."""
+        if name is None:
+            return cls.stages[0]
+        for stage in cls.stages:
+            if stage.name == name:
+                return stage
+        raise UserError(f"{cls.title} has no training stage {name!r}; its stages: {', '.join(stage.name for stage in cls.stages)}")
 
     @property
-    def threshold_range(self) -> tuple[float, float] | None:
-        """The range a threshold may take, or None when the method has no threshold knob."""
+    def knob(self) -> Knob | None:
+        """The inference-time knob, or None when the method has none (its trade-off is set in training)."""
+        return None
+
+    @property
+    def default_threshold(self) -> float | None:
+        """The knob's value when neither the checkpoint nor the caller sets one."""
         return None
 
     def new_head(self) -> PooledHead:
-        return PooledHead(self.hidden_size, self.num_outputs, self.dropout)
-
-    def hyperparameters(self) -> dict:
-        """Extra constructor arguments, saved in the checkpoint's config.json."""
-        return {}
+        return PooledHead(self.hidden_size, self.num_outputs, self.config.dropout)
 
     def initialise_heads(self, pooler: dict[str, torch.Tensor] | None) -> None:
         """Start every pooler from the backbone's pretrained pooler, as BERT's own classifier does."""
@@ -72,31 +218,45 @@ class Method(nn.Module):
                     module.dense.bias.copy_(pooler["bias"])
 
     def start_from_full(self, full_head: PooledHead) -> None:
-        """Take over a fine-tuned full model's head (stage 1 of every recipe)."""
+        """Take over a fine-tuned full model's head (what stages that start from ``full`` do first)."""
         raise NotImplementedError
+
+    def threshold(self, settings: RunSettings) -> float:
+        return self.default_threshold if settings.threshold is None else settings.threshold
 
     # --- inference: called by the engine for the rows still running -------------------------
     def begin(self, batch_size: int, device: torch.device) -> State:
         return {}
 
-    def plan(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        """Before ``layer`` (0-based): which rows run it (None: all of them)."""
+    def plan(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        """Before ``layer`` (0-based), from the states entering it: which rows run it (None: all of them)."""
         return None, {}
 
-    def after_layer(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        """After ``layer``: which rows stop here (None: none of them)."""
+    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        """After ``layer`` (called for every row that reached it, run or bypassed): which rows stop here (None: none)."""
         return None, {}
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         """Final output for rows that stop: probabilities [b, C], or scores [b] for regression."""
         raise NotImplementedError
 
-    # --- training ---------------------------------------------------------------------------
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, **options) -> tuple[torch.Tensor, dict[str, float]]:
+    def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+        """Where each row would exit at ``threshold``, read off a full-depth run (one pass serves a whole sweep).
+
+        ``values`` holds each reported field as [rows, layers]. Returns the 1-based exit layer per
+        row (0: ran to the end), the row then answering with that layer's own ``prediction``. Only
+        called when ``sweeps_in_one_pass``; elsewhere the decisions change the path, so every
+        threshold needs a run of its own.
+        """
         raise NotImplementedError
 
-    def threshold(self, settings: RunSettings) -> float:
-        return self.default_threshold if settings.threshold is None else settings.threshold
+    # --- training ---------------------------------------------------------------------------
+    def trainable_heads(self, stage: Stage) -> Iterator[nn.Parameter]:
+        """The method's own parameters a stage trains (default: all of them)."""
+        return self.parameters()
+
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
 
 
 def run_all_layers(encoder: Encoder, batch: TrainBatch) -> list[torch.Tensor]:

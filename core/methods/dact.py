@@ -6,17 +6,26 @@ a_n = y_n * p_{n-1} + a_{n-1} * (1 - p_{n-1}) and p_n = p_{n-1} * h_n. Since p c
 in the d = L - n layers still to come the top class c* keeps at least a_n[c*] * (1 - p_n)^d and
 any other class gains at most p_n * d, so once
     a_n[c*] * (1 - p_n)^d >= a_n[runner-up] + p_n * d
-the final answer's class is decided and the model halts with a_n.
+the final answer's class is decided and the model halts with a_n. There is no inference
+threshold: the trade-off is the training weight tau of the halting penalty, so each trained
+tau is an operating point.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from core.backbone import Encoder
-from core.errors import UserError
 from core.heads import PooledHead
-from core.methods.base import Method, Report, RunSettings, State, TrainBatch, run_all_layers
+from core.methods.base import LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option, run_all_layers
+
+
+@dataclass
+class DACTConfig(MethodConfig):
+    tau: float = option(0.01, "weight of the sum of halting values in the loss (the speed/accuracy trade-off)", low=0.0)
+    halting_bias: float = option(1.0, "initial bias of the halting units (larger: halt later at first)")
 
 
 def accumulate(answer: torch.Tensor, remaining: torch.Tensor, probs: torch.Tensor, halting: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,9 +34,8 @@ def accumulate(answer: torch.Tensor, remaining: torch.Tensor, probs: torch.Tenso
     return probs * weight + answer * (1 - weight), remaining * halting
 
 
-def halting_bounds(answer: torch.Tensor, remaining: torch.Tensor, layers_left: int) -> tuple[torch.Tensor, torch.Tensor]:
+def halting_bounds(top_two: torch.Tensor, remaining: torch.Tensor, layers_left: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower bound of the top class and upper bound of the runner-up after ``layers_left`` more layers."""
-    top_two = answer.topk(2, dim=-1).values
     lower = top_two[:, 0] * (1 - remaining) ** layers_left
     upper = top_two[:, 1] + remaining * layers_left
     return lower, upper
@@ -35,21 +43,44 @@ def halting_bounds(answer: torch.Tensor, remaining: torch.Tensor, layers_left: i
 
 class DACT(Method):
     name = "dact"
+    title = "DACT-BERT"
+    paper = "Eyzaguirre et al., 2021"
+    summary = "halting units and an accumulated answer; halt once a bound proves the class cannot change"
+    Config = DACTConfig
     supports_regression = False
+    exits_early = True
+    variants_are_operating_points = True
+    stages = (Stage("joint", starts_from="full", trains_encoder=True, help="train encoder, classifiers and halting units on -log a_L[y] + tau * sum h"),)
+    layer_fields = (
+        LayerField("prediction", "this layer's classifier", kind="class"),
+        LayerField("halting_prob", "halting probability h_n"),
+        LayerField("accumulated", "accumulated answer a_n", kind="distribution"),
+        LayerField("top_class", "class with the largest a_n", kind="class"),
+        LayerField("top_accumulated", "top class: accumulated"),
+        LayerField("runner_up_accumulated", "runner-up: accumulated"),
+        LayerField("top_lower_bound", "top class: lower bound", help="the least the top class can still have at the end"),
+        LayerField("runner_up_upper_bound", "runner-up: upper bound", help="the most the runner-up can still reach"),
+    )
+    layer_chart = LayerChart(
+        title="DACT-BERT: halting bounds",
+        y_title="probability",
+        series=(
+            Series("top_accumulated", "top class: accumulated", "#2563eb"),
+            Series("top_lower_bound", "top class: lower bound", "#93c5fd", dashed=True),
+            Series("runner_up_accumulated", "runner-up: accumulated", "#ea580c"),
+            Series("runner_up_upper_bound", "runner-up: upper bound", "#fdba74", dashed=True),
+        ),
+        y_domain=(0.0, 1.0),
+        caption="The model halts at the first layer where the top class's lower bound reaches the runner-up's upper bound.",
+    )
 
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float = 0.1, halting_bias: float = 1.0):
-        if num_outputs < 2:
-            raise UserError("DACT-BERT halts when the top class can no longer change, so it needs a classification task, not regression")
-        super().__init__(hidden_size, num_layers, num_outputs, dropout)
-        self.halting_bias = halting_bias
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: DACTConfig | None = None):
+        super().__init__(hidden_size, num_layers, num_outputs, config)
         self.classifiers = nn.ModuleList(self.new_head() for _ in range(num_layers))
         self.halting = nn.ModuleList(nn.Linear(hidden_size, 1) for _ in range(num_layers))
         with torch.no_grad():
             for unit in self.halting:
-                unit.bias.fill_(halting_bias)
-
-    def hyperparameters(self) -> dict:
-        return {"halting_bias": self.halting_bias}
+                unit.bias.fill_(self.config.halting_bias)
 
     def start_from_full(self, full_head: PooledHead) -> None:
         for classifier in self.classifiers:
@@ -64,17 +95,22 @@ class DACT(Method):
             "remaining": torch.ones(batch_size, device=device),
         }
 
-    def after_layer(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        cls = hidden[:, 0]
         logits = self.classifiers[layer](cls)
         halting = self.halting_probability(layer, cls)
         state["answer"], state["remaining"] = accumulate(state["answer"], state["remaining"], logits.softmax(-1), halting)
         layers_left = self.num_layers - layer - 1
-        lower, upper = halting_bounds(state["answer"], state["remaining"], layers_left)
+        top_two = state["answer"].topk(2, dim=-1)
+        lower, upper = halting_bounds(top_two.values, state["remaining"], layers_left)
         stop = (lower >= upper) if settings.early_exit and layers_left > 0 else None
         report = {
             "prediction": logits.argmax(-1),
             "halting_prob": halting,
             "accumulated": state["answer"],
+            "top_class": top_two.indices[:, 0],
+            "top_accumulated": top_two.values[:, 0],
+            "runner_up_accumulated": top_two.values[:, 1],
             "top_lower_bound": lower,
             "runner_up_upper_bound": upper,
         }
@@ -83,8 +119,8 @@ class DACT(Method):
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         return state["answer"]
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, tau: float = 0.0, **options) -> tuple[torch.Tensor, dict[str, float]]:
-        """Negative log-likelihood of the accumulated answer a_L plus tau * sum of the halting values."""
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+        """Negative log-likelihood of the accumulated answer a_L plus tau * the sum of the halting values."""
         cls_states = run_all_layers(encoder, batch)
         answer = torch.zeros(len(batch.labels), self.num_outputs, device=batch.labels.device)
         remaining = torch.ones(len(batch.labels), device=batch.labels.device)
@@ -95,5 +131,5 @@ class DACT(Method):
             halting_sum = halting_sum + halting
         nll = -answer.gather(1, batch.labels.long().unsqueeze(1)).squeeze(1).clamp_min(1e-12).log().mean()
         ponder = halting_sum.mean()
-        loss = nll + tau * ponder
+        loss = nll + self.config.tau * ponder
         return loss, {"loss": loss.item(), "nll": nll.item(), "sum_h": ponder.item()}

@@ -2,18 +2,20 @@
 
 Off-ramp i is a pooler + classifier on the [CLS] state after layer i. The last off-ramp is the
 fine-tuned model's own classifier, so with S = 0 (entropy is never negative) nothing exits early
-and the answer is the full model's.
+and the answer is the full model's. Training (the paper's two stages): stage 1 is the full
+model; stage 2 freezes it and trains off-ramps 1..L-1 on the sum of their cross-entropies.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from core.backbone import Encoder
 from core.heads import PooledHead, task_loss
-from core.methods.base import Method, Report, RunSettings, State, TrainBatch, run_all_layers
+from core.methods.base import Knob, LayerChart, LayerField, Method, Report, RunSettings, Series, Stage, State, TrainBatch, run_all_layers
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -26,36 +28,63 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs.clamp_min(torch.finfo(log_probs.dtype).min)).sum(-1)
 
 
+def first_exit(exits: torch.Tensor) -> torch.Tensor:
+    """[rows, layers-1] bool -> the 1-based first layer that says exit, 0 where none does."""
+    any_exit = exits.any(1)
+    return torch.where(any_exit, exits.int().argmax(1) + 1, torch.zeros_like(any_exit, dtype=torch.long))
+
+
 class DeeBERT(Method):
     name = "deebert"
+    title = "DeeBERT"
+    paper = "Xin et al., ACL 2020"
+    summary = "an off-ramp after every layer; exit when its entropy is below a threshold S"
     supports_regression = False
-    default_threshold = 0.0
+    exits_early = True
+    sweeps_in_one_pass = True
+    stages = (Stage("ramps", starts_from="full", trains_encoder=False, help="freeze the full model, train off-ramps 1..L-1"),)
+    layer_fields = (
+        LayerField("prediction", "off-ramp prediction", kind="class"),
+        LayerField("entropy", "off-ramp entropy (nats)", help="the input exits at the first off-ramp whose entropy is below S"),
+    )
+    layer_chart = LayerChart(
+        title="DeeBERT: entropy per layer vs S",
+        y_title="off-ramp entropy (nats)",
+        series=(Series("entropy", "entropy"),),
+        knob_rule="S",
+        caption="The input exits at the first off-ramp whose entropy is below S.",
+    )
 
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float = 0.1):
-        if num_outputs < 2:
-            from core.errors import UserError
-
-            raise UserError("DeeBERT exits on the entropy of class probabilities, so it needs a classification task, not regression")
-        super().__init__(hidden_size, num_layers, num_outputs, dropout)
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config=None):
+        super().__init__(hidden_size, num_layers, num_outputs, config)
         self.ramps = nn.ModuleList(self.new_head() for _ in range(num_layers))
 
     @property
-    def threshold_range(self) -> tuple[float, float]:
-        return (0.0, math.log(self.num_outputs))
+    def knob(self) -> Knob:
+        top = math.log(self.num_outputs)
+        grid = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.62, 0.64, 0.66, 0.68)
+        return Knob(
+            name="entropy threshold S", symbol="S", low=0.0, high=top, sweep=tuple(value * top / math.log(2) for value in grid),
+            help="exit at the first off-ramp whose entropy is below S; larger S exits earlier (0: never)",
+        )
+
+    @property
+    def default_threshold(self) -> float:
+        return 0.0
 
     def start_from_full(self, full_head: PooledHead) -> None:
         self.ramps[-1].load_state_dict(full_head.state_dict())
 
     @staticmethod
     def exits(entropy: torch.Tensor, threshold: float) -> torch.Tensor:
-        """DeeBERT's exit rule; the evaluator's one-pass threshold sweep applies it too."""
+        """DeeBERT's exit rule, shared by the engine and the one-pass sweep."""
         return entropy < threshold
 
     def begin(self, batch_size: int, device: torch.device) -> State:
         return {"probs": torch.zeros(batch_size, self.num_outputs, device=device)}
 
-    def after_layer(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        logits = self.ramps[layer](cls)
+    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        logits = self.ramps[layer](hidden[:, 0])
         entropy = entropy_from_logits(logits)
         state["probs"] = logits.softmax(-1)
         stop = self.exits(entropy, self.threshold(settings)) if settings.early_exit else None
@@ -64,8 +93,14 @@ class DeeBERT(Method):
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         return state["probs"]
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, **options) -> tuple[torch.Tensor, dict[str, float]]:
-        """Stage 2: the sum of the off-ramps' cross-entropies (the recipe freezes the rest)."""
+    def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+        return first_exit(self.exits(values["entropy"][:, :-1], threshold))
+
+    def trainable_heads(self, stage: Stage) -> Iterator[nn.Parameter]:
+        return (parameter for ramp in self.ramps[:-1] for parameter in ramp.parameters())
+
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+        """The sum of the cross-entropies of off-ramps 1..L-1 (the last one is the frozen full head)."""
         losses = [task_loss(self.ramps[i](cls), batch.labels) for i, cls in enumerate(run_all_layers(encoder, batch))]
-        loss = torch.stack(losses[:-1]).sum() if options.get("ramps_only", True) else torch.stack(losses).sum()
+        loss = torch.stack(losses[:-1]).sum()
         return loss, {"loss": loss.item(), **{f"ramp{i + 1}": value.item() for i, value in enumerate(losses)}}

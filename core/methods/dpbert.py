@@ -4,12 +4,20 @@ Before layer i, s_i = sigmoid(A_i . cls(h^{i-1}) + b_i) with h^0 the embeddings.
 layer i runs when s_i > threshold (0.5 by default); otherwise h^i = h^{i-1}. Any subset of layers
 may be bypassed. The output head reads the final state, so regression works as well.
 
-Reading of the paper's target rate: s_i is the probability of *executing* layer i, so the mean
-planner probability mu is the expected fraction of layers executed. The user gives
-``target_skip_rate`` t_skip (fraction of layers bypassed) and the penalty is
-lambda2 * (mu - (1 - t_skip))^2.
+Reading of the paper's target rate: s_i is the probability of *executing* layer i, so the user
+gives ``target_skip_rate`` t (the fraction of layers bypassed) and the penalty is
+lambda2 * (rate - (1 - t))^2. ``rate_penalty = "mean"`` is the paper's rate (the mean planner
+probability); ``"hard"`` (default) penalises the rate at the inference rule 1(s > 0.5), with a
+straight-through gradient, so that the trained model executes 1 - t of its layers at threshold
+0.5 instead of needing a threshold tuned afterwards.
+
+The first planner reads the [CLS] embedding, which is the same for every input, so its decision
+is a constant of the model. ``first_layer = "mean"`` lets it read the mean-pooled embeddings
+instead, and ``"always"`` always runs layer 1; ``"cls"`` (the paper's rule) is the default.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,98 +25,133 @@ from torch.nn import functional as F
 
 from core.backbone import Encoder
 from core.heads import PooledHead, head_output, task_loss
-from core.methods.base import Method, Report, RunSettings, State, TrainBatch
+from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option
+
+
+@dataclass
+class DPBERTConfig(MethodConfig):
+    target_skip_rate: float = option(0.4, "t: the fraction of layers to bypass", low=0.0, high=1.0)
+    rate_weight: float = option(1.0, "lambda2: weight of the rate penalty", low=0.0)
+    policy_weight: float = option(1.0, "lambda1: weight of the policy-gradient loss (rl stage)", low=0.0)
+    reward_loss_weight: float = option(5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0)
+    rate_penalty: str = option("hard", "what the rate penalty measures: hard = the inference rule s > 0.5 (straight-through), mean = mean planner probability (paper)", choices=("hard", "mean"))
+    first_layer: str = option("cls", "layer 1's decision: cls = planner on the [CLS] embedding (paper, the same for every input), mean = planner on the mean-pooled embeddings, always = always run", choices=("cls", "mean", "always"))
+    planner_bias: float = option(2.0, "initial planner bias (2: run every layer at first, like the full model)")
 
 
 class DPBERT(Method):
     name = "dpbert"
-    default_threshold = 0.5
+    title = "DPBERT"
+    paper = "Wu & Zhuo, ECAI 2023"
+    summary = "a planner before every layer runs or bypasses it (any subset of layers)"
+    Config = DPBERTConfig
+    stages = (
+        Stage("relaxed", starts_from="full", trains_encoder=False, help="backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h"),
+        Stage("rl", starts_from="previous", trains_encoder=True, help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners"),
+    )
+    layer_fields = (LayerField("planner_prob", "planner probability of running the layer", help="the layer runs when it is above the threshold"),)
+    layer_chart = LayerChart(
+        title="DPBERT: planner probability per layer",
+        y_title="planner probability",
+        series=(Series("planner_prob", "planner probability"),),
+        mark="bar",
+        y_domain=(0.0, 1.0),
+        knob_rule="threshold",
+        caption="A layer runs when its planner probability is above the threshold; otherwise it is bypassed.",
+    )
 
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float = 0.1, planner_bias: float = 2.0):
-        super().__init__(hidden_size, num_layers, num_outputs, dropout)
-        self.planner_bias = planner_bias
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: DPBERTConfig | None = None):
+        super().__init__(hidden_size, num_layers, num_outputs, config)
         self.planners = nn.ModuleList(nn.Linear(hidden_size, 1) for _ in range(num_layers))
         self.head = self.new_head()
         with torch.no_grad():  # start by executing every layer, like the stage-1 model
             for planner in self.planners:
                 planner.weight.zero_()
-                planner.bias.fill_(planner_bias)
+                planner.bias.fill_(self.config.planner_bias)
 
     @property
-    def threshold_range(self) -> tuple[float, float]:
-        return (0.0, 1.0)
+    def knob(self) -> Knob:
+        return Knob(
+            name="planner threshold", symbol="threshold", low=0.0, high=1.0, sweep=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7),
+            help="run a layer when its planner probability is above the threshold; larger bypasses more",
+        )
 
-    def hyperparameters(self) -> dict:
-        return {"planner_bias": self.planner_bias}
+    @property
+    def default_threshold(self) -> float:
+        return 0.5
 
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())
 
-    def planner_logit(self, layer: int, cls: torch.Tensor) -> torch.Tensor:
-        return self.planners[layer](cls).squeeze(-1)
+    def planner_logit(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """The planner's logit for running ``layer`` (None where the layer always runs)."""
+        if layer == 0 and self.config.first_layer == "always":
+            return None
+        if layer == 0 and self.config.first_layer == "mean":
+            weights = mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)
+            summary = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+        else:
+            summary = hidden[:, 0]
+        return self.planners[layer](summary).squeeze(-1)
 
-    def plan(self, layer: int, cls: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        probability = torch.sigmoid(self.planner_logit(layer, cls))
+    def plan(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        logit = self.planner_logit(layer, hidden, mask)
+        if logit is None:
+            return None, {"planner_prob": hidden.new_ones(hidden.shape[0])}
+        probability = torch.sigmoid(logit)
         run = probability > self.threshold(settings) if settings.early_exit else None
         return run, {"planner_prob": probability}
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         return head_output(self.head(cls))
 
-    def training_loss(
-        self,
-        encoder: Encoder,
-        batch: TrainBatch,
-        mode: str = "relaxed",
-        target_skip_rate: float = 0.3,
-        rate_weight: float = 1.0,
-        loss_weight: float = 0.1,
-        **options,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``relaxed`` (stage 2): h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+        """``relaxed``: h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.
 
-        ``rl`` (stage 3): a_i ~ Bernoulli(s_i), the task loss on the sampled path, and REINFORCE
-        for the planners with reward R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss
-        (``loss_weight`` is beta), minus a per-layer batch-mean baseline. In both, the rate
-        penalty lambda2 * (mu - (1 - t_skip))^2 (``rate_weight`` is lambda2).
+        ``rl``: a_i ~ Bernoulli(s_i), the task loss on the sampled path, and REINFORCE for the
+        planners with reward R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, minus a per-layer
+        batch-mean baseline, weighted by lambda1. In both, the rate penalty lambda2 * (rate - (1 - t))^2.
         """
-        if mode not in ("relaxed", "rl"):
-            raise ValueError(f"mode must be 'relaxed' or 'rl', not {mode!r}")
+        config = self.config
         hidden = encoder.embed(batch.input_ids, batch.token_type_ids)
         full_mask = encoder.attention_mask_for(hidden, batch.attention_mask)
-        logits_per_layer, actions = [], []
+        probabilities, log_probs, actions = [], [], []
         for layer in range(self.num_layers):
-            cls = hidden[:, 0]
-            if mode == "relaxed":
-                logit = self.planner_logit(layer, cls)
-                gate = torch.sigmoid(logit).view(-1, 1, 1)
+            planner_in = hidden if stage.name == "relaxed" else hidden.detach()  # RL: the policy gradient reaches only the planners
+            logit = self.planner_logit(layer, planner_in, batch.attention_mask)
+            if logit is None:  # layer 1 always runs
+                hidden = encoder.run_layer(layer, hidden, full_mask)
+                probabilities.append(hidden.new_ones(hidden.shape[0]))
+                continue
+            probability = torch.sigmoid(logit)
+            probabilities.append(probability)
+            if stage.name == "relaxed":
+                gate = probability.view(-1, 1, 1)
                 hidden = gate * encoder.run_layer(layer, hidden, full_mask) + (1 - gate) * hidden
-            else:  # the policy gradient trains the planners; the backbone learns from the task loss only
-                logit = self.planner_logit(layer, cls.detach())
-                action = torch.bernoulli(torch.sigmoid(logit)).detach()
-                rows = action.nonzero().squeeze(1)
-                if len(rows) == len(action):
-                    hidden = encoder.run_layer(layer, hidden, full_mask)
-                elif len(rows):
-                    hidden = encoder.run_layer_on_rows(layer, hidden, batch.attention_mask, rows)
-                actions.append(action)
-            logits_per_layer.append(logit)
-        planner_logits = torch.stack(logits_per_layer, 1)  # [batch, layers]
-        mean_execute = torch.sigmoid(planner_logits).mean()
-        rate_penalty = rate_weight * (mean_execute - (1 - target_skip_rate)) ** 2
+                continue
+            action = torch.bernoulli(probability.detach())
+            rows = action.nonzero().squeeze(1)
+            if len(rows) == len(action):
+                hidden = encoder.run_layer(layer, hidden, full_mask)
+            elif len(rows):
+                hidden = encoder.run_layer_on_rows(layer, hidden, batch.attention_mask, rows)
+            actions.append(action)
+            log_probs.append(-F.binary_cross_entropy_with_logits(logit, action, reduction="none"))
+        executed = torch.stack(probabilities, 1)  # [batch, layers]
+        if config.rate_penalty == "hard":  # the inference rule's rate, with the probabilities' gradient
+            executed = (executed > 0.5).to(executed.dtype) + executed - executed.detach()
+        rate = executed.mean()
+        rate_penalty = config.rate_weight * (rate - (1 - config.target_skip_rate)) ** 2
         per_row_loss = task_loss(self.head(hidden[:, 0]), batch.labels, reduction="none")
-        stats = {"execute_rate": mean_execute.item()}
-        if mode == "relaxed":
-            loss = per_row_loss.mean() + rate_penalty
-        else:
+        stats = {"execute_rate": rate.item()}
+        loss = per_row_loss.mean() + rate_penalty
+        if actions:
             taken = torch.stack(actions, 1)
-            skipped = 1 - taken
-            skipped_from_here = skipped.flip(1).cumsum(1).flip(1) / self.num_layers
-            reward = skipped_from_here - loss_weight * per_row_loss.detach().unsqueeze(1)
+            skipped_from_here = (1 - taken).flip(1).cumsum(1).flip(1) / self.num_layers
+            reward = skipped_from_here - config.reward_loss_weight * per_row_loss.detach().unsqueeze(1)
             advantage = reward - reward.mean(0, keepdim=True)
-            log_prob = -F.binary_cross_entropy_with_logits(planner_logits, taken, reduction="none")
-            policy_loss = -(advantage * log_prob).sum(1).mean()
-            loss = per_row_loss.mean() + policy_loss + rate_penalty
+            policy_loss = -(advantage * torch.stack(log_probs, 1)).sum(1).mean()
+            loss = loss + config.policy_weight * policy_loss
             stats.update(policy=policy_loss.item(), sampled_execute_rate=taken.mean().item())
         stats.update(loss=loss.item(), task=per_row_loss.mean().item())
         return loss, stats

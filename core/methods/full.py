@@ -4,21 +4,27 @@ from __future__ import annotations
 import torch
 
 from core.backbone import Encoder
-from core.heads import head_output, task_loss
-from core.methods.base import Method, State, TrainBatch, run_all_layers
+from core.heads import PooledHead, head_output, task_loss
+from core.methods.base import Method, Stage, State, TrainBatch, run_all_layers
 
 
 class FullModel(Method):
     name = "full"
+    title = "Full model"
+    summary = "the fine-tuned model, every layer (the baseline)"
+    stages = (Stage("finetune", starts_from="backbone", trains_encoder=True, help="fine-tune the backbone with the task head"),)
 
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, dropout: float = 0.1):
-        super().__init__(hidden_size, num_layers, num_outputs, dropout)
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config=None):
+        super().__init__(hidden_size, num_layers, num_outputs, config)
         self.head = self.new_head()
+
+    def start_from_full(self, full_head: PooledHead) -> None:
+        self.head.load_state_dict(full_head.state_dict())
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         return head_output(self.head(cls))
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, **options) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.head(run_all_layers(encoder, batch)[-1])
         loss = task_loss(logits, batch.labels)
         return loss, {"loss": loss.item()}

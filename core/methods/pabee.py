@@ -1,0 +1,104 @@
+"""PABEE (Zhou et al., NeurIPS 2020, "BERT Loses Patience"): exit when enough consecutive off-ramps agree.
+
+An off-ramp (pooler + classifier, as DeeBERT's) follows every layer. A counter of consecutive
+agreements grows by one when a layer's off-ramp predicts the same class as the previous layer's
+(for regression: a score within ``regression_tolerance`` of the previous one) and drops to 0
+otherwise; the input exits, with the current off-ramp's answer, as soon as the counter reaches
+the patience t. Layer 1 has nothing to agree with, so the earliest exit is after layer t + 1,
+and with t = L - 1 every layer runs. Training is the paper's: encoder and all off-ramps jointly
+on the weighted average of the off-ramp losses, sum_j j * L_j / sum_j j.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.backbone import Encoder
+from core.heads import PooledHead, head_output, task_loss
+from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option, run_all_layers
+from core.methods.deebert import first_exit
+
+
+@dataclass
+class PABEEConfig(MethodConfig):
+    regression_tolerance: float = option(0.1, "regression: consecutive off-ramp scores agree when they differ by less than this", low=0.0)
+
+
+class PABEE(Method):
+    name = "pabee"
+    title = "PABEE"
+    paper = "Zhou et al., NeurIPS 2020"
+    summary = "an off-ramp after every layer; exit when t consecutive off-ramps agree"
+    Config = PABEEConfig
+    exits_early = True
+    sweeps_in_one_pass = True
+    stages = (Stage("joint", starts_from="full", trains_encoder=True, help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j"),)
+    layer_fields = (
+        LayerField("prediction", "off-ramp prediction", kind="class"),
+        LayerField("agreeing", "consecutive agreeing off-ramps", help="the input exits when this reaches the patience t"),
+    )
+    layer_chart = LayerChart(
+        title="PABEE: consecutive agreeing off-ramps vs patience",
+        y_title="agreeing off-ramps in a row",
+        series=(Series("agreeing", "agreeing in a row"),),
+        mark="bar",
+        knob_rule="patience t",
+        caption="The counter grows while each off-ramp agrees with the one before; the input exits when it reaches the patience t.",
+    )
+
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: PABEEConfig | None = None):
+        super().__init__(hidden_size, num_layers, num_outputs, config)
+        self.ramps = nn.ModuleList(self.new_head() for _ in range(num_layers))
+
+    @property
+    def knob(self) -> Knob:
+        last = max(1, self.num_layers - 1)
+        return Knob(
+            name="patience t", symbol="t", low=1, high=last, sweep=tuple(float(t) for t in range(1, last + 1)), integer=True, step=1,
+            help="exit when t consecutive off-ramps agree; smaller exits earlier (L - 1: never)",
+        )
+
+    @property
+    def default_threshold(self) -> float:
+        return float(max(1, self.num_layers - 1))
+
+    def start_from_full(self, full_head: PooledHead) -> None:
+        for ramp in self.ramps:
+            ramp.load_state_dict(full_head.state_dict())
+
+    def begin(self, batch_size: int, device: torch.device) -> State:
+        outputs = self.num_outputs if self.num_outputs > 1 else 0
+        return {
+            "previous": torch.full((batch_size,), float("nan"), device=device),
+            "agreeing": torch.zeros(batch_size, device=device),
+            "output": torch.zeros((batch_size, outputs) if outputs else (batch_size,), device=device),
+        }
+
+    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        output = head_output(self.ramps[layer](hidden[:, 0]))
+        if self.num_outputs > 1:
+            current = output.argmax(-1).to(state["previous"].dtype)
+            agree = current == state["previous"]
+        else:
+            current = output
+            agree = (current - state["previous"]).abs() < self.config.regression_tolerance
+        agreeing = torch.where(agree, state["agreeing"] + 1, torch.zeros_like(state["agreeing"]))
+        state["previous"], state["agreeing"], state["output"] = current, agreeing, output
+        stop = agreeing >= self.threshold(settings) if settings.early_exit else None
+        prediction = current.long() if self.num_outputs > 1 else current
+        return stop, {"prediction": prediction, "agreeing": agreeing}
+
+    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
+        return state["output"]
+
+    def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+        return first_exit(values["agreeing"][:, :-1] >= threshold)
+
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+        """The paper's weighted average of the off-ramp losses: deeper off-ramps weigh more (weight j for layer j)."""
+        losses = torch.stack([task_loss(self.ramps[i](cls), batch.labels) for i, cls in enumerate(run_all_layers(encoder, batch))])
+        weights = torch.arange(1, len(losses) + 1, dtype=losses.dtype, device=losses.device)
+        loss = (weights * losses).sum() / weights.sum()
+        return loss, {"loss": loss.item(), **{f"ramp{i + 1}": value.item() for i, value in enumerate(losses)}}

@@ -1,0 +1,137 @@
+"""Choosing an operating point on the validation rows held out of train; dev is only reported.
+
+    python -m training.calibration --checkpoint runs/mrpc/deebert --reference runs/mrpc/full --max-metric-drop 0.02
+    python -m training.calibration --checkpoint runs/mrpc/dpbert --reference runs/mrpc/full --target-speedup 1.5 --write
+
+Every knob value of the method's grid (or, for a method whose trade-off is set in training, every
+trained variant given) is evaluated on the validation split; the goal picks one; that point is
+then evaluated on dev. ``training.publish`` uses the same ``calibrate`` for the shipped
+checkpoints, and ``record`` is the one writer of operating points into a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+
+from core.checkpoint import load_checkpoint, write_operating_point
+from core.errors import UserError, command_line
+from core.model import AdaptiveModel
+from training.data import DEFAULT_DATA_DIR, VALIDATION, load_split
+from training.evaluate import evaluate, sweep
+
+KEEP = 0.98  # the share of the full model's metric an operating point must keep (the project's one "keep" constant)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """Keep at least ``keep`` of the reference metric (fastest such point), or reach ``target_speedup`` (most accurate such point)."""
+
+    keep: float = KEEP
+    target_speedup: float | None = None
+
+    def describe(self) -> str:
+        if self.target_speedup is not None:
+            return f"most accurate point reaching {self.target_speedup:g}x expected speed-up on the validation split"
+        return f"fastest point keeping {self.keep:.0%} of the full model's metric on the validation split"
+
+
+def choose(results: list[dict], reference_metric: float, goal: Goal) -> dict:
+    """The point the goal asks for; when none meets it, the closest (most accurate, or fastest)."""
+    if goal.target_speedup is not None:
+        reaching = [r for r in results if r["expected_speedup"] >= goal.target_speedup - 1e-9]
+        if not reaching:
+            return max(results, key=lambda r: (r["expected_speedup"], r["metric"]))
+        return max(reaching, key=lambda r: (r["metric"], r["expected_speedup"]))
+    keeping = [r for r in results if r["metric"] >= goal.keep * reference_metric]
+    if not keeping:
+        return max(results, key=lambda r: (r["metric"], r["expected_speedup"]))
+    return max(keeping, key=lambda r: (r["expected_speedup"], r["metric"]))
+
+
+@dataclass
+class Calibration:
+    model: AdaptiveModel  # the chosen candidate
+    threshold: float | None
+    validation: dict  # the chosen point on the validation split
+    validation_reference: dict  # the full model on the validation split
+    dev: dict  # the chosen point on dev, with % of the full model's dev metric
+    points: list[dict] = field(default_factory=list)  # every validation point evaluated
+
+    def operating_point(self, goal: Goal) -> dict:
+        """What config.json records about how the point was chosen."""
+        keys = ("metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share")
+        return {
+            "chosen_on": "validation",
+            "rule": goal.describe(),
+            "validation_split": asdict(VALIDATION) | {"rows": self.validation["examples"]},
+            "validation": {key: self.validation[key] for key in keys} | {"reference_metric": self.validation_reference["metric"]},
+        }
+
+
+def calibrate(candidates: list[AdaptiveModel], reference: AdaptiveModel, validation: Dataset, dev: Dataset, goal: Goal = Goal(), dev_reference: dict | None = None) -> Calibration:
+    """Evaluate every candidate's knob grid (or its one point) on ``validation``, choose by ``goal``, report it on ``dev``."""
+    if not candidates:
+        raise UserError("nothing to calibrate: give at least one checkpoint")
+    validation_reference = evaluate(reference, validation)
+    points = []
+    for index, model in enumerate(candidates):
+        results = sweep(model, validation) if model.method.knob is not None else [evaluate(model, validation)]
+        points += [result | {"candidate": index} for result in results]
+    chosen = choose(points, validation_reference["metric"], goal)
+    model = candidates[chosen["candidate"]]
+    dev_reference = dev_reference or evaluate(reference, dev)
+    dev_result = evaluate(model, dev, chosen["threshold"])
+    dev_result |= {"reference_metric": dev_reference["metric"], "metric_pct_of_full": 100 * dev_result["metric"] / dev_reference["metric"]}
+    return Calibration(model, chosen["threshold"], chosen, validation_reference, dev_result, points)
+
+
+def record(folder: str | Path, calibration: Calibration, goal: Goal) -> None:
+    """Write the chosen point into a checkpoint folder (its knob value, how it was chosen, its dev metrics)."""
+    write_operating_point(folder, calibration.threshold, calibration.dev, calibration.operating_point(goal))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.calibration", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="the checkpoint (several: trained variants of one method, e.g. DACT's tau values)")
+    parser.add_argument("--reference", required=True, help="the task's full model")
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--max-metric-drop", type=float, help=f"keep at least (1 - D) of the full model's metric, as fast as possible (default D = {1 - KEEP:.2f})")
+    goal.add_argument("--target-speedup", type=float, help="the most accurate point with at least this expected speed-up (6 / average layers)")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--write", action="store_true", help="record the chosen point in the chosen checkpoint's config.json")
+    return parser.parse_args(argv)
+
+
+@command_line
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.max_metric_drop is not None and not 0 <= args.max_metric_drop < 1:
+        raise UserError(f"--max-metric-drop is a fraction in [0, 1), such as 0.02, not {args.max_metric_drop}")
+    if args.target_speedup is not None and args.target_speedup < 1:
+        raise UserError(f"--target-speedup is at least 1 (no speed-up), not {args.target_speedup}")
+    goal = Goal(keep=KEEP if args.max_metric_drop is None else 1 - args.max_metric_drop, target_speedup=args.target_speedup)
+    reference = load_checkpoint(args.reference)
+    candidates = [load_checkpoint(folder) for folder in args.checkpoint]
+    for model in candidates:
+        if model.config.task != reference.config.task:
+            raise UserError(f"{model.source} is a {model.config.task} model but the reference is {reference.config.task}")
+    task = reference.config.task
+    result = calibrate(candidates, reference, load_split(task, "validation", args.data_dir), load_split(task, "dev", args.data_dir), goal)
+    threshold = "–" if result.threshold is None else f"{result.threshold:g}"
+    print(f"{goal.describe()}: {result.model.source} at threshold {threshold}")
+    print(f"  validation: {result.validation['metric_name']} {result.validation['metric']:.4f} (full {result.validation_reference['metric']:.4f}), "
+          f"{result.validation['avg_layers']:.2f} layers, {result.validation['expected_speedup']:.2f}x")
+    print(f"  dev:        {result.dev['metric_name']} {result.dev['metric']:.4f} ({result.dev['metric_pct_of_full']:.1f}% of full), "
+          f"{result.dev['avg_layers']:.2f} layers, {result.dev['expected_speedup']:.2f}x, most common path {result.dev['top_path_share']:.0%}")
+    if args.write:
+        record(result.model.source, result, goal)
+        print(f"recorded in {Path(result.model.source) / 'config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
