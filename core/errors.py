@@ -1,4 +1,5 @@
 """The one exception type a user is meant to read, and how command lines report it."""
+
 import functools
 import sys
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Output heads shared by all methods: BERT's pooler + classifier, and the task loss."""
+
 from __future__ import annotations
 
 import torch

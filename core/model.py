@@ -1,9 +1,11 @@
 """An adaptive model: tokenizer + encoder + one method, with input checks and trace building."""
+
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,7 +28,8 @@ class ModelConfig:
     labels: list[str] | None  # None: regression
     pair: bool
     backbone: str = DEFAULT_BACKBONE
-    encoder_weights: str = "base"  # base (the backbone as published) | lora | full
+    encoder_weights: str = "base"  # base | lora | delta | full (core/checkpoint.py)
+    base_checkpoint: str | None = None  # folder (relative to this one) whose encoder this one builds on
     lora: dict | None = None  # LoRA settings when encoder_weights == "lora"
     backbone_config: dict | None = None  # the BERT config, so a full-weights checkpoint rebuilds without the backbone
     method_config: dict = field(default_factory=dict)  # the method's typed config (core.methods.<method>.Config)
@@ -49,6 +52,7 @@ class AdaptiveModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.source = source  # the checkpoint folder it was loaded from, if any
+        self.base_folder: Path | None = None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
     @property
@@ -124,9 +128,7 @@ class AdaptiveModel(nn.Module):
             batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
             encoded = self.tokenize(batch_texts, batch_pairs)
             began = time.perf_counter()
-            result = run_batch(
-                self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings
-            )
+            result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
             latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
             truncated = [lengths[i] > self.max_length for i in chosen]
             for index, trace in zip(chosen, self._traces(result, settings, latency_ms, batch_texts, batch_pairs, truncated)):
@@ -144,14 +146,27 @@ class AdaptiveModel(nn.Module):
             return {label: float(p) for label, p in zip(self.config.labels, value.tolist())}
         return float(value)
 
-    def _traces(self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]) -> list[Trace]:
+    def _traces(
+        self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]
+    ) -> list[Trace]:
         tables = (result.executed(), result.reached(), result.reports())
         return [
             self._trace(result, tables, row, settings, latency_ms, len(texts), texts[row], None if pairs is None else pairs[row], truncated[row])
             for row in range(len(texts))
         ]
 
-    def _trace(self, result: BatchResult, tables: tuple, row: int, settings: RunSettings, latency_ms: float, batch_size: int, text: str, text_pair: str | None, truncated: bool) -> Trace:
+    def _trace(
+        self,
+        result: BatchResult,
+        tables: tuple,
+        row: int,
+        settings: RunSettings,
+        latency_ms: float,
+        batch_size: int,
+        text: str,
+        text_pair: str | None,
+        truncated: bool,
+    ) -> Trace:
         num_layers = self.num_layers
         executed_table, reached_table, reports = tables
         executed = executed_table[row].tolist()

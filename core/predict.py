@@ -1,9 +1,10 @@
 """Command line: run an adaptive model on sentences or sentence pairs and print predictions and traces.
 
-    python -m core.predict --checkpoint assets/checkpoints/mrpc/dact --text "..." --text-pair "..."
-    python -m core.predict --method deebert --task SST-2 --text "a gorgeous film" --threshold 0.3 --json
-    python -m core.predict --checkpoint DIR --input-file inputs.tsv --batch-size 32 --json
+python -m core.predict --checkpoint assets/checkpoints/mrpc/dact --text "..." --text-pair "..."
+python -m core.predict --method deebert --task SST-2 --text "a gorgeous film" --threshold 0.3 --json
+python -m core.predict --checkpoint DIR --input-file inputs.tsv --batch-size 32 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     inputs.add_argument("--input-file", help="TSV file: one input per line, a pair separated by a tab")
     inputs.add_argument("--batch-size", type=int, default=32, help="inputs run together (default: %(default)s)")
     run = parser.add_argument_group("how to run")
-    run.add_argument("--threshold", type=float, help="the method's knob: entropy threshold S (DeeBERT) or planner threshold (DPBERT)")
-    run.add_argument("--no-early-exit", action="store_true", help="run every layer (DeeBERT: S = 0; DACT: no halting; DPBERT: no bypass)")
+    run.add_argument(
+        "--threshold", type=float, help="the method's knob: entropy threshold S (DeeBERT), planner threshold (DPBERT), patience t (PABEE); DACT has none"
+    )
+    run.add_argument("--no-early-exit", action="store_true", help="run every layer (no exit, no halting, no bypass)")
     run.add_argument("--json", action="store_true", help="print one JSON trace per input, one per line")
     return parser.parse_args(argv)
 

@@ -1,4 +1,5 @@
 """What the engine needs to know about a task: its label names and whether it takes a sentence pair."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The per-input trace: everything the UI, the query log and the reports read about one prediction."""
+
 from __future__ import annotations
 
 import json

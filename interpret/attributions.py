@@ -12,6 +12,7 @@ Integrated gradients are taken with respect to the embedding layer's output, whi
 what Captum's ``LayerIntegratedGradients`` on the embeddings computes, but without installing a
 hook on the shared model: predictions running at the same time in other threads stay untouched.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 They read only traces (and layer-usage tables from ``interpret.usage``), so the demo, the
 report and a notebook draw the same pictures.
 """
+
 from __future__ import annotations
 
 import altair as alt
@@ -53,11 +54,7 @@ def layer_path_chart(traces: list[Trace]) -> alt.Chart:
         scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
         legend=alt.Legend(orient="bottom"),
     )
-    grid = (
-        alt.Chart(cells)
-        .mark_rect(stroke="white", strokeWidth=2)
-        .encode(x=_layer_axis(num_layers), y=y, color=colour, tooltip=["method", "layer", "status"])
-    )
+    grid = alt.Chart(cells).mark_rect(stroke="white", strokeWidth=2).encode(x=_layer_axis(num_layers), y=y, color=colour, tooltip=["method", "layer", "status"])
     marks = alt.Chart(exits).mark_text(fontWeight="bold", color="#111827").encode(x=_layer_axis(num_layers), y=y, text="mark:N")
     return (grid + marks).properties(width=WIDTH, height=36 * len(traces), title="Which layers ran")
 
@@ -92,7 +89,13 @@ def method_chart(trace: Trace) -> alt.LayerChart | None:
     if spec is None:
         return None
     rows = [
-        {"layer": step.layer, "series": series.label, "value": step.values.get(series.field), "status": _layer_status(trace, step.layer), "prediction": str(step.prediction)}
+        {
+            "layer": step.layer,
+            "series": series.label,
+            "value": step.values.get(series.field),
+            "status": _layer_status(trace, step.layer),
+            "prediction": str(step.prediction),
+        }
         for step in trace.per_layer
         if step.reached
         for series in spec.series
@@ -102,13 +105,21 @@ def method_chart(trace: Trace) -> alt.LayerChart | None:
     y = alt.Y("value:Q", title=spec.y_title, scale=scale)
     tooltip = ["layer", "series", alt.Tooltip("value:Q", format=".4f"), "status", "prediction"]
     if spec.mark == "bar":
-        colour = alt.Color("status:N", title="layer", scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())), legend=alt.Legend(orient="bottom"))
+        colour = alt.Color(
+            "status:N", title="layer", scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())), legend=alt.Legend(orient="bottom")
+        )
         marks = alt.Chart(frame).mark_bar().encode(x=_layer_axis(trace.num_layers), y=y, color=colour, tooltip=tooltip)
     else:
         labels = [series.label for series in spec.series]
-        colour = alt.Color("series:N", sort=labels, scale=alt.Scale(domain=labels, range=[series.colour for series in spec.series]),
-                           legend=alt.Legend(orient="bottom", columns=2, title=None) if len(labels) > 1 else None)
-        dash = alt.StrokeDash("series:N", sort=labels, scale=alt.Scale(domain=labels, range=[[5, 3] if series.dashed else [1, 0] for series in spec.series]), legend=None)
+        colour = alt.Color(
+            "series:N",
+            sort=labels,
+            scale=alt.Scale(domain=labels, range=[series.colour for series in spec.series]),
+            legend=alt.Legend(orient="bottom", columns=2, title=None) if len(labels) > 1 else None,
+        )
+        dash = alt.StrokeDash(
+            "series:N", sort=labels, scale=alt.Scale(domain=labels, range=[[5, 3] if series.dashed else [1, 0] for series in spec.series]), legend=None
+        )
         marks = alt.Chart(frame).mark_line(point=True, clip=True).encode(x=_layer_axis(trace.num_layers), y=y, color=colour, strokeDash=dash, tooltip=tooltip)
     rules = [_threshold_rule(trace.threshold, spec.knob_rule)] if spec.knob_rule and trace.threshold is not None and trace.early_exit else []
     exit_label = f"exit after layer {trace.exit_layer}" if trace.exit_layer else None
@@ -121,23 +132,33 @@ def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart |
     usage = usage.assign(method=usage["method"].map(method_title))
     num_layers = int(usage["layer"].max())
     colour = alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom"))
-    executed = alt.Chart(usage).mark_bar().encode(
-        x=_layer_axis(num_layers),
-        xOffset="method:N",
-        y=alt.Y("executed:Q", title="share of inputs that ran the layer", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=colour,
-        tooltip=["method", "layer", alt.Tooltip("executed:Q", format=".1%"), "inputs"],
-    ).properties(width=WIDTH, height=200, title=title)
+    executed = (
+        alt.Chart(usage)
+        .mark_bar()
+        .encode(
+            x=_layer_axis(num_layers),
+            xOffset="method:N",
+            y=alt.Y("executed:Q", title="share of inputs that ran the layer", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            color=colour,
+            tooltip=["method", "layer", alt.Tooltip("executed:Q", format=".1%"), "inputs"],
+        )
+        .properties(width=WIDTH, height=200, title=title)
+    )
     exits = usage.dropna(subset=["exited"])
     if exits.empty:
         return executed
-    exited = alt.Chart(exits).mark_bar().encode(
-        x=_layer_axis(num_layers),
-        xOffset="method:N",
-        y=alt.Y("exited:Q", title="share of inputs that exited here", axis=alt.Axis(format="%")),
-        color=colour,
-        tooltip=["method", "layer", alt.Tooltip("exited:Q", format=".1%"), "inputs"],
-    ).properties(width=WIDTH, height=140, title="Where inputs exited early")
+    exited = (
+        alt.Chart(exits)
+        .mark_bar()
+        .encode(
+            x=_layer_axis(num_layers),
+            xOffset="method:N",
+            y=alt.Y("exited:Q", title="share of inputs that exited here", axis=alt.Axis(format="%")),
+            color=colour,
+            tooltip=["method", "layer", alt.Tooltip("exited:Q", format=".1%"), "inputs"],
+        )
+        .properties(width=WIDTH, height=140, title="Where inputs exited early")
+    )
     return alt.vconcat(executed, exited)
 
 

@@ -10,6 +10,7 @@ All writes go through one writer thread with its own connection, so many request
 never contend for the write lock inside the app; the file is in WAL mode so readers (reports,
 histograms) never block the writer. Every SQL statement takes its values as parameters.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,11 @@ import queue
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
 import sqlite_utils
 

@@ -5,6 +5,7 @@
 The HTML page is self-contained (charts inlined as SVG, no scripts), so it can be mailed or
 archived. The demo's Export button calls ``export_report`` too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,7 @@ table.summary td:nth-child(-n+2), table.summary th:nth-child(-n+2) {{ text-align
 <h1>Layer-usage report</h1>
 <p>{len(rows)} result rows (one per query and method) from the query log; {html.escape(filters)}; generated {generated}.</p>
 {table}
-{''.join(sections) or '<p>No queries match these filters.</p>'}
+{"".join(sections) or "<p>No queries match these filters.</p>"}
 </body></html>
 """
 

@@ -3,6 +3,7 @@
 Everything here returns the same long table (one row per method and layer) so one chart and one
 report serve all three sources.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping

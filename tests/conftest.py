@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random BERT saved as a backbone folder, and models built on it."""
+
 from __future__ import annotations
 
 import pytest

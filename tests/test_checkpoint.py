@@ -1,13 +1,16 @@
 """Save/load round trips for every method and encoder format, and clear errors for bad folders."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from core.checkpoint import WEIGHTS_FILE, add_lora, load_checkpoint, save_checkpoint
+from core.checkpoint import WEIGHTS_FILE, add_lora, load_checkpoint, read_config, save_checkpoint, write_operating_point
 from core.errors import UserError
+from core.methods import METHODS
 from tests.conftest import SECOND, SENTENCES, randomise
 
 
@@ -19,7 +22,7 @@ def perturb_encoder(model) -> None:
                 parameter.add_(torch.randn_like(parameter) * 0.05)
 
 
-@pytest.mark.parametrize("method", ["full", "deebert", "dact", "dpbert"])
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("encoder_weights", ["base", "lora", "full"])
 def test_round_trip_gives_identical_traces(make_model, tmp_path, method, encoder_weights):
     model = randomise(make_model(method), seed=7)
@@ -96,3 +99,109 @@ def test_weights_that_do_not_fit_the_config_are_reported(saved):
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="does not fit its config"):
         load_checkpoint(saved)
+
+
+def test_config_written_before_typed_method_configs_is_migrated(saved):
+    """Shipped checkpoints of the first release kept method_hyperparameters and training-only settings; they still load."""
+    path = saved / "config.json"
+    data = json.loads(path.read_text())
+    data.pop("method_config")
+    data["method_hyperparameters"] = {}
+    data["training"] = {"tau": 0.05, "target_skip_rate": 0.35}
+    data["metrics"] = {"metric": 0.5, "operating_point": "fastest operating point keeping 98% of the full model's dev metric"}
+    path.write_text(json.dumps(data))
+    config = read_config(saved)
+    assert config.operating_point == {"rule": "fastest operating point keeping 98% of the full model's dev metric", "chosen_on": "dev"}
+    assert "operating_point" not in config.metrics
+    assert load_checkpoint(saved).method.config == METHODS[config.method].Config.from_dict(config.method_config)
+
+
+def test_unknown_method_setting_in_config_is_refused(saved):
+    path = saved / "config.json"
+    data = json.loads(path.read_text())
+    data["method_config"]["patience_of_a_saint"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="patience_of_a_saint"):
+        load_checkpoint(saved)
+
+
+def test_operating_point_has_one_writer(saved):
+    config = write_operating_point(saved, 0.25, {"metric": 0.8}, {"chosen_on": "validation", "rule": "test"})
+    again = read_config(saved)
+    assert again.threshold == 0.25 and again.metrics == {"metric": 0.8} and again.operating_point["chosen_on"] == "validation"
+    assert config == again
+
+
+def fully_tuned(make_model, method: str = "full"):
+    """A model whose every encoder weight moved away from the backbone, as full fine-tuning does."""
+    model = randomise(make_model(method), seed=3)
+    model.config.encoder_weights = "full"
+    with torch.no_grad():
+        for name, parameter in model.encoder.named_parameters():
+            if "embeddings" not in name:
+                parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model
+
+
+def test_delta_checkpoint_rebuilds_a_fully_tuned_encoder_from_int8_differences(make_model, tmp_path):
+    from core.checkpoint import SHARD_BYTES
+
+    model = fully_tuned(make_model)
+    expected = model.predict(SENTENCES, SECOND)
+    model.config.encoder_weights = "delta"
+    folder = save_checkpoint(model, tmp_path / "delta")
+    shards = sorted(folder.glob("encoder-*.safetensors"))
+    assert shards and all(path.stat().st_size <= SHARD_BYTES + 2**16 for path in shards)
+    assert not any(name.startswith("encoder.") for name in load_file(folder / WEIGHTS_FILE)), "the encoder lives in the shards"
+    got = load_checkpoint(folder).predict(SENTENCES, SECOND)
+    for a, b in zip(expected, got):
+        assert a.prediction == b.prediction
+        assert a.probabilities == pytest.approx(b.probabilities, abs=2e-3)
+    untouched = load_checkpoint(folder)
+    untouched_state = untouched.encoder.bert.state_dict()
+    for name, value in model.encoder.bert.state_dict().items():
+        assert torch.allclose(untouched_state[name], value, atol=1e-3), name
+
+
+@pytest.mark.parametrize("method", ["deebert", "dact"])
+def test_methods_share_their_tasks_full_model_instead_of_copying_it(make_model, tmp_path, method):
+    """DeeBERT (encoder frozen) stores no encoder weight, DACT (encoder trained) only LoRA adapters; both point at ../full."""
+    import shutil
+
+    from training.recipes import starting_model
+
+    full = fully_tuned(make_model)
+    full.config.trained = True
+    save_checkpoint(full, tmp_path / "run" / "full")
+    stage = METHODS[method].stage(None)
+    model = starting_model(method, "MRPC", stage, {}, full.config.backbone, str(tmp_path / "run" / "full"), "lora", 4)
+    model = randomise(model, seed=9)
+    if method == "dact":
+        with torch.no_grad():
+            for name, parameter in model.encoder.named_parameters():
+                if "lora_B" in name:
+                    parameter.add_(torch.randn_like(parameter) * 0.05)
+    folder = save_checkpoint(model, tmp_path / "run" / method)
+    config = read_config(folder)
+    assert config.base_checkpoint == "../full"
+    stored = load_file(folder / WEIGHTS_FILE)
+    encoder_keys = [name for name in stored if name.startswith("encoder.")]
+    assert all("lora_" in name for name in encoder_keys) and (bool(encoder_keys) == (method == "dact"))
+    from core.checkpoint import merge_lora
+
+    merge_lora(model.encoder)
+    expected = model.eval().predict(SENTENCES, SECOND, early_exit=False)
+    shutil.copytree(tmp_path / "run", tmp_path / "shipped")  # the relative reference survives a move
+    got = load_checkpoint(tmp_path / "shipped" / method).predict(SENTENCES, SECOND, early_exit=False)
+    for a, b in zip(expected, got):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+
+
+def test_base_checkpoint_loop_is_reported(make_model, tmp_path):
+    save_checkpoint(make_model("full"), tmp_path / "a")
+    path = tmp_path / "a" / "config.json"
+    data = json.loads(path.read_text())
+    data["base_checkpoint"] = "../a"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="base_checkpoint"):
+        load_checkpoint(tmp_path / "a")

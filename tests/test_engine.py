@@ -1,4 +1,5 @@
 """The engine's promises: exact equivalences, real skipping, and batch == single."""
+
 from __future__ import annotations
 
 import pytest
@@ -215,11 +216,72 @@ def test_trace_has_the_documented_keys(make_model):
 
     trace = make_model("dact").predict("a", "b")[0]
     data = json.loads(trace.to_json())
-    for key in ("method", "task", "num_layers", "prediction", "probabilities", "layers_executed", "layers_skipped",
-                "exit_layer", "expected_speedup", "latency_ms", "per_layer"):
+    for key in (
+        "method",
+        "task",
+        "num_layers",
+        "prediction",
+        "probabilities",
+        "layers_executed",
+        "layers_skipped",
+        "exit_layer",
+        "expected_speedup",
+        "latency_ms",
+        "per_layer",
+    ):
         assert key in data
     step = data["per_layer"][0]
     assert step["executed"] and step["prediction"] in ("not_equivalent", "equivalent")
     declared = {item.name for item in METHODS["dact"].layer_fields} - {"prediction"}
     assert set(step["values"]) == declared, "a trace records exactly the per-layer values its method declares"
     assert data["expected_speedup"] == pytest.approx(4 / len(data["layers_executed"]))
+
+
+def agreement_exit(predictions: list, patience: int) -> int | None:
+    """PABEE's rule written out plainly: the first layer at which ``patience`` consecutive off-ramps agreed with their predecessor."""
+    count = 0
+    for layer in range(1, len(predictions)):
+        count = count + 1 if predictions[layer] == predictions[layer - 1] else 0
+        if count >= patience and layer < len(predictions) - 1:
+            return layer + 1
+    return None
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_pabee_exits_when_patience_consecutive_off_ramps_agree(make_model, patience):
+    model = pabee_with_varied_agreement(randomise(make_model("pabee"), seed=5, scale=3.0))
+    full_depth = model.predict(SENTENCES, SECOND, early_exit=False)
+    early = model.predict(SENTENCES, SECOND, threshold=float(patience))
+    exits = []
+    for deep, fast in zip(full_depth, early):
+        per_layer = [step.prediction for step in deep.per_layer]
+        expected = agreement_exit(per_layer, patience)
+        assert fast.exit_layer == expected
+        assert fast.prediction == per_layer[(expected or model.num_layers) - 1], "it answers with the exit layer's off-ramp"
+        exits.append(expected)
+    assert any(exits) and not all(exits), "some rows must exit and some must not for the test to mean anything"
+
+
+def test_pabee_with_largest_patience_runs_every_layer_and_answers_like_its_last_off_ramp(make_model):
+    model = pabee_with_varied_agreement(randomise(make_model("pabee"), seed=5, scale=3.0))
+    traces = model.predict(SENTENCES, SECOND, threshold=model.method.knob.high)
+    assert all(trace.layers_executed == [1, 2, 3, 4] and trace.exit_layer is None for trace in traces)
+    assert [trace.prediction for trace in traces] == [trace.per_layer[-1].prediction for trace in traces]
+
+
+def test_pabee_regression_exits_on_scores_within_the_tolerance(make_model):
+    agreeable = make_model("pabee", task="STS-B", regression_tolerance=1e6)  # any two scores agree
+    picky = make_model("pabee", task="STS-B", regression_tolerance=0.0)  # no two scores agree
+    picky.load_state_dict(agreeable.state_dict())
+    fast = agreeable.predict(SENTENCES, SECOND, threshold=1.0)
+    assert all(trace.exit_layer == 2 and isinstance(trace.prediction, float) for trace in fast)
+    assert all(trace.prediction == pytest.approx(trace.per_layer[1].prediction) for trace in fast)
+    assert all(trace.exit_layer is None for trace in picky.predict(SENTENCES, SECOND, threshold=1.0))
+
+
+@pytest.mark.parametrize("method", ["deebert", "dact"])
+def test_classification_only_methods_refuse_regression(make_model, method):
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match=r"classification|regression"):
+        make_model(method, task="STS-B")

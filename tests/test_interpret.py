@@ -1,9 +1,11 @@
 """interpret/: attributions follow the trace's path, charts show what the trace says, the query log keeps every row, reports."""
+
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -11,20 +13,24 @@ import torch
 from datasets import Dataset
 
 from core.errors import UserError
+from core.methods import METHODS
+from core.trace import LayerStep
 from interpret import charts
 from interpret.attributions import PAIR_SEPARATOR, attribute, encode, replay
 from interpret.querylog import QueryLog, parse_since, read_results
-from interpret.report import CSV_FILE, HTML_FILE, JSON_FILE, export_report, main as report_main, summary_table
+from interpret.report import CSV_FILE, HTML_FILE, JSON_FILE, export_report, summary_table
+from interpret.report import main as report_main
 from interpret.usage import dev_set_usage, layer_usage, precomputed_usage
 from tests.conftest import SECOND, SENTENCES, randomise
 
 # thresholds and head scales that make the tiny random models exit early / bypass layers on some inputs
-PATH_SETTINGS = {"full": (None, 1.0), "deebert": (0.6, 1.0), "dact": (None, 1.0), "dpbert": (0.5, 3.0)}
+PATH_SETTINGS = {"full": (None, 1.0), "deebert": (0.6, 1.0), "dact": (None, 1.0), "dpbert": (0.5, 3.0), "pabee": (1, 1.0)}
 
 
 @pytest.fixture
 def varied_traces(make_model):
     """For each method: a model with random heads, and its traces on the shared sentence pairs."""
+
     def run(method: str, task: str = "MRPC"):
         threshold, scale = PATH_SETTINGS[method]
         model = randomise(make_model(method, task), seed=4, scale=scale)
@@ -57,7 +63,14 @@ def test_replay_gives_the_answer_of_the_path_the_trace_took(varied_traces, metho
 def test_replay_of_an_early_exit_uses_the_exit_ramp_not_the_last_one(varied_traces):
     model, traces = varied_traces("deebert")
     trace = next(trace for trace in traces if trace.exit_layer and trace.exit_layer < trace.num_layers)
-    full_path = type(trace)(**{**trace.__dict__, "exit_layer": None, "layers_executed": list(range(1, trace.num_layers + 1))})
+    every_layer = list(range(1, trace.num_layers + 1))
+    full_path = replace(
+        trace,
+        exit_layer=None,
+        layers_executed=every_layer,
+        layers_not_reached=[],
+        per_layer=[LayerStep(layer, executed=True, reached=True) for layer in every_layer],
+    )
     encoded = encode(model, trace)
     with torch.no_grad():
         embeddings = model.encoder.embed(encoded["input_ids"], encoded["token_type_ids"])
@@ -95,8 +108,8 @@ def chart_rows(chart, key: str) -> list[dict]:
 
 
 def test_layer_path_chart_colours_every_cell_and_marks_the_exit(varied_traces):
-    deebert_model, deebert_traces = varied_traces("deebert")
-    dpbert_model, dpbert_traces = varied_traces("dpbert")
+    _, deebert_traces = varied_traces("deebert")
+    _, dpbert_traces = varied_traces("dpbert")
     exiting = next(trace for trace in deebert_traces if trace.exit_layer and trace.exit_layer < trace.num_layers)
     skipping = next(trace for trace in dpbert_traces if trace.layers_skipped)
     chart = charts.layer_path_chart([exiting, skipping])
@@ -107,24 +120,62 @@ def test_layer_path_chart_colours_every_cell_and_marks_the_exit(varied_traces):
     assert {"method": "DeeBERT", "layer": exiting.exit_layer, "mark": "exit ▶"} in chart_rows(chart, "mark")
 
 
-def test_method_charts_plot_the_trace_values_and_thresholds(varied_traces):
+def chart_series(chart, label: str) -> list[dict]:
+    """The plotted rows of one series of a ``method_chart``, in layer order."""
+    return sorted((row for row in chart_rows(chart, "series") if row["series"] == label), key=lambda row: row["layer"])
+
+
+@pytest.mark.parametrize("method", [name for name, method in METHODS.items() if method.layer_chart is not None])
+def test_every_method_chart_plots_exactly_the_trace_values(varied_traces, method):
+    """Each declared series shows the trace's ``values`` for its field, one point per layer the input reached."""
+    spec = METHODS[method].layer_chart
+    _, traces = varied_traces(method)
+    for trace in traces[:3]:
+        chart = charts.method_chart(trace)
+        assert chart is not None and spec.title in json.dumps(chart.to_dict()["title"])
+        for series in spec.series:
+            plotted = chart_series(chart, series.label)
+            reached = [step for step in trace.per_layer if step.reached]
+            assert plotted, f"{method}: nothing plotted for {series.field}"
+            assert [row["layer"] for row in plotted] == [step.layer for step in reached]
+            assert [row["value"] for row in plotted] == pytest.approx([step.values[series.field] for step in reached])
+
+
+def test_a_method_without_a_layer_chart_gets_none(varied_traces):
+    _, traces = varied_traces("full")
+    assert METHODS["full"].layer_chart is None and charts.method_chart(traces[0]) is None
+
+
+def test_method_charts_show_the_knob_the_exit_and_the_skipped_layers(varied_traces):
     _, deebert_traces = varied_traces("deebert")
     _, dact_traces = varied_traces("dact")
     _, dpbert_traces = varied_traces("dpbert")
-    trace = deebert_traces[0]
-    entropy = charts.entropy_chart(trace)
-    assert [row["entropy"] for row in chart_rows(entropy, "entropy")] == pytest.approx([step.entropy for step in trace.per_layer if step.reached])
+    _, pabee_traces = varied_traces("pabee")
+    trace = next(trace for trace in deebert_traces if trace.exit_layer and trace.exit_layer < trace.num_layers)
+    entropy = charts.method_chart(trace)
+    assert [row["value"] for row in chart_series(entropy, "entropy")] == pytest.approx([step.values["entropy"] for step in trace.per_layer if step.reached])
+    assert (
+        chart_series(entropy, "entropy")[-1]["value"] < 0.6 <= min(row["value"] for row in chart_series(entropy, "entropy")[:-1])
+    )  # exits at the first below S
     assert {"value": 0.6, "label": "S = 0.6"} in chart_rows(entropy, "label")
+    assert {"layer": trace.exit_layer, "label": f"exit after layer {trace.exit_layer}"} in chart_rows(entropy, "label")
 
     trace = dact_traces[0]
-    bounds = chart_rows(charts.halting_chart(trace), "series")
-    lower = [row["value"] for row in bounds if row["series"] == "top class: lower bound"]
-    assert lower == pytest.approx([step.top_lower_bound for step in trace.per_layer if step.reached])
+    lower = chart_series(charts.method_chart(trace), "top class: lower bound")
+    assert [row["value"] for row in lower] == pytest.approx([step.values["top_lower_bound"] for step in trace.per_layer if step.reached])
+    assert not any("S = " in row["label"] for row in chart_rows(charts.method_chart(trace), "label"))  # no knob, no rule
 
     trace = next(trace for trace in dpbert_traces if trace.layers_skipped)
-    planner = chart_rows(charts.planner_chart(trace), "planner probability")
+    planner = chart_series(charts.method_chart(trace), "planner probability")
     assert {row["layer"] for row in planner if row["status"] == "skipped (bypassed)"} == set(trace.layers_skipped)
-    assert all(row["planner probability"] <= 0.5 for row in planner if row["status"] == "skipped (bypassed)")
+    assert all(row["value"] <= 0.5 for row in planner if row["status"] == "skipped (bypassed)")
+    assert all(row["value"] > 0.5 for row in planner if row["status"] == "executed")
+
+    trace = next(trace for trace in pabee_traces if trace.exit_layer and trace.exit_layer < trace.num_layers)
+    patience = charts.method_chart(trace)
+    agreeing = chart_series(patience, "agreeing in a row")
+    assert agreeing[-1]["layer"] == trace.exit_layer and agreeing[-1]["value"] >= 1 > max(row["value"] for row in agreeing[:-1])
+    assert {"value": 1, "label": "patience t = 1"} in chart_rows(patience, "label")
 
 
 # --- layer usage --------------------------------------------------------------------------
@@ -170,7 +221,7 @@ def test_dev_set_usage_runs_the_whole_dev_split(make_model, monkeypatch):
 def test_query_log_writes_one_row_per_method_in_wal_mode(tmp_path, varied_traces):
     _, traces = varied_traces("dpbert")
     log = QueryLog(tmp_path / "q.db")
-    awkward = "it's \"quoted\"; drop table queries; --"
+    awkward = 'it\'s "quoted"; drop table queries; --'
     query_id = log.record("MRPC", awkward, "pair", {"thresholds": {"dpbert": 0.5}}, traces[:1], {"dpbert": False})
     log.close()
     assert query_id == 1 and log.enabled
@@ -244,7 +295,7 @@ def test_report_command_writes_csv_json_and_a_self_contained_page(logged_db, tmp
     assert len(rows) == 3 and {row["task"] for row in rows} == {"MRPC"}
     assert len((out / CSV_FILE).read_text().strip().splitlines()) == 1 + 3
     page = (out / HTML_FILE).read_text()
-    assert "<svg" in page and "<script" not in page and "src=\"http" not in page
+    assert "<svg" in page and "<script" not in page and 'src="http' not in page
     assert "DeeBERT" in page and "STS-B" not in page
 
 

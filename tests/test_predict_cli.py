@@ -1,4 +1,5 @@
 """The command line: JSON traces, files of inputs, and one-line errors with a non-zero exit."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from core.checkpoint import save_checkpoint
+from core.methods import METHODS
 from core.predict import main
 from tests.conftest import randomise
 
@@ -70,13 +72,27 @@ def test_regression_for_deebert_is_refused(capsys):
     assert "regression" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["full", "deebert", "dact", "dpbert"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_runs_on_a_pair_with_the_default_backbone(method):
     """The real MiniLM backbone, as a new user would call it (a subprocess: no traceback may appear)."""
     done = subprocess.run(
-        [sys.executable, "-m", "core.predict", "--method", method, "--task", "MRPC", "--text", "The cat sat on the mat.",
-         "--text-pair", "A cat was sitting on the mat.", "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "core.predict",
+            "--method",
+            method,
+            "--task",
+            "MRPC",
+            "--text",
+            "The cat sat on the mat.",
+            "--text-pair",
+            "A cat was sitting on the mat.",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     trace = json.loads(done.stdout)

@@ -1,4 +1,5 @@
 """The checkpoints shipped in assets/: all there, trained, small, and as good as their table says."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -9,8 +10,12 @@ from core.checkpoint import SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, shipped_
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate
 
-PROMISED = {"SST-2": ["full", "deebert", "dact", "dpbert"], "MRPC": ["full", "deebert", "dact", "dpbert"],
-            "RTE": ["full", "deebert", "dact", "dpbert"], "STS-B": ["full", "dpbert"]}
+PROMISED = {
+    "SST-2": ["full", "deebert", "dact", "dpbert"],
+    "MRPC": ["full", "deebert", "dact", "dpbert"],
+    "RTE": ["full", "deebert", "dact", "dpbert"],
+    "STS-B": ["full", "dpbert"],
+}
 SHIPPED = [(task, method) for task, methods in PROMISED.items() for method in methods if shipped_checkpoint(task, method)]
 needs_data = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="the shared GLUE folder is not beside the project")
 

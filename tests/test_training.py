@@ -1,4 +1,5 @@
 """Training: data quirks, metrics, what each recipe updates, resuming, and evaluation of a saved model."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import add_lora, load_checkpoint, save_checkpoint
+from core.checkpoint import add_lora, load_checkpoint, read_config, save_checkpoint
 from core.errors import UserError
+from core.methods import METHODS
 from training import train as train_module
+from training.calibration import Goal, choose
 from training.data import DEFAULT_DATA_DIR, load_split
-from training.evaluate import choose_default, evaluate, sweep
+from training.evaluate import evaluate, sweep
 from training.metrics import glue_metrics
 from training.recipes import TrainingObjective, starting_model, trainable_parameters
 
@@ -55,7 +58,10 @@ def test_missing_data_says_where_it_looked(tmp_path):
 
 
 @pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="the shared GLUE folder is not beside the project")
-@pytest.mark.parametrize("task, split, rows", [("MRPC", "train", 3668), ("RTE", "dev", 277), ("STS-B", "dev", 1500), ("CoLA", "train", 8551), ("QNLI", "dev", 5463), ("SST-2", "dev", 872)])
+@pytest.mark.parametrize(
+    "task, split, rows",
+    [("MRPC", "train", 3668), ("RTE", "dev", 277), ("STS-B", "dev", 1500), ("CoLA", "train", 8551), ("QNLI", "dev", 5463), ("SST-2", "dev", 872)],
+)
 def test_shared_glue_files_give_the_official_counts(task, split, rows):
     dataset = load_split(task, split)
     assert len(dataset) == rows
@@ -83,11 +89,12 @@ def batch_of(model, rows=ROWS[:6]) -> dict[str, torch.Tensor]:
     return {**encoded, "labels": torch.tensor([int(label) for _, _, label in rows])}
 
 
-def changed_after_one_step(model, method: str, stage: str, options: dict) -> set[str]:
+def changed_after_one_step(model, stage_name: str | None = None) -> set[str]:
     torch.manual_seed(0)
-    parameters = trainable_parameters(model, method, stage)
+    stage = model.method.stage(stage_name)
+    parameters = trainable_parameters(model, stage)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    objective = TrainingObjective(model, options).train()
+    objective = TrainingObjective(model, stage).train()
     optimizer = torch.optim.SGD(parameters, lr=1.0)
     for _ in range(2):  # two steps: LoRA's B starts at zero, so A moves only from the second step on
         loss, _ = objective(**batch_of(model))
@@ -98,45 +105,71 @@ def changed_after_one_step(model, method: str, stage: str, options: dict) -> set
     return {name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())}
 
 
-def test_stage_one_trains_adapters_and_head_only(make_model, tiny_backbone):
-    model = starting_model("full", "MRPC", tiny_backbone, None, "lora", 4, {})
-    changed = changed_after_one_step(model, "full", "joint", {})
+def start(method: str, stage: str | None, backbone: str, init: str | None = None, task: str = "MRPC", **settings):
+    return starting_model(method, task, METHODS[method].stage(stage), settings, backbone, init, "lora", 4)
+
+
+def test_stage_one_trains_adapters_and_head_only(tiny_backbone):
+    model = start("full", None, tiny_backbone)
+    changed = changed_after_one_step(model)
     assert any("lora_" in name for name in changed) and any(name.startswith("method.head") for name in changed)
     assert all("lora_" in name or name.startswith("method.") for name in changed)
 
 
 def test_deebert_stage_two_touches_only_the_early_off_ramps(stage_one, tiny_backbone):
-    model = starting_model("deebert", "MRPC", tiny_backbone, stage_one, "lora", 4, {})
-    changed = changed_after_one_step(model, "deebert", "joint", {})
+    model = start("deebert", None, tiny_backbone, stage_one)
+    changed = changed_after_one_step(model)
     last = f"method.ramps.{model.num_layers - 1}."
     assert changed and all(name.startswith("method.ramps.") and not name.startswith(last) for name in changed)
     assert {name.split(".")[2] for name in changed} == {str(i) for i in range(model.num_layers - 1)}
 
 
 def test_dact_trains_encoder_and_halting_jointly(stage_one, tiny_backbone):
-    model = starting_model("dact", "MRPC", tiny_backbone, stage_one, "lora", 4, {})
-    changed = changed_after_one_step(model, "dact", "joint", {"tau": 0.1})
+    model = start("dact", None, tiny_backbone, stage_one, tau=0.1)
+    assert model.method.config.tau == 0.1
+    changed = changed_after_one_step(model)
     assert any("lora_" in name for name in changed)
     assert any(name.startswith("method.halting.") for name in changed) and any(name.startswith("method.classifiers.") for name in changed)
 
 
 def test_dpbert_relaxed_stage_leaves_the_backbone_untouched(stage_one, tiny_backbone):
-    model = starting_model("dpbert", "MRPC", tiny_backbone, stage_one, "lora", 4, {})
-    changed = changed_after_one_step(model, "dpbert", "relaxed", {"mode": "relaxed", "target_skip_rate": 0.5})
+    model = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.5)
+    changed = changed_after_one_step(model, "relaxed")
     assert any(name.startswith("method.planners.") for name in changed)
     assert not any(name.startswith("encoder.") for name in changed)
 
 
 def test_dpbert_rl_stage_changes_planners_and_backbone(stage_one, tiny_backbone):
-    model = starting_model("dpbert", "MRPC", tiny_backbone, stage_one, "lora", 4, {})
-    changed = changed_after_one_step(model, "dpbert", "rl", {"mode": "rl", "target_skip_rate": 0.5})
+    relaxed = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.5)
+    relaxed.config.trained = True
+    folder = save_checkpoint(relaxed, Path(stage_one).parent / "relaxed")
+    model = start("dpbert", "rl", tiny_backbone, str(folder), reward_loss_weight=20.0)
+    assert model.method.config.target_skip_rate == 0.5 and model.method.config.reward_loss_weight == 20.0, (
+        "the rl stage keeps the relaxed stage's settings unless told otherwise"
+    )
+    changed = changed_after_one_step(model, "rl")
     assert any(name.startswith("method.planners.") for name in changed)
     assert any("lora_" in name for name in changed)
 
 
 def run_training(glue_dir, backbone, out, *extra) -> dict:
-    args = ["--task", "MRPC", "--data-dir", str(glue_dir), "--backbone", backbone, "--out", str(out), "--batch-size", "4",
-            "--no-bf16", "--quiet", "--lora-rank", "4", *extra]
+    args = [
+        "--task",
+        "MRPC",
+        "--data-dir",
+        str(glue_dir),
+        "--backbone",
+        backbone,
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--no-bf16",
+        "--quiet",
+        "--lora-rank",
+        "4",
+        *extra,
+    ]
     assert train_module.main(args) == 0
     return json.loads((Path(out) / "config.json").read_text())
 
@@ -144,10 +177,15 @@ def run_training(glue_dir, backbone, out, *extra) -> dict:
 def test_every_recipe_runs_from_the_command_line_and_saves_an_evaluable_checkpoint(glue_dir, tiny_backbone, tmp_path):
     config = run_training(glue_dir, tiny_backbone, tmp_path / "full", "--method", "full", "--max-steps", "2")
     assert config["trained"] and config["training"]["steps"] == 2 and config["metrics"]["metric_name"] == "f1"
-    for method, extra in [("deebert", []), ("dact", ["--tau", "0.01"]), ("dpbert", ["--stage", "relaxed"])]:
+    assert config["training"]["validation_split"]["rows"] == 2 and config["training"]["train_rows"] == len(ROWS) - 2
+    for method, extra in [("deebert", []), ("dact", ["--tau", "0.03"]), ("dpbert", ["--stage", "relaxed", "--first-layer", "mean"]), ("pabee", [])]:
         config = run_training(glue_dir, tiny_backbone, tmp_path / method, "--method", method, "--init", str(tmp_path / "full"), "--max-steps", "1", *extra)
-        assert config["method"] == method
-    config = run_training(glue_dir, tiny_backbone, tmp_path / "rl", "--method", "dpbert", "--stage", "rl", "--init", str(tmp_path / "dpbert"), "--max-steps", "1")
+        assert config["method"] == method and config["method_config"] == METHODS[method].Config.from_dict(config["method_config"]).to_dict()
+    assert json.loads((tmp_path / "dact" / "config.json").read_text())["method_config"]["tau"] == 0.03
+    assert json.loads((tmp_path / "dpbert" / "config.json").read_text())["method_config"]["first_layer"] == "mean"
+    config = run_training(
+        glue_dir, tiny_backbone, tmp_path / "rl", "--method", "dpbert", "--stage", "rl", "--init", str(tmp_path / "dpbert"), "--max-steps", "1"
+    )
     model = load_checkpoint(tmp_path / "rl")
     result = evaluate(model, load_split("MRPC", "dev", glue_dir))
     assert result["examples"] == len(ROWS) and len(result["layer_frequency"]) == model.num_layers
@@ -175,19 +213,125 @@ def test_resumed_training_matches_an_uninterrupted_run(glue_dir, tiny_backbone, 
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
 
 
-def test_deebert_one_pass_sweep_equals_separate_runs(make_model, glue_dir):
+@pytest.mark.parametrize("method, thresholds", [("deebert", [0.0, 0.2, 0.5, 0.69]), ("pabee", [1.0, 2.0, 3.0])])
+def test_one_pass_sweep_equals_separate_runs(make_model, glue_dir, method, thresholds):
     from tests.conftest import randomise
+    from tests.test_engine import pabee_with_varied_agreement
 
-    model = randomise(make_model("deebert"), seed=5, scale=3.0)
+    model = randomise(make_model(method), seed=5, scale=3.0)
+    if method == "pabee":
+        model = pabee_with_varied_agreement(model)
+    assert model.method.sweeps_in_one_pass
     dev = load_split("MRPC", "dev", glue_dir)
-    thresholds = [0.0, 0.2, 0.5, 0.69]
-    for swept, threshold in zip(sweep(model, dev, thresholds), thresholds):
+    swept = sweep(model, dev, thresholds)
+    for point, threshold in zip(swept, thresholds):
         single = evaluate(model, dev, threshold)
-        assert swept["metric"] == pytest.approx(single["metric"]) and swept["avg_layers"] == pytest.approx(single["avg_layers"])
-    assert len({r["avg_layers"] for r in sweep(model, dev, thresholds)}) > 1
+        for key in ("metric", "avg_layers", "top_path_share"):
+            assert point[key] == pytest.approx(single[key]), key
+        assert point["exit_frequency"] == pytest.approx(single["exit_frequency"])
+    assert len({r["avg_layers"] for r in swept}) > 1
 
 
-def test_choose_default_takes_the_fastest_point_that_keeps_the_metric():
-    results = [{"metric": 0.90, "expected_speedup": 1.0, "threshold": 0.0}, {"metric": 0.89, "expected_speedup": 1.5, "threshold": 0.2}, {"metric": 0.80, "expected_speedup": 2.5, "threshold": 0.4}]
-    assert choose_default(results, 0.90, 0.98)["threshold"] == 0.2
-    assert choose_default(results, 0.99, 0.98)["threshold"] == 0.0  # nothing keeps 98%: the most accurate
+def test_calibration_takes_the_fastest_point_that_keeps_the_metric_or_the_best_reaching_a_speedup():
+    results = [
+        {"metric": 0.90, "expected_speedup": 1.0, "threshold": 0.0},
+        {"metric": 0.89, "expected_speedup": 1.5, "threshold": 0.2},
+        {"metric": 0.86, "expected_speedup": 1.8, "threshold": 0.3},
+        {"metric": 0.80, "expected_speedup": 2.5, "threshold": 0.4},
+    ]
+    assert choose(results, 0.90, Goal(keep=0.98))["threshold"] == 0.2
+    assert choose(results, 0.90, Goal(keep=0.95))["threshold"] == 0.3
+    assert choose(results, 0.99, Goal(keep=0.98))["threshold"] == 0.0  # nothing keeps 98%: the most accurate
+    assert choose(results, 0.90, Goal(target_speedup=1.6))["threshold"] == 0.3  # the most accurate of those reaching 1.6x
+    assert choose(results, 0.90, Goal(target_speedup=3.0))["threshold"] == 0.4  # none reaches it: the fastest
+
+
+def test_command_line_refuses_settings_the_method_does_not_have(glue_dir, tiny_backbone, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train_module.parse_args(["--method", "deebert", "--task", "MRPC", "--tau", "0.1"])
+    assert stopped.value.code == 2 and "--tau" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_module.parse_args(["--method", "dpbert", "--task", "MRPC", "--first-layer", "sideways"])
+    args = train_module.parse_args(["--method", "dpbert", "--task", "MRPC", "--target-skip-rate", "0.3", "--reward-loss-weight", "20"])
+    assert train_module.method_settings(args) == {"target_skip_rate": 0.3, "reward_loss_weight": 20.0}
+
+
+def test_method_configs_refuse_unknown_keys_and_out_of_range_values():
+    with pytest.raises(UserError, match="unknown setting"):
+        METHODS["dact"].Config.from_dict({"tau": 0.1, "taw": 0.2})
+    with pytest.raises(UserError, match="out of range"):
+        METHODS["dpbert"].Config.from_dict({"target_skip_rate": 1.5})
+    assert METHODS["dpbert"].Config().target_skip_rate == 0.4 and METHODS["dpbert"].Config().reward_loss_weight in (5.0, 20.0, 35.0, 50.0)
+
+
+def test_validation_rows_are_held_out_of_training_and_always_the_same(glue_dir):
+    fit, validation = load_split("MRPC", "fit", glue_dir), load_split("MRPC", "validation", glue_dir)
+    whole = load_split("MRPC", "train", glue_dir)
+    assert len(fit) + len(validation) == len(whole) and len(validation) == 2
+    assert list(load_split("MRPC", "validation", glue_dir)["text"]) == list(validation["text"])
+    pairs = lambda rows: sorted(zip(rows["text"], rows["text_pair"], rows["label"]))  # noqa: E731
+    assert sorted(pairs(fit) + pairs(validation)) == pairs(whole)
+
+
+def test_pabee_trains_encoder_and_every_off_ramp_on_the_weighted_average(stage_one, tiny_backbone):
+    model = start("pabee", None, tiny_backbone, stage_one)
+    changed = changed_after_one_step(model)
+    assert any("lora_" in name for name in changed)
+    assert {name.split(".")[2] for name in changed if name.startswith("method.ramps.")} == {str(i) for i in range(model.num_layers)}
+    batch = batch_of(model)
+    model.eval()
+    from core.heads import task_loss
+    from core.methods.base import TrainBatch, run_all_layers
+
+    train_batch = TrainBatch(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
+    loss, _ = model.method.training_loss(model.encoder, train_batch, model.method.stage(None))
+    losses = [task_loss(ramp(cls), batch["labels"]) for ramp, cls in zip(model.method.ramps, run_all_layers(model.encoder, train_batch))]
+    expected = sum((i + 1) * value for i, value in enumerate(losses)) / sum(range(1, len(losses) + 1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dpbert_hard_rate_penalty_pushes_planners_across_the_inference_threshold(stage_one, tiny_backbone):
+    """With every planner at s = 0.6 (all layers run at threshold 0.5), the hard rate sees 100 % executed and pushes s down; the mean rate does not."""
+    grads = {}
+    for rule in ("hard", "mean"):
+        model = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_penalty=rule, rate_weight=1.0)
+        with torch.no_grad():
+            for planner in model.method.planners:
+                planner.weight.zero_()
+                planner.bias.fill_(0.4055)  # sigmoid = 0.6 = 1 - t
+        model.train()
+        batch = batch_of(model)
+        from core.methods.base import TrainBatch
+
+        loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch), model.method.stage("relaxed"))
+        loss.backward()
+        grads[rule] = sum(planner.bias.grad.item() for planner in model.method.planners)
+        assert stats["execute_rate"] == pytest.approx(1.0 if rule == "hard" else 0.6, abs=1e-3)
+    # the task loss pulls on the biases alike under both rules; only the hard rate adds a push towards bypassing
+    assert grads["hard"] - grads["mean"] > 1e-3, "descending the hard-rate loss must lower the planner biases"
+
+
+def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chosen_on_validation(glue_dir, tiny_backbone, tmp_path, monkeypatch):
+    """The whole ship path on a tiny model: train, publish into a temporary assets folder, load what was shipped."""
+    from training import publish
+
+    run = tmp_path / "runs" / "mrpc"
+    run_training(glue_dir, tiny_backbone, run / "full", "--method", "full", "--finetune", "full", "--max-steps", "2")
+    run_training(glue_dir, tiny_backbone, run / "deebert", "--method", "deebert", "--init", str(run / "full"), "--max-steps", "1")
+    for tau in ("0.01", "0.1"):
+        run_training(glue_dir, tiny_backbone, run / f"dact-tau{tau}", "--method", "dact", "--init", str(run / "full"), "--max-steps", "1", "--tau", tau)
+    shipped = tmp_path / "assets" / "checkpoints"
+    monkeypatch.setattr(publish, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(publish, "RESULTS_DIR", tmp_path / "assets" / "results")
+    assert publish.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(glue_dir)]) == 0
+    assert sorted(path.name for path in (shipped / "mrpc").iterdir()) == ["dact", "deebert", "full"]
+    full = read_config(shipped / "mrpc" / "full")
+    assert full.encoder_weights == "delta" and list((shipped / "mrpc" / "full").glob("encoder-*.safetensors"))
+    for method in ("deebert", "dact"):
+        config = read_config(shipped / "mrpc" / method)
+        assert config.base_checkpoint == "../full"
+        assert config.operating_point["chosen_on"] == "validation" and config.operating_point["validation_split"]["rows"] == 2
+        assert config.metrics["examples"] == len(ROWS), "the recorded metrics are the dev set's"
+        load_checkpoint(shipped / "mrpc" / method).predict("a", "b")
+    assert read_config(shipped / "mrpc" / "deebert").threshold is not None
+    assert "| MRPC | dact |" in (shipped / "README.md").read_text()

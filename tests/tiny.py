@@ -1,4 +1,5 @@
 """A small random BERT for tests and smoke runs: test scaffolding, kept out of the engine."""
+
 from __future__ import annotations
 
 from pathlib import Path

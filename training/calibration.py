@@ -8,6 +8,7 @@ trained variant given) is evaluated on the validation split; the goal picks one;
 then evaluated on dev. ``training.publish`` uses the same ``calibrate`` for the shipped
 checkpoints, and ``record`` is the one writer of operating points into a checkpoint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,11 @@ class Goal:
         if self.target_speedup is not None:
             return f"most accurate point reaching {self.target_speedup:g}x expected speed-up on the validation split"
         return f"fastest point keeping {self.keep:.0%} of the full model's metric on the validation split"
+
+
+def percent_of(value: float, reference: float) -> float | None:
+    """``value`` as a percentage of ``reference`` (None when the reference is 0, e.g. an untrained model's F1)."""
+    return 100 * value / reference if reference else None
 
 
 def choose(results: list[dict], reference_metric: float, goal: Goal) -> dict:
@@ -72,7 +78,9 @@ class Calibration:
         }
 
 
-def calibrate(candidates: list[AdaptiveModel], reference: AdaptiveModel, validation: Dataset, dev: Dataset, goal: Goal = Goal(), dev_reference: dict | None = None) -> Calibration:
+def calibrate(
+    candidates: list[AdaptiveModel], reference: AdaptiveModel, validation: Dataset, dev: Dataset, goal: Goal = Goal(), dev_reference: dict | None = None
+) -> Calibration:
     """Evaluate every candidate's knob grid (or its one point) on ``validation``, choose by ``goal``, report it on ``dev``."""
     if not candidates:
         raise UserError("nothing to calibrate: give at least one checkpoint")
@@ -85,7 +93,7 @@ def calibrate(candidates: list[AdaptiveModel], reference: AdaptiveModel, validat
     model = candidates[chosen["candidate"]]
     dev_reference = dev_reference or evaluate(reference, dev)
     dev_result = evaluate(model, dev, chosen["threshold"])
-    dev_result |= {"reference_metric": dev_reference["metric"], "metric_pct_of_full": 100 * dev_result["metric"] / dev_reference["metric"]}
+    dev_result |= {"reference_metric": dev_reference["metric"], "metric_pct_of_full": percent_of(dev_result["metric"], dev_reference["metric"])}
     return Calibration(model, chosen["threshold"], chosen, validation_reference, dev_result, points)
 
 
@@ -99,7 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", nargs="+", required=True, help="the checkpoint (several: trained variants of one method, e.g. DACT's tau values)")
     parser.add_argument("--reference", required=True, help="the task's full model")
     goal = parser.add_mutually_exclusive_group()
-    goal.add_argument("--max-metric-drop", type=float, help=f"keep at least (1 - D) of the full model's metric, as fast as possible (default D = {1 - KEEP:.2f})")
+    goal.add_argument(
+        "--max-metric-drop", type=float, help=f"keep at least (1 - D) of the full model's metric, as fast as possible (default D = {1 - KEEP:.2f})"
+    )
     goal.add_argument("--target-speedup", type=float, help="the most accurate point with at least this expected speed-up (6 / average layers)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--write", action="store_true", help="record the chosen point in the chosen checkpoint's config.json")
@@ -123,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     result = calibrate(candidates, reference, load_split(task, "validation", args.data_dir), load_split(task, "dev", args.data_dir), goal)
     threshold = "–" if result.threshold is None else f"{result.threshold:g}"
     print(f"{goal.describe()}: {result.model.source} at threshold {threshold}")
-    print(f"  validation: {result.validation['metric_name']} {result.validation['metric']:.4f} (full {result.validation_reference['metric']:.4f}), "
-          f"{result.validation['avg_layers']:.2f} layers, {result.validation['expected_speedup']:.2f}x")
-    print(f"  dev:        {result.dev['metric_name']} {result.dev['metric']:.4f} ({result.dev['metric_pct_of_full']:.1f}% of full), "
-          f"{result.dev['avg_layers']:.2f} layers, {result.dev['expected_speedup']:.2f}x, most common path {result.dev['top_path_share']:.0%}")
+    print(
+        f"  validation: {result.validation['metric_name']} {result.validation['metric']:.4f} (full {result.validation_reference['metric']:.4f}), "
+        f"{result.validation['avg_layers']:.2f} layers, {result.validation['expected_speedup']:.2f}x"
+    )
+    share = "n/a" if result.dev["metric_pct_of_full"] is None else f"{result.dev['metric_pct_of_full']:.1f}%"
+    print(
+        f"  dev:        {result.dev['metric_name']} {result.dev['metric']:.4f} ({share} of full), "
+        f"{result.dev['avg_layers']:.2f} layers, {result.dev['expected_speedup']:.2f}x, most common path {result.dev['top_path_share']:.0%}"
+    )
     if args.write:
         record(result.model.source, result, goal)
         print(f"recorded in {Path(result.model.source) / 'config.json'}")

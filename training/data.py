@@ -4,6 +4,7 @@ The local files are the official GLUE TSVs. They must be read with quoting disab
 contain unbalanced double quotes that a quote-aware reader would merge into other rows), CoLA
 has no header, and MRPC's header starts with a byte-order mark.
 """
+
 from __future__ import annotations
 
 import csv

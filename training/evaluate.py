@@ -10,6 +10,7 @@ threshold's exit read off with the method's own rule. Where the knob changes the
 planners) each threshold is a pass of its own. Choosing and recording an operating point is
 ``python -m training.calibrate``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ from training.data import DEFAULT_DATA_DIR, load_split
 from training.metrics import MAIN_METRIC, glue_metrics
 
 
-def run_traces(model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, batch_size: int = 64, progress: bool = False) -> list[Trace]:
+def run_traces(
+    model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, batch_size: int = 64, progress: bool = False
+) -> list[Trace]:
     texts, pairs = list(dataset["text"]), list(dataset["text_pair"]) if model.config.pair else None
     traces = []
     for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=f"{model.config.method} dev", leave=False):
@@ -71,8 +74,12 @@ def label_index(model: AdaptiveModel, prediction: str | float) -> int | float:
 def evaluate(model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False) -> dict:
     traces = run_traces(model, dataset, threshold, early_exit, progress=progress)
     return summarise(
-        model, list(dataset["label"]), [label_index(model, t.prediction) for t in traces], [t.layers_executed for t in traces],
-        [t.exit_layer for t in traces], traces[0].threshold,
+        model,
+        list(dataset["label"]),
+        [label_index(model, t.prediction) for t in traces],
+        [t.layers_executed for t in traces],
+        [t.exit_layer for t in traces],
+        traces[0].threshold,
     )
 
 
@@ -100,7 +107,18 @@ def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None
     return results
 
 
-SWEEP_COLUMNS = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share", "layer_frequency", "exit_frequency"]
+SWEEP_COLUMNS = [
+    "task",
+    "method",
+    "threshold",
+    "metric_name",
+    "metric",
+    "avg_layers",
+    "expected_speedup",
+    "top_path_share",
+    "layer_frequency",
+    "exit_frequency",
+]
 
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:
@@ -144,7 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--split", choices=["dev", "validation"], default="dev", help="dev (reported) or the validation rows held out of train (default: %(default)s)")
+    parser.add_argument(
+        "--split", choices=["dev", "validation"], default="dev", help="dev (reported) or the validation rows held out of train (default: %(default)s)"
+    )
     parser.add_argument("--threshold", type=float, nargs="*", help="one or more knob values (default: the checkpoint's)")
     parser.add_argument("--sweep", help="knob values to sweep: 'default' (the method's grid) or comma-separated numbers")
     parser.add_argument("--no-early-exit", action="store_true", help="run every layer")

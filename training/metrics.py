@@ -1,4 +1,5 @@
 """The GLUE metric of each task."""
+
 from __future__ import annotations
 
 import numpy as np

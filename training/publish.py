@@ -9,6 +9,7 @@ is reported on dev. A method whose trade-off is a training setting (``variants_a
 DACT's tau) has every trained variant runs/<task>/<method>-* as a candidate. The sweeps go to
 assets/results/, the table to assets/checkpoints/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, read_config, write_config
+from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, load_checkpoint, read_config, save_checkpoint, write_config
 from core.errors import UserError, command_line
 from core.methods import BASELINE, METHODS
 from training.calibration import Goal, calibrate, record
@@ -36,18 +37,32 @@ def candidate_folders(run: Path, method: str) -> list[Path]:
 
 
 def ship(folder: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(folder / WEIGHTS_FILE, target / WEIGHTS_FILE)
-    shutil.copy(folder / CONFIG_FILE, target / CONFIG_FILE)
+    """Re-save a trained checkpoint into assets: a fully tuned encoder as int8 differences, adapters and heads as they are.
+
+    A method that builds on its task's full model (``base_checkpoint``) is pointed at the shipped
+    full model beside it, which publish_task ships first.
+    """
+    model = load_checkpoint(folder, merge_adapters=False)
+    if model.config.encoder_weights == "full":
+        model.config.encoder_weights = "delta"
+    if model.base_folder is not None:
+        if model.base_folder != (folder.parent / BASELINE).resolve():
+            raise UserError(
+                f"{folder} builds on {model.base_folder}, not on its task's {BASELINE} model {folder.parent / BASELINE}: it cannot be shipped beside it"
+            )
+        model.base_folder = (target.parent / BASELINE).resolve()
+    if target.exists():
+        shutil.rmtree(target)
+    save_checkpoint(model, target)
 
 
 def publish_task(run: Path, data_dir: str, goal: Goal) -> list[dict]:
-    reference_model = load_checkpoint(run / BASELINE)
+    target = SHIPPED_DIR / run.name / BASELINE
+    ship(run / BASELINE, target)
+    reference_model = load_checkpoint(target)  # what users get, int8 differences included
     task = reference_model.config.task
     dev, validation = load_split(task, "dev", data_dir), load_split(task, "validation", data_dir)
     reference = evaluate(reference_model, dev, progress=True)
-    target = SHIPPED_DIR / run.name / BASELINE
-    ship(run / BASELINE, target)
     config = read_config(target)
     config.metrics, config.threshold, config.operating_point = reference | {"reference_metric": reference["metric"], "metric_pct_of_full": 100.0}, None, {}
     write_config(config, target)
@@ -56,17 +71,36 @@ def publish_task(run: Path, data_dir: str, goal: Goal) -> list[dict]:
         candidates = candidate_folders(run, method) if method != BASELINE else []
         if not candidates:
             continue
-        result = calibrate([load_checkpoint(folder) for folder in candidates], reference_model, validation, dev, goal, dev_reference=reference)
+        staged = [SHIPPED_DIR / run.name / f".staging-{folder.name}" for folder in candidates]  # beside the target, so ../full stays right
+        for folder, stage_folder in zip(candidates, staged):
+            ship(folder, stage_folder)  # calibrate what users will load: on the shipped full model, in the shipped format
+        result = calibrate([load_checkpoint(folder) for folder in staged], reference_model, validation, dev, goal, dev_reference=reference)
         write_sweep(result.points, RESULTS_DIR / f"{run.name}-{method}-validation")
         target = SHIPPED_DIR / run.name / method
-        ship(Path(result.model.source), target)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(result.model.source, target)
+        for folder in staged:
+            shutil.rmtree(folder, ignore_errors=True)
         record(target, result, goal)
         config = read_config(target)
-        rows.append({"folder": str(target.relative_to(SHIPPED_DIR.parent.parent)), "command": config.training.get("command", ""),
-                     "validation_metric": result.validation["metric"], **result.dev})
-        print(f"{task} {method}: threshold {result.threshold} (chosen on validation), dev {result.dev['metric_name']} {result.dev['metric']:.4f} "
-              f"({result.dev['metric_pct_of_full']:.1f}% of full), {result.dev['avg_layers']:.2f} layers, most common path {result.dev['top_path_share']:.0%}")
+        rows.append(
+            {
+                "folder": str(target.relative_to(SHIPPED_DIR.parent.parent)),
+                "command": config.training.get("command", ""),
+                "validation_metric": result.validation["metric"],
+                **result.dev,
+            }
+        )
+        print(
+            f"{task} {method}: threshold {result.threshold} (chosen on validation), dev {result.dev['metric_name']} {result.dev['metric']:.4f} "
+            f"({percent_text(result.dev['metric_pct_of_full'])} of full), {result.dev['avg_layers']:.2f} layers, most common path {result.dev['top_path_share']:.0%}"
+        )
     return rows
+
+
+def percent_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
 
 
 def write_table(rows: list[dict], goal: Goal) -> None:
@@ -83,7 +117,7 @@ def write_table(rows: list[dict], goal: Goal) -> None:
     for row in rows:
         threshold = "–" if row["threshold"] is None else f"{row['threshold']:g}"
         lines.append(
-            f"| {row['task']} | {row['method']} | {threshold} | {row['metric_name']} | {row['metric']:.4f} | {row['metric_pct_of_full']:.1f}% "
+            f"| {row['task']} | {row['method']} | {threshold} | {row['metric_name']} | {row['metric']:.4f} | {percent_text(row['metric_pct_of_full'])} "
             f"| {row['avg_layers']:.2f} | {row['expected_speedup']:.2f}x | {row['top_path_share']:.0%} | `{row['folder']}` |"
         )
     lines += ["", "## Commands that trained them", ""]

@@ -6,11 +6,14 @@ stage that ``starts_from="full"`` takes over that model's encoder and head
 RL stage after its relaxed stage). A stage with ``trains_encoder=False`` keeps the encoder and
 its adapters frozen; which of the method's own parameters train is ``Method.trainable_heads``.
 """
+
 from __future__ import annotations
+
+from pathlib import Path
 
 from torch import nn
 
-from core.checkpoint import add_lora, load_checkpoint
+from core.checkpoint import add_lora, encoder_holder, load_checkpoint
 from core.errors import UserError
 from core.methods import BASELINE, MethodConfig, Stage, TrainBatch, get_method
 from core.model import AdaptiveModel, build_model
@@ -68,7 +71,7 @@ def starting_model(
     if stage.starts_from == "previous":
         previous.method.config = previous.method.config.replace(**settings)
         previous.config.method_config = previous.method.config.to_dict()
-        return previous
+        return share_encoder(previous, encoder_holder(previous), stage, finetune, lora_rank)
     encoder = previous.encoder
     config: MethodConfig = method_class.Config.from_dict(settings, where="settings")
     new_method = method_class(encoder.hidden_size, encoder.num_layers, previous.method.num_outputs, config)
@@ -76,7 +79,28 @@ def starting_model(
     previous.config.method = method
     previous.config.method_config = config.to_dict()
     previous.config.threshold, previous.config.operating_point = None, {}
-    return AdaptiveModel(encoder, new_method, previous.tokenizer, previous.config)
+    model = AdaptiveModel(encoder, new_method, previous.tokenizer, previous.config)
+    return share_encoder(model, encoder_holder(previous), stage, finetune, lora_rank)
+
+
+def share_encoder(model: AdaptiveModel, holder: Path | None, stage: Stage, finetune: str, lora_rank: int) -> AdaptiveModel:
+    """Build on the encoder of a fully fine-tuned model instead of copying it.
+
+    A stage that keeps the encoder frozen stores none of it; one that trains it with
+    ``--finetune lora`` stores only new adapters on top. Both refer to ``holder`` (saved as
+    ``base_checkpoint``), so a task's methods share its full model. Models whose encoder is the
+    backbone plus adapters (or ``--finetune full``) keep training what they have.
+    """
+    if holder is None or model.config.encoder_weights == "lora" or (stage.trains_encoder and finetune != "lora"):
+        return model
+    model.base_folder = holder
+    model.config.backbone_config = None
+    if stage.trains_encoder:
+        model.config.lora = add_lora(model.encoder, rank=lora_rank, alpha=2 * lora_rank)
+        model.config.encoder_weights = "lora"
+    else:
+        model.config.encoder_weights = "base"
+    return model
 
 
 def trainable_parameters(model: AdaptiveModel, stage: Stage, freeze_embeddings: bool = True) -> list[nn.Parameter]:

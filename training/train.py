@@ -9,6 +9,7 @@
 Runs on the CPU (bf16 autocast with --bf16) or, unchanged, under ``accelerate launch`` on GPUs.
 An interrupted run continues from its last saved state with the same command plus --resume.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen = argparse.ArgumentParser(add_help=False)
     chosen.add_argument("--method", choices=list(METHODS))
     method_name = chosen.parse_known_args(argv)[0].method
-    others = "" if method_name else "Method settings (shown with --method M --help): " + "; ".join(
-        f"{name}: " + ", ".join("--" + item.name.replace("_", "-") for item in dataclasses.fields(cls.Config)) for name, cls in METHODS.items()
+    others = (
+        ""
+        if method_name
+        else "Method settings (shown with --method M --help): "
+        + "; ".join(f"{name}: " + ", ".join("--" + item.name.replace("_", "-") for item in dataclasses.fields(cls.Config)) for name, cls in METHODS.items())
     )
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, epilog=others, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True, choices=list(METHODS))
@@ -74,9 +78,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-hub", action="store_true", help="load GLUE from the Hugging Face hub instead of --data-dir")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--finetune", choices=["lora", "full"], default="lora", help="how stage 1 tunes the encoder")
-    parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=True, help="with --finetune full: keep the embedding layer as published (default on)")
-    parser.add_argument("--encoder-from", help="stage 1: start the encoder from this checkpoint's (any task: intermediate-task training) instead of the backbone")
-    parser.add_argument("--train-split", default="fit", choices=["fit", "train", "dev"], help="rows to train on: fit = the GLUE train file minus the held-out validation rows (default)")
+    parser.add_argument(
+        "--freeze-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --finetune full: keep the embedding layer as published (default on)",
+    )
+    parser.add_argument(
+        "--encoder-from", help="stage 1: start the encoder from this checkpoint's (any task: intermediate-task training) instead of the backbone"
+    )
+    parser.add_argument(
+        "--train-split",
+        default="fit",
+        choices=["fit", "train", "dev"],
+        help="rows to train on: fit = the GLUE train file minus the held-out validation rows (default)",
+    )
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
@@ -88,7 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-limit", type=int, help="use only the first N training rows (smoke runs)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev rows")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast (default off: on CPUs without native bf16 it is ~27x slower, measured)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast (default off: on CPUs without native bf16 it is ~27x slower, measured)",
+    )
     parser.add_argument("--save-every", type=int, default=200, help="save resumable state every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out/resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,7 +214,9 @@ def train(args: argparse.Namespace) -> dict:
         accelerator.print(f"resumed from step {step}")
 
     objective.train()
-    progress = tqdm(total=total_steps, initial=step, disable=args.quiet or not accelerator.is_main_process, desc=f"{args.method} {spec.name}", dynamic_ncols=True)
+    progress = tqdm(
+        total=total_steps, initial=step, disable=args.quiet or not accelerator.is_main_process, desc=f"{args.method} {spec.name}", dynamic_ncols=True
+    )
     began, seen = time.perf_counter(), 0
     epoch = step // steps_per_epoch
     while step < total_steps:
@@ -229,8 +252,9 @@ def train(args: argparse.Namespace) -> dict:
     model = model.eval()
     result = evaluate(model, dev_set)
     model.config.trained = True
-    model.config.training = {key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")} | {
-        "steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set)}
+    model.config.training = {
+        key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")
+    } | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set)}
     if args.train_split == "fit":
         model.config.training["validation_split"] = VALIDATION.to_dict(len(load_split(spec.name, "train", args.data_dir, args.from_hub)))
     model.config.metrics = result

@@ -3,6 +3,7 @@
 Adding a method: write one module here (a ``Method`` subclass with its ``Config``, ``stages``,
 knob, layer fields and chart), add it to the tuple below, and add its tests.
 """
+
 from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, RunSettings, Series, Stage, TrainBatch
 from core.methods.dact import DACT
 from core.methods.deebert import DeeBERT
@@ -26,4 +27,18 @@ def adaptive_methods() -> list[str]:
     return [name for name in METHODS if name != BASELINE]
 
 
-__all__ = ["METHODS", "BASELINE", "get_method", "adaptive_methods", "Method", "MethodConfig", "Knob", "Stage", "LayerField", "LayerChart", "Series", "RunSettings", "TrainBatch"]
+__all__ = [
+    "BASELINE",
+    "METHODS",
+    "Knob",
+    "LayerChart",
+    "LayerField",
+    "Method",
+    "MethodConfig",
+    "RunSettings",
+    "Series",
+    "Stage",
+    "TrainBatch",
+    "adaptive_methods",
+    "get_method",
+]

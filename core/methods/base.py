@@ -12,6 +12,7 @@ the ``Config`` dataclass (hyper-parameters, defaults, command-line help), the ``
 turns at inference, the training ``Stage`` list, the ``LayerField`` values a trace records per
 layer, and the ``LayerChart`` that draws them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -179,6 +180,11 @@ class Method(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.num_outputs = num_outputs
+
+    @classmethod
+    def legacy_config(cls, hyperparameters: dict, training: dict) -> dict:
+        """The config of a checkpoint written before typed configs (hyper-parameters and training arguments apart)."""
+        return hyperparameters
 
     @classmethod
     def supports(cls, regression: bool) -> bool:

@@ -10,6 +10,7 @@ the final answer's class is decided and the model halts with a_n. There is no in
 threshold: the trade-off is the training weight tau of the halting penalty, so each trained
 tau is an operating point.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ class DACT(Method):
         with torch.no_grad():
             for unit in self.halting:
                 unit.bias.fill_(self.config.halting_bias)
+
+    @classmethod
+    def legacy_config(cls, hyperparameters: dict, training: dict) -> dict:
+        return hyperparameters | ({"tau": training["tau"]} if "tau" in training else {})
 
     def start_from_full(self, full_head: PooledHead) -> None:
         for classifier in self.classifiers:

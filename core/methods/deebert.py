@@ -5,6 +5,7 @@ fine-tuned model's own classifier, so with S = 0 (entropy is never negative) not
 and the answer is the full model's. Training (the paper's two stages): stage 1 is the full
 model; stage 2 freezes it and trains off-ramps 1..L-1 on the sum of their cross-entropies.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,11 @@ class DeeBERT(Method):
         top = math.log(self.num_outputs)
         grid = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.62, 0.64, 0.66, 0.68)
         return Knob(
-            name="entropy threshold S", symbol="S", low=0.0, high=top, sweep=tuple(value * top / math.log(2) for value in grid),
+            name="entropy threshold S",
+            symbol="S",
+            low=0.0,
+            high=top,
+            sweep=tuple(round(value * top / math.log(2), 4) for value in grid),
             help="exit at the first off-ramp whose entropy is below S; larger S exits earlier (0: never)",
         )
 

@@ -15,6 +15,7 @@ The first planner reads the [CLS] embedding, which is the same for every input, 
 is a constant of the model. ``first_layer = "mean"`` lets it read the mean-pooled embeddings
 instead, and ``"always"`` always runs layer 1; ``"cls"`` (the paper's rule) is the default.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,16 @@ class DPBERTConfig(MethodConfig):
     rate_weight: float = option(1.0, "lambda2: weight of the rate penalty", low=0.0)
     policy_weight: float = option(1.0, "lambda1: weight of the policy-gradient loss (rl stage)", low=0.0)
     reward_loss_weight: float = option(5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0)
-    rate_penalty: str = option("hard", "what the rate penalty measures: hard = the inference rule s > 0.5 (straight-through), mean = mean planner probability (paper)", choices=("hard", "mean"))
-    first_layer: str = option("cls", "layer 1's decision: cls = planner on the [CLS] embedding (paper, the same for every input), mean = planner on the mean-pooled embeddings, always = always run", choices=("cls", "mean", "always"))
+    rate_penalty: str = option(
+        "hard",
+        "what the rate penalty measures: hard = the inference rule s > 0.5 (straight-through), mean = mean planner probability (paper)",
+        choices=("hard", "mean"),
+    )
+    first_layer: str = option(
+        "cls",
+        "layer 1's decision: cls = planner on the [CLS] embedding (paper, the same for every input), mean = planner on the mean-pooled embeddings, always = always run",
+        choices=("cls", "mean", "always"),
+    )
     planner_bias: float = option(2.0, "initial planner bias (2: run every layer at first, like the full model)")
 
 
@@ -47,7 +56,9 @@ class DPBERT(Method):
     Config = DPBERTConfig
     stages = (
         Stage("relaxed", starts_from="full", trains_encoder=False, help="backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h"),
-        Stage("rl", starts_from="previous", trains_encoder=True, help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners"),
+        Stage(
+            "rl", starts_from="previous", trains_encoder=True, help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners"
+        ),
     )
     layer_fields = (LayerField("planner_prob", "planner probability of running the layer", help="the layer runs when it is above the threshold"),)
     layer_chart = LayerChart(
@@ -72,13 +83,27 @@ class DPBERT(Method):
     @property
     def knob(self) -> Knob:
         return Knob(
-            name="planner threshold", symbol="threshold", low=0.0, high=1.0, sweep=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7),
+            name="planner threshold",
+            symbol="threshold",
+            low=0.0,
+            high=1.0,
+            sweep=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7),
             help="run a layer when its planner probability is above the threshold; larger bypasses more",
         )
 
     @property
     def default_threshold(self) -> float:
         return 0.5
+
+    @classmethod
+    def legacy_config(cls, hyperparameters: dict, training: dict) -> dict:
+        """First-release checkpoints: the paper's mean-probability rate and [CLS] first planner; beta was called loss_weight."""
+        renamed = {"target_skip_rate": "target_skip_rate", "rate_weight": "rate_weight", "loss_weight": "reward_loss_weight"}
+        return (
+            hyperparameters
+            | {new: training[old] for old, new in renamed.items() if old in training}
+            | {"rate_penalty": "mean", "first_layer": "cls", "policy_weight": 1.0}
+        )
 
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())

@@ -1,4 +1,5 @@
 """The plain fine-tuned model: every layer, then the head. The baseline and stage 1 of every recipe."""
+
 from __future__ import annotations
 
 import torch

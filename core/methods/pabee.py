@@ -8,6 +8,7 @@ the patience t. Layer 1 has nothing to agree with, so the earliest exit is after
 and with t = L - 1 every layer runs. Training is the paper's: encoder and all off-ramps jointly
 on the weighted average of the off-ramp losses, sum_j j * L_j / sum_j j.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,7 +57,13 @@ class PABEE(Method):
     def knob(self) -> Knob:
         last = max(1, self.num_layers - 1)
         return Knob(
-            name="patience t", symbol="t", low=1, high=last, sweep=tuple(float(t) for t in range(1, last + 1)), integer=True, step=1,
+            name="patience t",
+            symbol="t",
+            low=1,
+            high=last,
+            sweep=tuple(float(t) for t in range(1, last + 1)),
+            integer=True,
+            step=1,
             help="exit when t consecutive off-ramps agree; smaller exits earlier (L - 1: never)",
         )
 

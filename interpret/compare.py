@@ -1,0 +1,173 @@
+"""Several methods on one input, as the demo compares them: the model cache, input cleaning and the comparison.
+
+Nothing here names a method: which methods can run a task, which have a knob and what its range
+is, and which one is the speed-up baseline all come from ``core.methods``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from core.checkpoint import load_for_task
+from core.errors import UserError
+from core.methods import BASELINE, METHODS
+from core.model import AdaptiveModel
+from core.tasks import get_task
+from core.trace import Trace
+from interpret.charts import method_title
+
+MAX_CHARS = 10_000  # cut before tokenising; the model's own token limit applies after that
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode Cc except tab and line breaks
+MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+CHART_METHODS = [name for name, method in METHODS.items() if method.layer_chart is not None]  # one per-layer chart each
+
+
+def methods_for(task: str) -> list[str]:
+    """The methods that can run a task (some need class probabilities, so no regression), in ``METHODS`` order."""
+    regression = get_task(task).is_regression
+    return [name for name, method in METHODS.items() if method.supports(regression)]
+
+
+class ModelCache:
+    """Loads each (task, method) once and hands out the same model afterwards.
+
+    Predictions on a shared model may run at the same time: the engine keeps its state per call
+    and installs no hooks, and ``AdaptiveModel`` serialises its own tokenizer.
+    """
+
+    def __init__(self, load: Callable[[str, str], AdaptiveModel] = load_for_task):
+        self._load = load
+        self._models: dict[tuple[str, str], AdaptiveModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, task: str, method: str) -> AdaptiveModel:
+        key = (get_task(task).name, method)
+        with self._lock:
+            if key not in self._models:
+                model = self._load(*key)
+                # one throw-away prediction, so the first real query's latency is not inflated by one-off setup costs
+                model.predict("warm up", "warm up" if model.config.pair else None)
+                self._models[key] = model
+            return self._models[key]
+
+
+def knob_methods(models: ModelCache, tasks: Iterable[str]) -> list[str]:
+    """The methods with an inference knob (a slider each in the demo), in ``METHODS`` order.
+
+    Each method's model is asked, for the first of ``tasks`` it can run.
+    """
+    tasks = list(tasks)
+    found = []
+    for name, method in METHODS.items():
+        task = next((task for task in tasks if method.supports(get_task(task).is_regression)), None)
+        if task is not None and models.get(task, name).method.knob is not None:
+            found.append(name)
+    return found
+
+
+def knob_settings(models: ModelCache, task: str, method: str) -> dict:
+    """A method's knob on a task as ``gr.Slider`` settings: range, step, default, label; hidden where it has none for the task."""
+    hidden = {"visible": False, "label": method_title(method)}
+    if method not in methods_for(task):
+        return hidden
+    model = models.get(task, method)
+    knob = model.method.knob
+    if knob is None:
+        return hidden
+    low, high = math.ceil(knob.low * 1e4) / 1e4, math.floor(knob.high * 1e4) / 1e4  # shown rounded, but never outside the range
+    default = model.default_threshold()
+    value = low if default is None else min(max(round(default, 4), low), high)
+    return {
+        "visible": True,
+        "minimum": low,
+        "maximum": high,
+        "step": knob.step,
+        "value": value,
+        "label": f"{model.method.title}: {knob.name}",
+        "info": knob.help,
+    }
+
+
+def clean_text(value: str | None, name: str) -> tuple[str, list[str]]:
+    """The text as the model will read it, and notes for the user about what was changed or noticed."""
+    text, notes = value or "", []
+    controls = CONTROL_CHARACTERS.findall(text)
+    if controls:
+        text = CONTROL_CHARACTERS.sub(" ", text)
+        notes.append(f"{name}: removed {len(controls)} control character(s).")
+    if len(text) > MAX_CHARS:
+        text = text[:MAX_CHARS]
+        notes.append(f"{name}: longer than {MAX_CHARS:,} characters, so only the first {MAX_CHARS:,} were kept.")
+    if MARKUP.search(text):
+        notes.append(f"{name}: contains markup (HTML tags or entities); it is read as plain text and shown escaped, never rendered.")
+    return text, notes
+
+
+@dataclass
+class Comparison:
+    """What every chosen method answered on one input."""
+
+    task: str
+    text: str  # as the models read it (cleaned)
+    text_pair: str | None
+    traces: list[Trace]  # the chosen methods', in the order they were chosen
+    trained: dict[str, bool]  # per chosen method: whether its heads are trained
+    baseline_latency_ms: float | None  # the baseline's latency on the same input, for the measured speed-up
+    notes: list[str]  # for the user: what was cleaned, truncated, untrained or run besides
+
+    def trace(self, method: str) -> Trace | None:
+        return next((trace for trace in self.traces if trace.method == method), None)
+
+    def settings(self) -> dict:
+        """The run settings as the query log keeps them."""
+        return {"thresholds": {trace.method: trace.threshold for trace in self.traces}, "early_exit": True}
+
+
+def compare_methods(
+    models: ModelCache, task: str, text: str | None, text_pair: str | None, methods: list[str], knobs: Mapping[str, float | None]
+) -> Comparison:
+    """Run every chosen method on the input (and the baseline, for the speed-up); ``knobs`` per method, None: its default.
+
+    Raises ``UserError`` for input the models cannot take: no method, a method that cannot run the
+    task, an empty text, a missing second sentence, a knob out of range.
+    """
+    spec = get_task(task)
+    if not methods:
+        raise UserError("choose at least one method to compare")
+    runnable = methods_for(spec.name)
+    unknown = [method for method in methods if method not in runnable]
+    if unknown:
+        raise UserError(f"{', '.join(map(method_title, unknown))} cannot run {spec.name}; choose from {', '.join(map(method_title, runnable))}")
+    text, notes = clean_text(text, "text")
+    if not text.strip():
+        raise UserError("the text is empty: type a sentence")
+    pair = None
+    if spec.pair:
+        pair, pair_notes = clean_text(text_pair, "second sentence")
+        notes += pair_notes
+        if not pair.strip():
+            raise UserError(f"{spec.name} compares two sentences: type the second sentence too")
+    traces, trained, token_limits = [], {}, set()
+    baseline_latency = None
+    for method in methods if BASELINE in methods else [BASELINE, *methods]:
+        model = models.get(spec.name, method)
+        trace = model.predict(text, pair, threshold=knobs.get(method))[0]
+        if method == BASELINE:
+            baseline_latency = trace.latency_ms
+        if method in methods:
+            traces.append(trace)
+            trained[method] = model.config.trained
+        if trace.truncated:
+            token_limits.add(model.max_length)
+    if token_limits:
+        notes.append(f"The input is longer than the model's limit of {min(token_limits)} tokens: only the first part was read (truncated).")
+    untrained = [method_title(method) for method, is_trained in trained.items() if not is_trained]
+    if untrained:
+        notes.append(f"Untrained heads for {spec.name}: {', '.join(untrained)}. No trained checkpoint is shipped, so these predictions are arbitrary.")
+    if BASELINE not in methods:
+        notes.append(f"The {method_title(BASELINE).lower()} was also run (not shown) to measure the speed-up.")
+    return Comparison(spec.name, text, pair, traces, trained, baseline_latency, notes)

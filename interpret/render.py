@@ -1,0 +1,69 @@
+"""HTML for the demo: result cards and messages, built from traces with everything user-typed escaped."""
+
+from __future__ import annotations
+
+import html
+
+from core.methods import METHODS
+from core.trace import Trace
+from interpret.attributions import Attribution
+from interpret.charts import method_title
+
+
+def intro_markdown() -> str:
+    """The demo's heading and one line per method, from the methods' own titles and summaries."""
+    lines = [f"- **{method.title}**: {method.summary}" for method in METHODS.values()]
+    return "# Adaptive-depth BERT\nType a sentence (or a pair), pick the methods, and see which transformer layers each one spends on it.\n\n" + "\n".join(
+        lines
+    )
+
+
+def message_html(errors: list[str], notes: list[str]) -> str:
+    """Errors and notes as escaped HTML (they may quote the user's text)."""
+    parts = [f'<p class="demo-error" style="color:#b91c1c"><b>Error:</b> {html.escape(text)}</p>' for text in errors]
+    parts += [f'<p class="demo-note" style="color:#92400e">{html.escape(text)}</p>' for text in notes]
+    return "\n".join(parts)
+
+
+def layers_text(layers: list[int]) -> str:
+    return ", ".join(map(str, layers)) if layers else "none"
+
+
+def result_card(trace: Trace, trained: bool, baseline_latency_ms: float | None) -> str:
+    """One method's answer as an HTML card; everything shown comes from the trace."""
+    if trace.probabilities:
+        answer = html.escape(str(trace.prediction))
+        odds = "".join(
+            f'<div>{html.escape(label)}: {p:.3f} <span style="display:inline-block;height:.6em;width:{p * 6:.2f}em;background:#2563eb"></span></div>'
+            for label, p in trace.probabilities.items()
+        )
+    else:
+        answer, odds = f"score {trace.prediction:.3f}", ""
+    measured = f"{baseline_latency_ms / trace.latency_ms:.2f}×" if baseline_latency_ms and trace.latency_ms > 0 else "n/a"
+    exit_text = f"after layer {trace.exit_layer}" if trace.exit_layer is not None else "none (ran to the end)"
+    badge = "" if trained else ' <span style="color:#b91c1c">(untrained)</span>'
+    return f"""<div class="result-card" data-method="{html.escape(trace.method)}" style="flex:1;min-width:12rem;border:1px solid #e5e7eb;border-radius:8px;padding:.6rem">
+<h4 style="margin:0 0 .3rem 0">{html.escape(method_title(trace.method))}{badge}</h4>
+<div class="prediction" style="font-size:1.3em;font-weight:bold">{answer}</div>{odds}
+<div>layers executed: {layers_text(trace.layers_executed)} ({len(trace.layers_executed)} of {trace.num_layers})</div>
+<div>skipped: {layers_text(trace.layers_skipped)}</div>
+<div>exit: {exit_text}</div>
+<div>latency: {trace.latency_ms:.1f} ms</div>
+<div>speed-up vs full: {measured} measured, {trace.expected_speedup:.2f}× in layers</div>
+</div>"""
+
+
+def results_html(traces: list[Trace], trained: dict[str, bool], baseline_latency_ms: float | None) -> str:
+    """The input as read, then one card per method."""
+    first = traces[0]
+    asked = html.escape(first.text) + ("" if first.text_pair is None else " ‖ " + html.escape(first.text_pair))
+    cards = "".join(result_card(trace, trained[trace.method], baseline_latency_ms) for trace in traces)
+    return f'<div class="results"><p class="asked"><b>Input:</b> {asked}</p><div style="display:flex;gap:.6rem;flex-wrap:wrap">{cards}</div></div>'
+
+
+def attribution_caption(trace: Trace, result: Attribution) -> str:
+    """What an attribution shows, in one sentence (plain text: pass it through ``message_html``)."""
+    return (
+        f"Integrated gradients for {method_title(trace.method)}'s answer {result.target!r} on the layers it ran "
+        f"({layers_text(trace.layers_executed)}); positive scores push towards it, negative ones away. Convergence error {result.convergence_delta:.2g}."
+    )
