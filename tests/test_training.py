@@ -335,3 +335,33 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
         load_checkpoint(shipped / "mrpc" / method).predict("a", "b")
     assert read_config(shipped / "mrpc" / "deebert").threshold is not None
     assert "| MRPC | dact |" in (shipped / "README.md").read_text()
+
+
+def test_dpbert_soft_gate_ablation_trains_backbone_and_planners_without_sampling(stage_one, tiny_backbone):
+    model = start("dpbert", "soft", tiny_backbone, stage_one)
+    torch.manual_seed(0)
+    first, _ = TrainingObjective(model, model.method.stage("soft")).eval()(**batch_of(model))
+    torch.manual_seed(1)
+    second, _ = TrainingObjective(model, model.method.stage("soft")).eval()(**batch_of(model))
+    assert first.item() == pytest.approx(second.item()), "no sampled actions: the same batch gives the same loss"
+    changed = changed_after_one_step(model, "soft")
+    assert any(name.startswith("method.planners.") for name in changed) and any("lora_" in name for name in changed)
+
+
+def test_tradeoff_labels_checkpoints_by_a_config_field_and_scores_each_layer(make_model, glue_dir, tmp_path, capsys):
+    from training import tradeoff
+
+    folders = []
+    for tau in (0.01, 0.3):
+        model = make_model("dact", tau=tau)
+        model.config.trained = True
+        folders.append(str(save_checkpoint(model, tmp_path / f"dact-{tau}")))
+    out = tmp_path / "tau"
+    assert tradeoff.main(["--checkpoints", *folders, "--label-by", "tau", "--data-dir", str(glue_dir), "--out", str(out)]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[1] == "0.01" and (out / "chart.png").stat().st_size > 0
+    assert tradeoff.main(["--checkpoints", folders[0], "--label-by", "taw", "--data-dir", str(glue_dir), "--out", str(out)]) == 2
+    layers = tmp_path / "layers"
+    assert tradeoff.main(["--checkpoints", folders[0], "--per-layer", "--data-dir", str(glue_dir), "--out", str(layers)]) == 0
+    per_layer = (layers / "results.csv").read_text().splitlines()
+    assert len(per_layer) == 1 + make_model("dact").num_layers

@@ -257,6 +257,8 @@ def train(args: argparse.Namespace) -> dict:
     } | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set)}
     if args.train_split == "fit":
         model.config.training["validation_split"] = VALIDATION.to_dict(len(load_split(spec.name, "train", args.data_dir, args.from_hub)))
+        validation = evaluate(model, load_split(spec.name, "validation", args.data_dir, args.from_hub))  # what recipes are compared on
+        model.config.training["validation_metrics"] = {key: validation[key] for key in ("metric_name", "metric", "avg_layers", "examples")}
     model.config.metrics = result
     if accelerator.is_main_process:
         save_checkpoint(model, out)

@@ -59,6 +59,7 @@ class DPBERT(Method):
         Stage(
             "rl", starts_from="previous", trains_encoder=True, help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners"
         ),
+        Stage("soft", starts_from="full", trains_encoder=True, help="ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL"),
     )
     layer_fields = (LayerField("planner_prob", "planner probability of running the layer", help="the layer runs when it is above the threshold"),)
     layer_chart = LayerChart(
@@ -133,6 +134,8 @@ class DPBERT(Method):
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         """``relaxed``: h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.
 
+        ``soft`` (the paper's ablation) is the relaxed gate with the backbone training too.
+
         ``rl``: a_i ~ Bernoulli(s_i), the task loss on the sampled path, and REINFORCE for the
         planners with reward R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, minus a per-layer
         batch-mean baseline, weighted by lambda1. In both, the rate penalty lambda2 * (rate - (1 - t))^2.
@@ -142,7 +145,8 @@ class DPBERT(Method):
         full_mask = encoder.attention_mask_for(hidden, batch.attention_mask)
         probabilities, log_probs, actions = [], [], []
         for layer in range(self.num_layers):
-            planner_in = hidden if stage.name == "relaxed" else hidden.detach()  # RL: the policy gradient reaches only the planners
+            relaxed = stage.name != "rl"
+            planner_in = hidden if relaxed else hidden.detach()  # RL: the policy gradient reaches only the planners
             logit = self.planner_logit(layer, planner_in, batch.attention_mask)
             if logit is None:  # layer 1 always runs
                 hidden = encoder.run_layer(layer, hidden, full_mask)
@@ -150,7 +154,7 @@ class DPBERT(Method):
                 continue
             probability = torch.sigmoid(logit)
             probabilities.append(probability)
-            if stage.name == "relaxed":
+            if relaxed:
                 gate = probability.view(-1, 1, 1)
                 hidden = gate * encoder.run_layer(layer, hidden, full_mask) + (1 - gate) * hidden
                 continue
