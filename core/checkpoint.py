@@ -72,7 +72,7 @@ def quantised_delta(bert: BertModel, backbone: str) -> dict[str, torch.Tensor]:
     reference = load_bert(backbone).state_dict()
     tensors = {}
     for name, value in plain_state_dict(bert).items():
-        difference = value.detach().float() - reference[name].float()
+        difference = value.detach().float().cpu() - reference[name].float()  # the model may be on a GPU; the reference is on the CPU
         if not difference.any():
             continue
         if value.dim() == 2:
@@ -80,7 +80,7 @@ def quantised_delta(bert: BertModel, backbone: str) -> dict[str, torch.Tensor]:
             tensors[f"delta.{name}.int8"] = (difference / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
             tensors[f"delta.{name}.scale"] = scale
         else:
-            tensors[f"encoder.{name}"] = value.detach().float()
+            tensors[f"encoder.{name}"] = value.detach().float().cpu()
     return tensors
 
 
@@ -97,11 +97,13 @@ def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({name: value.detach().contiguous().clone() for name, value in tensors.items()}, path, metadata={"format": "pt"})
+    save_file({name: value.detach().cpu().contiguous().clone() for name, value in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
     """Write config.json and the weights in the encoder format ``model.config.encoder_weights`` names."""
+    if getattr(model, "precision", "fp32") != "fp32":
+        raise UserError(f"save the fp32 model: precision ({model.precision}) is a run option, applied after loading (model.with_precision)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(SHARD_PATTERN):

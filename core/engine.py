@@ -4,6 +4,11 @@ Rows of a batch make their own decisions. A row that a planner bypasses is not f
 layer; a row that exits is removed from the batch, and the padding that only it needed is cut
 off. A layer no remaining row needs is never called. The loop only appends what happened at
 each layer; per-row tables for traces are built afterwards, outside the timed path.
+
+Per layer the loop reads at most one number back from the tensors (how many rows a planner
+runs, how many rows stop), and a method's report holds only tensors its decision computed
+anyway: what a trace shows that the decision does not need (argmax labels, bounds, planner
+probabilities) is derived from them by ``Method.layer_values`` when traces are built.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ class LayerRecord:
 
     rows: torch.Tensor  # original batch index of each row that reached the layer
     ran: torch.Tensor | None  # which of those rows executed it (None: all of them)
-    report: Report  # the method's per-row values, aligned with ``rows``
+    report: Report  # the method's raw per-row values, aligned with ``rows`` (``Method.layer_values`` turns them into its layer fields)
 
 
 @dataclass
@@ -52,18 +57,23 @@ class BatchResult:
             table[record.rows if record.ran is None else record.rows[record.ran], layer] = True
         return table
 
-    def reports(self) -> list[dict[str, torch.Tensor]]:
-        """Per layer, each reported value as a [B, ...] tensor (NaN, or -1 for integers, where not reached)."""
+    def reports(self, method: Method) -> list[dict[str, torch.Tensor]]:
+        """Per layer, each of the method's layer fields as a [B, ...] tensor (NaN, or -1 for integers, where not reached)."""
         tables = []
-        for record in self.layers:
+        for layer, record in enumerate(self.layers):
             table = {}
-            for name, value in record.report.items():
+            for name, value in method.layer_values(layer, record.report).items():
                 fill = -1 if not value.is_floating_point() else float("nan")
                 table[name] = torch.full((self.batch_size, *value.shape[1:]), fill, dtype=value.dtype)
                 table[name][record.rows] = value
             tables.append(table)
         tables += [{} for _ in range(self.num_layers - len(tables))]
         return tables
+
+
+def count(flags: torch.Tensor) -> int:
+    """How many of a row mask are true: the loop's one read-back per decision (one call at batch size 1)."""
+    return int(flags.item()) if flags.shape[0] == 1 else int(flags.sum())
 
 
 def _select(state: State, rows: torch.Tensor) -> State:
@@ -92,33 +102,40 @@ def run_batch(
 
     for layer in range(num_layers):
         run, report = method.plan(layer, hidden, mask, state, settings)
-        if run is not None and bool(run.all()):
-            run = None
+        if run is not None:
+            running = count(run)  # the one read-back before the layer
+            if running == run.shape[0]:
+                run = None
+            elif running:
+                hidden = encoder.run_layer_on_rows(layer, hidden, mask, run.nonzero().squeeze(1))
         if run is None:
             hidden = encoder.run_layer(layer, hidden, layer_mask)
-        elif bool(run.any()):
-            hidden = encoder.run_layer_on_rows(layer, hidden, mask, run.nonzero().squeeze(1))
 
         stop, after_report = method.after_layer(layer, hidden, mask, state, settings)
-        records.append(LayerRecord(rows, run, {**report, **after_report}))
+        records.append(LayerRecord(rows, run, {**report, **after_report} if report else after_report))
         last = layer == num_layers - 1
-        if last:
-            stop = None
-        elif stop is None or not bool(stop.any()):
+        stopping = 0 if stop is None or last else count(stop)  # and the one after it
+        if not (last or stopping):
             continue
 
-        leaving = slice(None) if stop is None else stop
-        answer = method.answer(hidden[leaving, 0], state if stop is None else _select(state, stop))
+        if last or stopping == rows.shape[0]:  # every row still running leaves here
+            answer = method.answer(hidden[:, 0], state)
+            if outputs is None:  # nobody left before: the rows are still the whole batch, in order
+                outputs = answer
+            else:
+                outputs[rows] = answer.to(outputs.dtype)
+            if not last:
+                exit_layer[rows] = layer + 1
+            break
+
+        answer = method.answer(hidden[stop, 0], _select(state, stop))
         if outputs is None:
             outputs = torch.zeros((batch_size, *answer.shape[1:]), dtype=answer.dtype, device=device)
-        outputs[rows[leaving]] = answer
-        if not last:
-            exit_layer[rows[stop]] = layer + 1
-            keep = ~stop
-            if not bool(keep.any()):
-                break
-            rows, state = rows[keep], _select(state, keep)
-            hidden, mask = trim_padding(hidden[keep], mask[keep])
-            layer_mask = encoder.attention_mask_for(hidden, mask)
+        outputs[rows[stop]] = answer.to(outputs.dtype)
+        exit_layer[rows[stop]] = layer + 1
+        keep = ~stop
+        rows, state = rows[keep], _select(state, keep)
+        hidden, mask = trim_padding(hidden[keep], mask[keep])
+        layer_mask = encoder.attention_mask_for(hidden, mask)
 
     return BatchResult(outputs=outputs, exit_layer=exit_layer, layers=records, num_layers=num_layers)

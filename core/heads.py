@@ -22,6 +22,16 @@ class PooledHead(nn.Module):
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(torch.tanh(self.dense(cls))))
 
+    def logits(self, cls: torch.Tensor) -> torch.Tensor:
+        """The engine's call: the same as ``forward``, minus the dropout call when it is off, and in fp32 (under bf16 too) for the decisions."""
+        pooled = torch.tanh(self.dense(cls))
+        return as_fp32(self.out(self.dropout(pooled) if self.training else pooled))
+
+
+def as_fp32(values: torch.Tensor) -> torch.Tensor:
+    """``values`` in fp32 (no call at all when they already are: at batch size 1 every tensor call counts)."""
+    return values if values.dtype == torch.float32 else values.float()
+
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy for classification, mean squared error for regression (one output)."""

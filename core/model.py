@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,9 +13,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
-from core.engine import BatchResult, run_batch
+from core.engine import BatchResult, LayerRecord, run_batch
 from core.errors import UserError
 from core.methods import Method, MethodConfig, RunSettings, get_method
+from core.precision import FP32, apply_precision, check_device, check_precision
 from core.tasks import get_task
 from core.trace import LayerStep, Trace
 
@@ -52,6 +54,7 @@ class AdaptiveModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.source = source  # the checkpoint folder it was loaded from, if any
+        self.precision = FP32  # core.precision: fp32, bf16 or int8 (``with_precision``)
         self.base_folder: Path | None = None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
@@ -60,11 +63,33 @@ class AdaptiveModel(nn.Module):
         return self.encoder.num_layers
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are (``model.to(device)`` moves them); ``predict`` sends its inputs there."""
+        return next(self.encoder.parameters()).device
+
+    @property
     def max_length(self) -> int:
         return min(self.config.max_length, self.encoder.config.max_position_embeddings, self.tokenizer.model_max_length)
 
     def default_threshold(self) -> float | None:
         return self.method.default_threshold if self.config.threshold is None else self.config.threshold
+
+    def with_precision(self, precision: str) -> AdaptiveModel:
+        """This model at another precision (core/precision.py): a converted copy of the encoder and method; ``self`` if it already is.
+
+        Converts from fp32 only (keep the fp32 model to derive the others); shares the tokenizer.
+        """
+        check_precision(precision)
+        if precision == self.precision:
+            return self
+        if self.precision != FP32:
+            raise UserError(f"convert from the fp32 model: this one is already {self.precision}")
+        check_device(precision, self.device)
+        encoder, method = copy.deepcopy(self.encoder), copy.deepcopy(self.method)
+        apply_precision(encoder, method, precision)
+        model = AdaptiveModel(encoder, method, self.tokenizer, copy.deepcopy(self.config), source=self.source)
+        model.base_folder, model.precision, model._tokenizer_lock = self.base_folder, precision, self._tokenizer_lock
+        return model.eval()
 
     def check_threshold(self, threshold: float | None) -> None:
         if threshold is None:
@@ -121,15 +146,19 @@ class AdaptiveModel(nn.Module):
             raise UserError(f"batch size must be at least 1, not {batch_size}")
         settings = self.settings(threshold, early_exit)
         self.eval()
+        device = self.device
         lengths = self.token_counts(texts, pairs)
         traces: list[Trace | None] = [None] * len(texts)
         for chosen in length_sorted_batches(lengths, batch_size):
             batch_texts = [texts[i] for i in chosen]
             batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
-            encoded = self.tokenize(batch_texts, batch_pairs)
+            encoded = {name: value.to(device) for name, value in self.tokenize(batch_texts, batch_pairs).items()}
             began = time.perf_counter()
             result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
             latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
+            result = on_cpu(result)  # one transfer per batch; the traces read many single values
             truncated = [lengths[i] > self.max_length for i in chosen]
             for index, trace in zip(chosen, self._traces(result, settings, latency_ms, batch_texts, batch_pairs, truncated)):
                 traces[index] = trace
@@ -149,7 +178,7 @@ class AdaptiveModel(nn.Module):
     def _traces(
         self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]
     ) -> list[Trace]:
-        tables = (result.executed(), result.reached(), result.reports())
+        tables = (result.executed(), result.reached(), result.reports(self.method))
         return [
             self._trace(result, tables, row, settings, latency_ms, len(texts), texts[row], None if pairs is None else pairs[row], truncated[row])
             for row in range(len(texts))
@@ -200,6 +229,7 @@ class AdaptiveModel(nn.Module):
             truncated=truncated,
             batch_size=batch_size,
             checkpoint=self.source,
+            precision=self.precision,
             per_layer=steps,
         )
 
@@ -215,6 +245,19 @@ class AdaptiveModel(nn.Module):
             else:
                 step.values[name] = value
         return step
+
+
+def on_cpu(result: BatchResult) -> BatchResult:
+    """The batch's outcome with every tensor on the CPU (where traces are built), whatever device it ran on."""
+    return BatchResult(
+        outputs=result.outputs.cpu(),
+        exit_layer=result.exit_layer.cpu(),
+        layers=[
+            LayerRecord(record.rows.cpu(), None if record.ran is None else record.ran.cpu(), {name: value.cpu() for name, value in record.report.items()})
+            for record in result.layers
+        ],
+        num_layers=result.num_layers,
+    )
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

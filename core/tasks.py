@@ -10,6 +10,8 @@ class TaskSpec:
     name: str
     labels: tuple[str, ...] | None  # None means regression (one score)
     pair: bool
+    score_range: tuple[float, float] | None = None  # regression: the scale the gold scores are on
+    score_meaning: str = ""  # regression: what the ends of the scale mean, for people
 
     @property
     def is_regression(self) -> bool:
@@ -18,6 +20,20 @@ class TaskSpec:
     @property
     def num_outputs(self) -> int:
         return 1 if self.labels is None else len(self.labels)
+
+    def clip_score(self, score: float) -> float:
+        """A regression output clipped to the task's scale (a model can answer outside it; the gold scores never are)."""
+        if self.score_range is None:
+            return score
+        low, high = self.score_range
+        return min(max(score, low), high)
+
+    def scale_text(self, meaning: bool = True) -> str:
+        """``0–5 scale (0: unrelated, 5: same meaning)`` (``0–5 scale`` without the meaning), or empty for a task without a scale."""
+        if self.score_range is None:
+            return ""
+        low, high = self.score_range
+        return f"{low:g}–{high:g} scale" + (f" ({self.score_meaning})" if meaning and self.score_meaning else "")
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -29,7 +45,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("RTE", ("entailment", "not_entailment"), pair=True),
         TaskSpec("QNLI", ("entailment", "not_entailment"), pair=True),
         TaskSpec("WNLI", ("not_entailment", "entailment"), pair=True),
-        TaskSpec("STS-B", None, pair=True),
+        TaskSpec("STS-B", None, pair=True, score_range=(0.0, 5.0), score_meaning="0: unrelated, 5: same meaning"),
     ]
 }
 

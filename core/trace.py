@@ -43,6 +43,7 @@ class Trace:
     truncated: bool = False
     batch_size: int = 1
     checkpoint: str | None = None
+    precision: str = "fp32"  # fp32, bf16 or int8 (core/precision.py)
     per_layer: list[LayerStep] = field(default_factory=list)
 
     def to_dict(self) -> dict:

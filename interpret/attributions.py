@@ -39,8 +39,9 @@ class Attribution:
 
 
 def encode(model: AdaptiveModel, trace: Trace) -> dict[str, torch.Tensor]:
-    """The trace's input, tokenised (and truncated) exactly as the engine did."""
-    return model.tokenize([trace.text], None if trace.text_pair is None else [trace.text_pair])
+    """The trace's input, tokenised (and truncated) exactly as the engine did, on the model's device."""
+    encoded = model.tokenize([trace.text], None if trace.text_pair is None else [trace.text_pair])
+    return {name: value.to(model.device) for name, value in encoded.items()}
 
 
 def replay(model: AdaptiveModel, trace: Trace, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ def attribute(model: AdaptiveModel, trace: Trace, steps: int = DEFAULT_STEPS) ->
     encoded = encode(model, trace)
     input_ids = encoded["input_ids"]
     token_type_ids = encoded.get("token_type_ids")
-    special = torch.tensor([[token_id in model.tokenizer.all_special_ids for token_id in input_ids[0].tolist()]])
+    special = torch.tensor([[token_id in model.tokenizer.all_special_ids for token_id in input_ids[0].tolist()]], device=input_ids.device)
     baseline_ids = torch.where(special, input_ids, torch.full_like(input_ids, model.tokenizer.pad_token_id))
     with torch.no_grad():
         embeddings = model.encoder.embed(input_ids, token_type_ids)

@@ -1,15 +1,20 @@
 """Altair charts of what a method did on one input, and of layer usage over many inputs.
 
 They read only traces (and layer-usage tables from ``interpret.usage``), so the demo, the
-report and a notebook draw the same pictures.
+report and a notebook draw the same pictures. Every chart's data is strict JSON: a missing or
+non-finite number becomes null (a browser's JSON parser refuses ``NaN``, and the chart would
+stay empty).
 """
 
 from __future__ import annotations
+
+import math
 
 import altair as alt
 import pandas as pd
 
 from core.methods import METHODS
+from core.tasks import get_task
 from core.trace import Trace
 
 STATUS_COLOURS = {"executed": "#2563eb", "skipped (bypassed)": "#f59e0b", "not reached (exited)": "#e5e7eb"}
@@ -18,6 +23,30 @@ WIDTH = 460
 
 def method_title(method: str) -> str:
     return METHODS[method].title if method in METHODS else method
+
+
+def shown_score(trace: Trace) -> tuple[float, bool]:
+    """A regression answer as shown: clipped to the task's scale, and whether it had to be clipped."""
+    shown = get_task(trace.task).clip_score(trace.prediction)
+    return shown, shown != trace.prediction
+
+
+def answer_text(trace: Trace) -> str:
+    """The answer in a few characters: the label, or the score (on the task's scale, clipped to it)."""
+    if not isinstance(trace.prediction, float):
+        return str(trace.prediction)
+    shown, clipped = shown_score(trace)
+    scale = get_task(trace.task).score_range
+    return f"{shown:.2f}" + (f" of {scale[1]:g}" if scale else "") + (" (clipped)" if clipped else "")
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def chart_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every missing or non-finite number as None, so the chart's JSON has null, never NaN or Infinity."""
+    return frame.astype(object).map(_finite_or_none)
 
 
 def _layer_status(trace: Trace, layer: int) -> str:
@@ -54,15 +83,19 @@ def layer_path_chart(traces: list[Trace]) -> alt.Chart:
         scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
         legend=alt.Legend(orient="bottom"),
     )
-    grid = alt.Chart(cells).mark_rect(stroke="white", strokeWidth=2).encode(x=_layer_axis(num_layers), y=y, color=colour, tooltip=["method", "layer", "status"])
-    marks = alt.Chart(exits).mark_text(fontWeight="bold", color="#111827").encode(x=_layer_axis(num_layers), y=y, text="mark:N")
+    grid = (
+        alt.Chart(chart_data(cells))
+        .mark_rect(stroke="white", strokeWidth=2)
+        .encode(x=_layer_axis(num_layers), y=y, color=colour, tooltip=["method", "layer", "status"])
+    )
+    marks = alt.Chart(chart_data(exits)).mark_text(fontWeight="bold", color="#111827").encode(x=_layer_axis(num_layers), y=y, text="mark:N")
     return (grid + marks).properties(width=WIDTH, height=36 * len(traces), title="Which layers ran")
 
 
 def _threshold_rule(value: float, label: str) -> alt.LayerChart:
     frame = pd.DataFrame([{"value": value, "label": f"{label} = {value:.3g}"}])
-    rule = alt.Chart(frame).mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(y="value:Q")
-    text = alt.Chart(frame).mark_text(align="left", dx=4, dy=-6, color="#dc2626").encode(y="value:Q", text="label:N", x=alt.value(0))
+    rule = alt.Chart(chart_data(frame)).mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(y="value:Q")
+    text = alt.Chart(chart_data(frame)).mark_text(align="left", dx=4, dy=-6, color="#dc2626").encode(y="value:Q", text="label:N", x=alt.value(0))
     return rule + text
 
 
@@ -100,7 +133,7 @@ def method_chart(trace: Trace) -> alt.LayerChart | None:
         if step.reached
         for series in spec.series
     ]
-    frame = pd.DataFrame(rows, columns=["layer", "series", "value", "status", "prediction"])
+    frame = chart_data(pd.DataFrame(rows, columns=["layer", "series", "value", "status", "prediction"]))
     scale = alt.Scale(domain=list(spec.y_domain), clamp=True) if spec.y_domain else alt.Undefined
     y = alt.Y("value:Q", title=spec.y_title, scale=scale)
     tooltip = ["layer", "series", alt.Tooltip("value:Q", format=".4f"), "status", "prediction"]
@@ -123,17 +156,16 @@ def method_chart(trace: Trace) -> alt.LayerChart | None:
         marks = alt.Chart(frame).mark_line(point=True, clip=True).encode(x=_layer_axis(trace.num_layers), y=y, color=colour, strokeDash=dash, tooltip=tooltip)
     rules = [_threshold_rule(trace.threshold, spec.knob_rule)] if spec.knob_rule and trace.threshold is not None and trace.early_exit else []
     exit_label = f"exit after layer {trace.exit_layer}" if trace.exit_layer else None
-    answer = f"{trace.prediction:.3f}" if isinstance(trace.prediction, float) else str(trace.prediction)
-    return _combine([marks, *rules, _exit_rule(trace.exit_layer, exit_label)], f"{spec.title} ({answer})")
+    return _combine([marks, *rules, _exit_rule(trace.exit_layer, exit_label)], f"{spec.title} ({answer_text(trace)})")
 
 
 def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart | alt.Chart:
     """Per method, the share of inputs that executed each layer; below it, where inputs exited (early-exit methods only)."""
-    usage = usage.assign(method=usage["method"].map(method_title))
+    usage = usage.assign(method=usage["method"].map(method_title), executed=pd.to_numeric(usage["executed"]), exited=pd.to_numeric(usage["exited"]))
     num_layers = int(usage["layer"].max())
     colour = alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom"))
     executed = (
-        alt.Chart(usage)
+        alt.Chart(chart_data(usage))
         .mark_bar()
         .encode(
             x=_layer_axis(num_layers),
@@ -148,7 +180,7 @@ def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart |
     if exits.empty:
         return executed
     exited = (
-        alt.Chart(exits)
+        alt.Chart(chart_data(exits))
         .mark_bar()
         .encode(
             x=_layer_axis(num_layers),

@@ -7,19 +7,27 @@ is, and which one is the speed-up baseline all come from ``core.methods``.
 from __future__ import annotations
 
 import math
+import os
 import re
+import statistics
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from core.checkpoint import load_for_task
+from core.devices import resolve_device
 from core.errors import UserError
+from core.inputs import has_visible_text, reading_notes
 from core.methods import BASELINE, METHODS
 from core.model import AdaptiveModel
 from core.tasks import get_task
 from core.trace import Trace
-from interpret.charts import method_title
+from interpret.charts import method_title, shown_score
 
+PROJECT = Path(__file__).resolve().parent.parent
+DEVICE_ENV = "ADAPTIVE_BERT_DEVICE"  # where the demo's models run (default: the best available)
+REPEATS = 5  # runs per method and input; latencies are their median (one run of a ~20 ms forward is mostly noise)
 MAX_CHARS = 10_000  # cut before tokenising; the model's own token limit applies after that
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode Cc except tab and line breaks
 MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
@@ -32,6 +40,11 @@ def methods_for(task: str) -> list[str]:
     return [name for name, method in METHODS.items() if method.supports(regression)]
 
 
+def load_on_device(task: str, method: str) -> AdaptiveModel:
+    """The shipped checkpoint (or untrained heads) on ``ADAPTIVE_BERT_DEVICE``, by default the best device present."""
+    return load_for_task(task, method).to(resolve_device(os.environ.get(DEVICE_ENV)))
+
+
 class ModelCache:
     """Loads each (task, method) once and hands out the same model afterwards.
 
@@ -39,7 +52,7 @@ class ModelCache:
     and installs no hooks, and ``AdaptiveModel`` serialises its own tokenizer.
     """
 
-    def __init__(self, load: Callable[[str, str], AdaptiveModel] = load_for_task):
+    def __init__(self, load: Callable[[str, str], AdaptiveModel] = load_on_device):
         self._load = load
         self._models: dict[tuple[str, str], AdaptiveModel] = {}
         self._lock = threading.Lock()
@@ -98,7 +111,7 @@ def clean_text(value: str | None, name: str) -> tuple[str, list[str]]:
     controls = CONTROL_CHARACTERS.findall(text)
     if controls:
         text = CONTROL_CHARACTERS.sub(" ", text)
-        notes.append(f"{name}: removed {len(controls)} control character(s).")
+        notes.append(f"{name}: replaced {len(controls)} control character(s) with spaces.")
     if len(text) > MAX_CHARS:
         text = text[:MAX_CHARS]
         notes.append(f"{name}: longer than {MAX_CHARS:,} characters, so only the first {MAX_CHARS:,} were kept.")
@@ -118,6 +131,7 @@ class Comparison:
     trained: dict[str, bool]  # per chosen method: whether its heads are trained
     baseline_latency_ms: float | None  # the baseline's latency on the same input, for the measured speed-up
     notes: list[str]  # for the user: what was cleaned, truncated, untrained or run besides
+    runs: int = 1  # each latency is the median of this many runs
 
     def trace(self, method: str) -> Trace | None:
         return next((trace for trace in self.traces if trace.method == method), None)
@@ -127,13 +141,29 @@ class Comparison:
         return {"thresholds": {trace.method: trace.threshold for trace in self.traces}, "early_exit": True}
 
 
+def public_checkpoint(source: str | None) -> str | None:
+    """A checkpoint folder as visitors may see it: relative to the project (``assets/checkpoints/mrpc/dpbert``), else its name only."""
+    if source is None:
+        return None
+    folder = Path(source).resolve()
+    return str(folder.relative_to(PROJECT)) if folder.is_relative_to(PROJECT) else folder.name
+
+
 def compare_methods(
-    models: ModelCache, task: str, text: str | None, text_pair: str | None, methods: list[str], knobs: Mapping[str, float | None]
+    models: ModelCache,
+    task: str,
+    text: str | None,
+    text_pair: str | None,
+    methods: list[str],
+    knobs: Mapping[str, float | None],
+    repeats: int = REPEATS,
 ) -> Comparison:
     """Run every chosen method on the input (and the baseline, for the speed-up); ``knobs`` per method, None: its default.
 
-    Raises ``UserError`` for input the models cannot take: no method, a method that cannot run the
-    task, an empty text, a missing second sentence, a knob out of range.
+    Each method runs ``repeats`` times, interleaved with the others (in alternating order), and
+    reports the median latency. Raises ``UserError`` for input the models cannot take: no method,
+    a method that cannot run the task, an empty or invisible text, a missing second sentence or
+    one given to a single-sentence task, a knob out of range.
     """
     spec = get_task(task)
     if not methods:
@@ -145,29 +175,39 @@ def compare_methods(
     text, notes = clean_text(text, "text")
     if not text.strip():
         raise UserError("the text is empty: type a sentence")
+    if not has_visible_text(text):
+        raise UserError("the text is empty: it holds only invisible characters (such as zero-width spaces); type a sentence")
     pair = None
     if spec.pair:
         pair, pair_notes = clean_text(text_pair, "second sentence")
         notes += pair_notes
-        if not pair.strip():
+        if not has_visible_text(pair):
             raise UserError(f"{spec.name} compares two sentences: type the second sentence too")
-    traces, trained, token_limits = [], {}, set()
-    baseline_latency = None
-    for method in methods if BASELINE in methods else [BASELINE, *methods]:
-        model = models.get(spec.name, method)
-        trace = model.predict(text, pair, threshold=knobs.get(method))[0]
-        if method == BASELINE:
-            baseline_latency = trace.latency_ms
-        if method in methods:
-            traces.append(trace)
-            trained[method] = model.config.trained
-        if trace.truncated:
-            token_limits.add(model.max_length)
+    elif text_pair is not None and has_visible_text(text_pair):
+        raise UserError(f"{spec.name} takes a single sentence, but a second sentence was given: leave the second sentence empty")
+    order = methods if BASELINE in methods else [BASELINE, *methods]
+    loaded = {method: models.get(spec.name, method) for method in order}
+    tokenizer = loaded[BASELINE].tokenizer
+    notes += reading_notes(tokenizer, text, "text") + ([] if pair is None else reading_notes(tokenizer, pair, "second sentence"))
+    runs: dict[str, list[Trace]] = {method: [] for method in order}
+    for repeat in range(max(1, repeats)):
+        for method in order if repeat % 2 == 0 else order[::-1]:  # alternate the order, so no method always runs first
+            runs[method].append(loaded[method].predict(text, pair, threshold=knobs.get(method))[0])
+    median = {method: statistics.median(trace.latency_ms for trace in traces) for method, traces in runs.items()}
+    traces = [replace(runs[method][0], latency_ms=median[method], checkpoint=public_checkpoint(runs[method][0].checkpoint)) for method in methods]
+    trained = {method: loaded[method].config.trained for method in methods}
+    token_limits = {loaded[trace.method].max_length for trace in runs[BASELINE][:1] + traces if trace.truncated}
     if token_limits:
         notes.append(f"The input is longer than the model's limit of {min(token_limits)} tokens: only the first part was read (truncated).")
+    for trace in traces:
+        if isinstance(trace.prediction, float) and shown_score(trace)[1]:
+            notes.append(
+                f"{method_title(trace.method)} answered {trace.prediction:.2f}, outside {spec.name}'s {spec.scale_text(meaning=False)}; "
+                f"it is shown clipped to {shown_score(trace)[0]:.2f}."
+            )
     untrained = [method_title(method) for method, is_trained in trained.items() if not is_trained]
     if untrained:
         notes.append(f"Untrained heads for {spec.name}: {', '.join(untrained)}. No trained checkpoint is shipped, so these predictions are arbitrary.")
     if BASELINE not in methods:
         notes.append(f"The {method_title(BASELINE).lower()} was also run (not shown) to measure the speed-up.")
-    return Comparison(spec.name, text, pair, traces, trained, baseline_latency, notes)
+    return Comparison(spec.name, text, pair, traces, trained, median[BASELINE], notes, runs=max(1, repeats))

@@ -9,11 +9,17 @@ Two tables in one SQLite file, written with ``sqlite-utils``:
 All writes go through one writer thread with its own connection, so many requests at once
 never contend for the write lock inside the app; the file is in WAL mode so readers (reports,
 histograms) never block the writer. Every SQL statement takes its values as parameters.
+
+Where the file goes: ``ADAPTIVE_BERT_QUERY_DB`` (a file), else ``ADAPTIVE_BERT_DATA_DIR`` (a folder
+for the app's lasting data, e.g. a Space's persistent storage mounted at /data), else
+``queries.db`` beside app.py. ``status`` says only on or off: visitors never see the server's
+paths; the path and any error go to the server log (logger ``adaptive_bert.querylog``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -31,8 +37,11 @@ from core.errors import UserError
 from core.trace import Trace
 
 DB_ENV = "ADAPTIVE_BERT_QUERY_DB"
+DATA_DIR_ENV = "ADAPTIVE_BERT_DATA_DIR"
 SWITCH_ENV = "ADAPTIVE_BERT_QUERY_LOG"
-DEFAULT_DB = Path(__file__).resolve().parent.parent / "queries.db"  # beside app.py
+DB_NAME = "queries.db"
+DEFAULT_DB = Path(__file__).resolve().parent.parent / DB_NAME  # beside app.py
+logger = logging.getLogger("adaptive_bert.querylog")
 OFF_VALUES = {"off", "0", "false", "no"}
 BUSY_TIMEOUT_S = 30.0  # other processes (a report being written) may hold the lock briefly
 
@@ -86,22 +95,28 @@ class QueryLog:
     def __init__(self, path: str | Path | None, disabled_reason: str | None = None):
         self.path = None if path is None else Path(path)
         self._error = disabled_reason or ("switched off" if path is None else None)
+        self._public_error = self._error if self.path is None else None  # what visitors are told: never a path
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._start_lock = threading.Lock()
         if self._error is None:
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 connect(self.path).close()
             except (sqlite3.Error, OSError) as error:
-                self._error = f"cannot open {self.path}: {error}"
+                self._fail(f"cannot open {self.path}: {error}", "the log file cannot be opened")
+        if self.enabled:
+            logger.info("query log: writing to %s", self.path)
+        elif self.path is None:
+            logger.info("query log: %s", self._error)
 
     @classmethod
     def from_env(cls) -> QueryLog:
-        """The log the environment asks for: ``ADAPTIVE_BERT_QUERY_LOG=off`` disables it,
-        ``ADAPTIVE_BERT_QUERY_DB`` names the file (default ``queries.db`` beside ``app.py``)."""
+        """The log the environment asks for: ``ADAPTIVE_BERT_QUERY_LOG=off`` disables it; ``ADAPTIVE_BERT_QUERY_DB``
+        names the file, else ``ADAPTIVE_BERT_DATA_DIR`` a folder for it (persistent storage), else ``queries.db`` beside app.py."""
         if os.environ.get(SWITCH_ENV, "on").strip().lower() in OFF_VALUES:
             return cls(None, disabled_reason=f"switched off ({SWITCH_ENV}={os.environ[SWITCH_ENV]})")
-        return cls(os.environ.get(DB_ENV) or DEFAULT_DB)
+        return cls(default_path())
 
     @property
     def enabled(self) -> bool:
@@ -109,7 +124,13 @@ class QueryLog:
 
     @property
     def status(self) -> str:
-        return f"query log: on ({self.path})" if self.enabled else f"query log: off ({self._error})"
+        """``query log: on`` or ``query log: off (why)``, for visitors: no path, no error text that could hold one."""
+        return "query log: on" if self.enabled else f"query log: off ({self._public_error or 'the log cannot be written'})"
+
+    def _fail(self, detail: str, public: str) -> None:
+        if self._error != detail:
+            logger.warning("query log off: %s", detail)
+        self._error, self._public_error = detail, public
 
     def record(self, task: str, text: str, text_pair: str | None, settings: dict, traces: list[Trace], trained: dict[str, bool]) -> int | None:
         """Log one query and one result row per trace; return the query's id, or None if logging is off."""
@@ -121,9 +142,11 @@ class QueryLog:
         try:
             query_id = done.result()
         except (sqlite3.Error, OSError) as error:
-            self._error = f"cannot write {self.path}: {error}"
+            self._fail(f"cannot write {self.path}: {error}", "the log file cannot be written; the server log says why")
             return None
-        self._error = None  # a write worked again (e.g. the disk had been full)
+        if self._error is not None:
+            logger.info("query log: writing to %s again", self.path)
+        self._error = self._public_error = None  # a write worked again (e.g. the disk had been full)
         return query_id
 
     def close(self) -> None:
@@ -152,6 +175,15 @@ class QueryLog:
                 job.done.set_exception(error)
         if db is not None:
             db.close()
+
+
+def default_path() -> Path:
+    """Where the log goes when nothing names the file: ``ADAPTIVE_BERT_DATA_DIR``/queries.db, else beside app.py."""
+    if os.environ.get(DB_ENV, "").strip():
+        return Path(os.environ[DB_ENV].strip())
+    if os.environ.get(DATA_DIR_ENV, "").strip():
+        return Path(os.environ[DATA_DIR_ENV].strip()) / DB_NAME
+    return DEFAULT_DB
 
 
 def _insert(db: sqlite_utils.Database, task: str, text: str, text_pair: str | None, settings: dict, traces: list[Trace], trained: dict[str, bool]) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 
 from core.methods import METHODS
+from core.tasks import get_task
 from core.trace import Trace
 from interpret.attributions import Attribution
-from interpret.charts import method_title
+from interpret.charts import method_title, shown_score
 
 
 def intro_markdown() -> str:
@@ -29,35 +30,59 @@ def layers_text(layers: list[int]) -> str:
     return ", ".join(map(str, layers)) if layers else "none"
 
 
-def result_card(trace: Trace, trained: bool, baseline_latency_ms: float | None) -> str:
-    """One method's answer as an HTML card; everything shown comes from the trace."""
+def speedup_text(trace: Trace, baseline_latency_ms: float | None) -> str:
+    """Measured speed-up against the full model next to the bound its layer count sets, saying why when the measurement exceeds it."""
+    bound = f"{trace.expected_speedup:.2f}× in layers"
+    if not baseline_latency_ms or trace.latency_ms <= 0:
+        return f"n/a measured, {bound}"
+    measured = baseline_latency_ms / trace.latency_ms
+    text = f"{measured:.2f}× measured, {bound}"
+    if measured > trace.expected_speedup:
+        text += (
+            f' <span class="above-bound" style="color:#92400e">(above the {trace.expected_speedup:.2f}× its layer count allows: '
+            "the difference is timing noise on one short input, not real speed)</span>"
+        )
+    return text
+
+
+def answer_html(trace: Trace) -> tuple[str, str]:
+    """The answer and what goes under it: class probabilities, or the score's scale (and a flag when it was clipped to it)."""
     if trace.probabilities:
-        answer = html.escape(str(trace.prediction))
         odds = "".join(
             f'<div>{html.escape(label)}: {p:.3f} <span style="display:inline-block;height:.6em;width:{p * 6:.2f}em;background:#2563eb"></span></div>'
             for label, p in trace.probabilities.items()
         )
-    else:
-        answer, odds = f"score {trace.prediction:.3f}", ""
-    measured = f"{baseline_latency_ms / trace.latency_ms:.2f}×" if baseline_latency_ms and trace.latency_ms > 0 else "n/a"
+        return html.escape(str(trace.prediction)), odds
+    spec = get_task(trace.task)
+    shown, clipped = shown_score(trace)
+    below = f'<div class="scale">on the {html.escape(spec.scale_text())}</div>' if spec.score_range else ""
+    if clipped:
+        below += f'<div class="out-of-range" style="color:#b91c1c">the model answered {trace.prediction:.2f}, outside the scale: shown clipped</div>'
+    return f"score {shown:.2f}", below
+
+
+def result_card(trace: Trace, trained: bool, baseline_latency_ms: float | None, runs: int = 1) -> str:
+    """One method's answer as an HTML card; everything shown comes from the trace."""
+    answer, below = answer_html(trace)
     exit_text = f"after layer {trace.exit_layer}" if trace.exit_layer is not None else "none (ran to the end)"
     badge = "" if trained else ' <span style="color:#b91c1c">(untrained)</span>'
+    latency = f"{trace.latency_ms:.1f} ms" + (f" (median of {runs} runs)" if runs > 1 else " (one run: a noisy sample)")
     return f"""<div class="result-card" data-method="{html.escape(trace.method)}" style="flex:1;min-width:12rem;border:1px solid #e5e7eb;border-radius:8px;padding:.6rem">
 <h4 style="margin:0 0 .3rem 0">{html.escape(method_title(trace.method))}{badge}</h4>
-<div class="prediction" style="font-size:1.3em;font-weight:bold">{answer}</div>{odds}
+<div class="prediction" style="font-size:1.3em;font-weight:bold">{answer}</div>{below}
 <div>layers executed: {layers_text(trace.layers_executed)} ({len(trace.layers_executed)} of {trace.num_layers})</div>
 <div>skipped: {layers_text(trace.layers_skipped)}</div>
 <div>exit: {exit_text}</div>
-<div>latency: {trace.latency_ms:.1f} ms</div>
-<div>speed-up vs full: {measured} measured, {trace.expected_speedup:.2f}× in layers</div>
+<div>latency: {latency}</div>
+<div class="speed-up">speed-up vs full: {speedup_text(trace, baseline_latency_ms)}</div>
 </div>"""
 
 
-def results_html(traces: list[Trace], trained: dict[str, bool], baseline_latency_ms: float | None) -> str:
+def results_html(traces: list[Trace], trained: dict[str, bool], baseline_latency_ms: float | None, runs: int = 1) -> str:
     """The input as read, then one card per method."""
     first = traces[0]
     asked = html.escape(first.text) + ("" if first.text_pair is None else " ‖ " + html.escape(first.text_pair))
-    cards = "".join(result_card(trace, trained[trace.method], baseline_latency_ms) for trace in traces)
+    cards = "".join(result_card(trace, trained[trace.method], baseline_latency_ms, runs) for trace in traces)
     return f'<div class="results"><p class="asked"><b>Input:</b> {asked}</p><div style="display:flex;gap:.6rem;flex-wrap:wrap">{cards}</div></div>'
 
 

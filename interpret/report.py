@@ -3,7 +3,9 @@
     python -m interpret.report --db queries.db --out report/ [--task MRPC] [--since 7d]
 
 The HTML page is self-contained (charts inlined as SVG, no scripts), so it can be mailed or
-archived. The demo's Export button calls ``export_report`` too.
+archived. The CSV is safe to open in a spreadsheet: a logged text that starts like a formula
+(``=HYPERLINK(...)``) is written with a leading apostrophe (``core.csvsafe``). The demo's Export
+button calls ``export_report`` too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import vl_convert
 
+from core.csvsafe import write_csv
 from core.errors import UserError, command_line
 from core.tasks import get_task
 from interpret.charts import layer_frequency_chart, method_title
@@ -96,7 +99,7 @@ def export_report(db: str | Path, out_dir: str | Path, task: str | None = None, 
         out.mkdir(parents=True, exist_ok=True)
         files = ReportFiles(out / CSV_FILE, out / JSON_FILE, out / HTML_FILE, len(rows))
         flat = [{key: json.dumps(value) if isinstance(value, (list, dict)) else value for key, value in row.items()} for row in rows]
-        pd.DataFrame(flat, columns=list(rows[0]) if rows else None).to_csv(files.csv, index=False)
+        write_csv(pd.DataFrame(flat, columns=list(rows[0]) if rows else None), files.csv)
         files.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         filters = f"task {task_name or 'any'}, since {since or 'the beginning'}"
         files.html.write_text(render_html(rows, filters), encoding="utf-8")

@@ -42,7 +42,12 @@ def layer_usage(records: Iterable[Mapping]) -> pd.DataFrame:
                     "inputs": len(group),
                 }
             )
-    return pd.DataFrame(rows, columns=USAGE_COLUMNS)
+    return _typed(pd.DataFrame(rows, columns=USAGE_COLUMNS))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Shares as floats (NaN where a method has no exits), so frames of different methods concatenate into numeric columns."""
+    return frame.astype({"executed": float, "exited": float})
 
 
 def usage_by_task(records: list[Mapping]) -> dict[str, pd.DataFrame]:
@@ -59,12 +64,14 @@ def precomputed_usage(model: AdaptiveModel) -> pd.DataFrame | None:
     exited = metrics.get("exit_frequency")
     exited = exited if isinstance(exited, list) and len(exited) == model.num_layers else [None] * model.num_layers
     inputs = metrics.get("examples")
-    return pd.DataFrame(
-        [
-            {"method": model.config.method, "layer": layer, "executed": float(run), "exited": exit_share, "inputs": inputs}
-            for layer, (run, exit_share) in enumerate(zip(executed, exited), start=1)
-        ],
-        columns=USAGE_COLUMNS,
+    return _typed(
+        pd.DataFrame(
+            [
+                {"method": model.config.method, "layer": layer, "executed": float(run), "exited": exit_share, "inputs": inputs}
+                for layer, (run, exit_share) in enumerate(zip(executed, exited), start=1)
+            ],
+            columns=USAGE_COLUMNS,
+        )
     )
 
 

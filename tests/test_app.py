@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import math
+import os
 import re
 import socket
 import sqlite3
+import statistics
 import subprocess
 import threading
+import time
 import types
 from concurrent.futures import wait
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -19,29 +24,53 @@ import pytest
 import torch
 from gradio_client import Client
 
-from app import DemoHandlers, build_demo, example_rows
+import app
+from app import DEMO_TASKS, DemoHandlers, build_demo, example_rows
+from core.checkpoint import SHIPPED_DIR
+from core.heads import PooledHead
 from core.methods import BASELINE, METHODS
 from core.model import build_model
-from interpret.compare import CHART_METHODS, MAX_CHARS, ModelCache, knob_settings, methods_for
+from interpret.compare import CHART_METHODS, MAX_CHARS, REPEATS, ModelCache, knob_settings, methods_for, public_checkpoint
 from interpret.querylog import QueryLog, read_results
+from interpret.render import result_card
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ALL_METHODS = list(METHODS)
 KNOBS = {"deebert": 0.3, "dpbert": 0.5, "pabee": 3}
 DEV_METRICS = {"layer_frequency": [1.0, 0.75, 0.5, 0.25], "exit_frequency": [0.25, 0.25, 0.25, 0.25]}
+# shipped operating points that differ by task, as the real checkpoints' do (MRPC's DPBERT 0.6, SST-2's 0.3)
+SHIPPED_THRESHOLDS = {"SST-2": {"deebert": 0.2, "dpbert": 0.3, "pabee": 1.0}, "MRPC": {"deebert": 0.5, "dpbert": 0.6, "pabee": 2.0}}
 
 
 def tiny_loader(backbone: str):
-    """Untrained heads on the tiny backbone, with dev-set layer frequencies as training would record them."""
+    """Untrained heads on the tiny backbone, with dev-set usage recorded as training records it (exit shares only for methods that exit
+    early) and per-task shipped thresholds."""
 
     def load(task: str, method: str):
         torch.manual_seed(0)
         model = build_model(method, task, backbone=backbone).eval()
-        model.config.metrics = dict(DEV_METRICS)
+        model.config.metrics = {key: value for key, value in DEV_METRICS.items() if key != "exit_frequency" or model.method.exits_early}
+        model.config.threshold = SHIPPED_THRESHOLDS.get(task, {}).get(method)
         return model
 
     return load
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, as a browser's ``JSON.parse`` does."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def unwrap(update):
+    """A chart output as (value, visible): handlers return ``gr.update`` dicts for charts they show or hide."""
+    if isinstance(update, dict) and update.get("__type__") == "update":
+        return update.get("value"), update.get("visible")
+    return update, None
 
 
 @pytest.fixture
@@ -55,11 +84,19 @@ def knob_values(handlers: DemoHandlers, knobs: dict) -> list:
 
 
 def outputs(values: tuple, api: bool = False) -> dict:
-    """``compare``'s outputs by name (through the API the state is not returned); ``charts`` per method."""
+    """``compare``'s outputs by name (through the API the state is not returned); ``charts`` per method, ``visible`` whether each is shown."""
     message, results, path, *rest = values
     charts, rest = rest[: len(CHART_METHODS)], rest[len(CHART_METHODS) :]
     named = dict(zip(["traces", "status"] if api else ["traces", "state", "status"], rest, strict=True))
-    return {"message": message, "results": results, "path": path, "charts": dict(zip(CHART_METHODS, charts)), **named}
+    unwrapped = {method: unwrap(chart) for method, chart in zip(CHART_METHODS, charts)}
+    return {
+        "message": message,
+        "results": results,
+        "path": unwrap(path)[0],
+        "charts": {method: value for method, (value, _) in unwrapped.items()},
+        "visible": {method: visible for method, (_, visible) in unwrapped.items()},
+        **named,
+    }
 
 
 def compare(handlers: DemoHandlers, task="MRPC", text="the cat sat on the mat", pair="a cat was sitting on the mat", methods=ALL_METHODS, knobs=KNOBS):
@@ -86,7 +123,7 @@ def test_compare_shows_every_method_and_logs_one_row_per_method(handlers):
     rows = logged(handlers)
     assert sorted(row["method"] for row in rows) == sorted(ALL_METHODS) and len({row["query_id"] for row in rows}) == 1
     assert rows[0]["text_pair"] == "a cat was sitting on the mat"
-    assert "query log: on" in out["status"]
+    assert out["status"] == "query log: on"
 
 
 def test_speed_up_baseline_runs_but_is_neither_shown_nor_logged(handlers):
@@ -101,28 +138,30 @@ def test_a_regression_task_charts_only_the_chosen_methods_that_can_run_it(handle
     out = compare(handlers, task="STS-B", methods=["full", "dpbert"])
     assert out["charts"]["deebert"] is None and out["charts"]["dact"] is None  # classification only
     assert out["charts"]["pabee"] is None  # can run STS-B, but was not chosen
+    assert out["visible"] == {method: method == "dpbert" for method in CHART_METHODS}, "a chart that does not apply is hidden, not an empty box"
     chart = out["charts"]["dpbert"].to_dict()
     assert "DPBERT" in json.dumps(chart["title"]) and [trace["method"] for trace in out["traces"]] == ["full", "dpbert"]
     out = compare(handlers, task="STS-B", methods=["pabee", "dpbert"])
     assert {method for method, chart in out["charts"].items() if chart is not None} == {"pabee", "dpbert"}
+    assert {method for method, visible in out["visible"].items() if visible} == {"pabee", "dpbert"}
     assert out["traces"][0]["probabilities"] == {} and isinstance(out["traces"][0]["prediction"], float)
-    shown = dict(zip(CHART_METHODS, handlers.charts_shown("STS-B", ["full", "deebert", "dpbert"])))
-    assert {method for method, update in shown.items() if update["visible"]} == {"dpbert"}
-    shown = dict(zip(CHART_METHODS, handlers.charts_shown("MRPC", ALL_METHODS)))
-    assert all(update["visible"] for update in shown.values())
-    assert not any(update["visible"] for update in handlers.charts_shown("MRPC", None))
+    out = compare(handlers, task="MRPC", methods=ALL_METHODS)
+    assert all(out["visible"].values())
+    out = compare(handlers, task="MRPC", text="   ")
+    assert not any(out["visible"].values()), "after an error no chart box is left standing"
 
 
 def test_task_change_offers_the_task_methods_and_the_second_box_only_for_pairs(handlers):
     assert handlers.knob_methods == ["deebert", "dpbert", "pabee"]  # the methods whose model has a knob, in METHODS order
     pair, methods, deebert, dpbert, pabee = handlers.task_changed("STS-B")
-    assert pair["visible"] is True and methods["value"] == ["full", "dpbert", "pabee"]
+    assert pair["visible"] is True and "value" not in pair and methods["value"] == ["full", "dpbert", "pabee"]
     assert deebert["visible"] is False and dpbert["visible"] is True and dpbert["maximum"] == 1.0 and dpbert["value"] == 0.5
     assert pabee["visible"] is True and (pabee["minimum"], pabee["maximum"], pabee["step"], pabee["value"]) == (1, 3, 1, 3)  # 4 tiny layers
     assert "PABEE" in pabee["label"] and "patience" in pabee["label"] and pabee["info"]
     pair, methods, deebert, _, _ = handlers.task_changed("SST-2")
-    assert pair["visible"] is False and methods["value"] == ALL_METHODS
-    assert deebert["maximum"] == pytest.approx(0.6931, abs=1e-4) and deebert["maximum"] <= math.log(2) and deebert["value"] == 0.0
+    assert pair["visible"] is False and pair["value"] == "" and methods["value"] == ALL_METHODS  # a hidden second sentence is never sent
+    assert deebert["maximum"] == pytest.approx(0.6931, abs=1e-4) and deebert["maximum"] <= math.log(2)
+    assert deebert["value"] == SHIPPED_THRESHOLDS["SST-2"]["deebert"]
     assert "DeeBERT" in deebert["label"] and "entropy" in deebert["label"]
     assert methods_for("RTE") == ALL_METHODS
 
@@ -160,11 +199,11 @@ def test_bad_input_gets_a_message_and_nothing_is_logged(handlers, change, expect
     assert logged(handlers) == []
 
 
-def test_control_characters_are_removed_and_said_so(handlers):
-    out = compare(handlers, text="good\x00 film\x1b", pair="fine\x07")
-    assert "text: removed 2 control character(s)" in out["message"]
-    assert "second sentence: removed 1 control character(s)" in out["message"]
-    assert "\x00" not in logged(handlers)[0]["text"] and 'data-method="dact"' in out["results"]
+def test_control_characters_are_replaced_by_spaces_and_said_so(handlers):
+    out = compare(handlers, text="good\x00film\x1b", pair="fine\x07")
+    assert "text: replaced 2 control character(s) with spaces" in out["message"]
+    assert "second sentence: replaced 1 control character(s) with spaces" in out["message"]
+    assert logged(handlers)[0]["text"] == "good film " and 'data-method="dact"' in out["results"]
 
 
 def test_markup_is_shown_escaped_never_rendered(handlers):
@@ -186,7 +225,7 @@ def test_the_app_keeps_answering_when_the_log_cannot_be_written(tiny_backbone, t
     broken = DemoHandlers(ModelCache(tiny_loader(tiny_backbone)), QueryLog(tmp_path))  # a folder is no database
     out = compare(broken)
     assert 'data-method="full"' in out["results"]
-    assert "query log: off" in out["status"]
+    assert "query log: off" in out["status"] and str(tmp_path) not in out["status"]
     assert "query log: off" in broken.logged_layer_usage("any", "any", "")[2]
 
 
@@ -229,14 +268,24 @@ def test_explain_follows_the_method_answer(handlers):
     assert "DeeBERT" in message and f"'{out['state']['deebert'].prediction}'" in html.unescape(message)
 
 
+USAGE_OUTPUTS = 4  # after compare's outputs, open_page returns the selected tab, the dev-set task, chart and note
+
+
 def test_open_page_runs_the_example_named_in_the_address(handlers):
     task, text, pair, *values = handlers.open_page(types.SimpleNamespace(query_params={"example": "4"}))
     assert [task, text, pair] == example_rows()[3]
-    out = outputs(tuple(values))
+    out = outputs(tuple(values[:-USAGE_OUTPUTS]))
     assert out["results"].count("result-card") == len(methods_for(task))
     assert {method for method, chart in out["charts"].items() if chart is not None} == set(methods_for(task)) & set(CHART_METHODS)
     untouched = handlers.open_page(types.SimpleNamespace(query_params={"example": "999"}))
     assert "there is no example" in untouched[3] and len(untouched) == 3 + len(values)
+
+
+def test_open_page_can_open_the_layer_usage_tab_on_a_task(handlers):
+    *_, tab, task, chart, note = handlers.open_page(types.SimpleNamespace(query_params={"usage": "rte"}))
+    assert tab.selected == "usage" and task == "RTE" and "RTE: layer usage on the dev set" in chart.to_json() and note == ""
+    *_, tab, task, chart, note = handlers.open_page(types.SimpleNamespace(query_params={"usage": "CoLA"}))
+    assert chart is None and "not CoLA" in note
 
 
 def test_dev_layer_usage_uses_the_recorded_frequencies(handlers):
@@ -266,6 +315,183 @@ def test_the_demo_names_no_method(source):
     names = "|".join(re.escape(name) for name in METHODS if name != BASELINE)
     found = re.findall(rf"""(["'])({names})\1""", (ROOT / source).read_text(encoding="utf-8"))
     assert found == [], f"{source} names methods: {sorted({name for _, name in found})}"
+
+
+@pytest.mark.parametrize("task", DEMO_TASKS)
+def test_every_chart_is_strict_json_for_every_task(handlers, task):
+    """A browser's JSON.parse refuses NaN: every chart the handlers return must parse strictly, or the user sees an empty box."""
+    out = compare(handlers, task=task, pair="a cat was sitting on the mat" if task != "SST-2" else "", methods=methods_for(task))
+    drawn = [out["path"], *[chart for chart in out["charts"].values() if chart is not None]]
+    assert len(drawn) == 1 + len(set(methods_for(task)) & set(CHART_METHODS))
+    dev_chart, _ = handlers.dev_layer_usage(task)
+    logged_chart, _, _ = handlers.logged_layer_usage(task, "any", "")
+    for chart in [*drawn, dev_chart, logged_chart]:
+        spec = strict_json(chart.to_json())
+        assert spec.get("datasets"), "a chart without data"
+
+
+def test_an_omitted_threshold_means_the_task_checkpoint_default(handlers):
+    for task in ("MRPC", "SST-2"):
+        out = compare(handlers, task=task, pair="a cat" if task == "MRPC" else "", knobs={})
+        got = {trace["method"]: trace["threshold"] for trace in out["traces"] if trace["method"] in handlers.knob_methods}
+        assert got == SHIPPED_THRESHOLDS[task]
+
+
+def counting_loader(backbone: str, calls: list):
+    """``tiny_loader`` whose models record every prediction (method, latency) but the warm-up."""
+    load = tiny_loader(backbone)
+
+    def counting(task, method):
+        model = load(task, method)
+        predict = model.predict
+
+        def recorded(*args, **kwargs):
+            traces = predict(*args, **kwargs)
+            if args[0] != "warm up":
+                calls.append((method, traces[0].latency_ms))
+            return traces
+
+        model.predict = recorded
+        return model
+
+    return counting
+
+
+def test_latency_is_the_median_of_several_interleaved_runs(tiny_backbone, tmp_path):
+    calls = []
+    counted = DemoHandlers(ModelCache(counting_loader(tiny_backbone, calls)), QueryLog(None), export_root=tmp_path)
+    out = compare(counted, methods=["full", "dpbert"])
+    runs = {method: [latency for name, latency in calls if name == method] for method in ("full", "dpbert")}
+    assert REPEATS >= 3 and all(len(latencies) == REPEATS for latencies in runs.values())
+    assert [trace["latency_ms"] for trace in out["traces"]] == pytest.approx([statistics.median(runs["full"]), statistics.median(runs["dpbert"])])
+    assert [name for name, _ in calls[:4]] == ["full", "dpbert", "dpbert", "full"], "the order alternates, so neither always runs first"
+    assert f"median of {REPEATS} runs" in out["results"]
+
+
+def test_no_card_shows_a_measured_speed_up_above_the_layer_bound_without_saying_why(handlers):
+    trace = compare(handlers, methods=["dpbert"])["state"]["dpbert"]
+    bound = replace(trace, expected_speedup=1.5, latency_ms=10.0)
+    above, below = result_card(bound, True, baseline_latency_ms=22.2, runs=5), result_card(bound, True, baseline_latency_ms=12.0, runs=5)
+    assert "2.22× measured" in above and "above the 1.50× its layer count allows" in above and "timing noise" in above
+    assert "1.20× measured" in below and "above the" not in below
+    assert "median of 5 runs" in above and "noisy sample" in result_card(bound, True, 22.2, runs=1)
+    for _ in range(3):  # whatever the timings of real runs, every card that measures above its bound says why
+        for card in compare(handlers)["results"].split('class="result-card"')[1:]:
+            measured, layers = map(float, re.search(r"([\d.]+)× measured, ([\d.]+)× in layers", card).groups())
+            assert (measured > layers) == ("above the" in card), card
+
+
+def shifted_regression_loader(backbone: str, bias: float):
+    """``tiny_loader`` whose heads answer far below 0, as an untrained regression head can."""
+    load = tiny_loader(backbone)
+
+    def shifted(task, method):
+        model = load(task, method)
+        with torch.no_grad():
+            for module in model.method.modules():
+                if isinstance(module, PooledHead):
+                    module.out.bias.fill_(bias)
+        return model
+
+    return shifted
+
+
+def test_a_regression_score_shows_its_scale_and_is_flagged_when_outside_it(tiny_backbone, tmp_path):
+    low = DemoHandlers(ModelCache(shifted_regression_loader(tiny_backbone, -3.0)), QueryLog(None), export_root=tmp_path)
+    out = compare(low, task="STS-B", methods=["full", "dpbert"])
+    assert out["results"].count("on the 0–5 scale (0: unrelated, 5: same meaning)") == 2
+    assert out["results"].count("score 0.00") == 2 and out["results"].count("outside the scale: shown clipped") == 2
+    assert all(trace["prediction"] < 0 for trace in out["traces"]), "the trace keeps the model's own output"
+    assert "DPBERT answered -" in out["message"] and "outside STS-B's 0–5 scale" in html.unescape(out["message"])
+    assert "(0.00 of 5 (clipped))" in json.dumps(out["charts"]["dpbert"].to_dict()["title"])
+    plain = DemoHandlers(ModelCache(shifted_regression_loader(tiny_backbone, 2.5)), QueryLog(None), export_root=tmp_path)
+    out = compare(plain, task="STS-B", methods=["full"])
+    assert "on the 0–5 scale" in out["results"] and "clipped" not in out["results"] and "outside" not in out["message"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("😀😀🎉", "no letters or digits, only punctuation, symbols or emoji"),
+        ("ok 😀 🎉 🙈 🤖", "unknown to the model's vocabulary ([UNK]"),
+        ("مرحبا بالعالم", "not in the Latin script"),
+        ("שלום עולם", "not in the Latin script"),
+        ("!!! ??? ... ¿¡ --", "no letters or digits"),
+    ],
+)
+def test_input_the_model_can_hardly_read_gets_a_note(handlers, text, expected):
+    out = compare(handlers, task="SST-2", text=text, pair="")
+    assert expected in html.unescape(out["message"]) and out["results"].count("result-card") == len(ALL_METHODS)
+
+
+def test_ordinary_input_gets_no_reading_note_and_invisible_input_is_refused(handlers):
+    out = compare(handlers, task="SST-2", text="A gorgeous, witty, seductive movie. Naïve café!", pair="")
+    assert not any(note in out["message"] for note in ("vocabulary", "Latin script", "no letters"))
+    out = compare(handlers, task="SST-2", text="\u200b\u200d\ufeff\u2060", pair="")
+    assert "Error:" in out["message"] and "invisible characters" in out["message"] and out["traces"] == []
+    out = compare(handlers, task="MRPC", text="fine", pair="\u200b\u200b")
+    assert "type the second sentence" in out["message"] and len(logged(handlers)) == len(ALL_METHODS), "only the first query was logged"
+
+
+def test_a_second_sentence_for_a_single_sentence_task_is_refused(handlers):
+    out = compare(handlers, task="SST-2", text="a fine film", pair="an extra sentence")
+    assert "SST-2 takes a single sentence, but a second sentence was given" in out["message"] and out["traces"] == []
+    assert logged(handlers) == []
+    assert compare(handlers, task="SST-2", text="a fine film", pair="  ")["traces"], "an empty box is no second sentence"
+
+
+def test_checkpoints_are_named_relative_to_the_project():
+    assert public_checkpoint(str(SHIPPED_DIR / "mrpc" / "dpbert")) == "assets/checkpoints/mrpc/dpbert"
+    assert public_checkpoint("/srv/private/runs/mrpc/dpbert") == "dpbert"
+    assert public_checkpoint(None) is None
+
+
+def test_visitors_never_see_the_server_paths(tiny_backbone, tmp_path, monkeypatch):
+    import training.data
+
+    monkeypatch.setattr(training.data, "DEFAULT_DATA_DIR", tmp_path / "no-glue-here")
+    undocumented = tiny_loader(tiny_backbone)
+
+    def load(task, method):  # PABEE ships without recorded dev-set usage, so the demo would run the dev set
+        model = undocumented(task, method)
+        model.config.metrics = {} if method == "pabee" else model.config.metrics
+        return model
+
+    for log in (QueryLog(tmp_path / "queries.db"), QueryLog(tmp_path), QueryLog(tmp_path / "later.db")):
+        visitor = DemoHandlers(ModelCache(load), log, export_root=tmp_path)
+        if log.path.name == "later.db":
+            log.path.unlink()  # the file went away after the log opened it
+        out = compare(visitor)
+        shown = [out["status"], out["message"], out["results"], json.dumps(out["traces"])]
+        shown += [visitor.logged_layer_usage("any", "any", "")[2], visitor.export("any", "")[1], visitor.dev_layer_usage("MRPC")[1]]
+        shown += [visitor.logged_layer_usage("any", "any", "last tuesday")[2]]
+        for text in shown:
+            assert str(tmp_path) not in text and "/tmp" not in text, text
+        assert "PABEE: no dev-set usage was recorded" in shown[-2]
+    (tmp_path / "queries.db").write_bytes(b"not a database at all" * 100)
+    damaged = DemoHandlers(ModelCache(load), QueryLog(tmp_path / "other.db"), export_root=tmp_path)
+    damaged.query_log.path = tmp_path / "queries.db"
+    message = damaged.logged_layer_usage("any", "any", "")[2]
+    assert "cannot be read" in message and str(tmp_path) not in message
+
+
+def test_exports_are_written_safely_and_old_ones_cleaned_up(handlers, monkeypatch):
+    hostile = ['=HYPERLINK("http://evil.example","click")', "+1+2", "-2+3", "@SUM(A1)", "\tstarts with a tab"]
+    for text in hostile:
+        compare(handlers, task="SST-2", text=text, pair="", methods=["full"])
+    files, _ = handlers.export("any", "")
+    with open(files[0], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["text"] for row in rows] == ["'" + text for text in hostile]
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row.values())
+    assert json.loads(Path(files[1]).read_text())[0]["text"] == hostile[0], "the JSON keeps the text as typed"
+    monkeypatch.setattr(app, "EXPORTS_KEPT", 3)
+    folders = [Path(handlers.export("any", "")[0][0]).parent for _ in range(5)]
+    assert sorted(handlers.export_root.iterdir()) == sorted(folders[-3:])
+    stale = time.time() - app.EXPORT_MAX_AGE_S - 60
+    os.utime(folders[-1], (stale, stale))
+    newest = Path(handlers.export("any", "")[0][0]).parent
+    assert not folders[-1].exists() and newest.exists() and len(list(handlers.export_root.iterdir())) == 3
 
 
 # --- the running app ----------------------------------------------------------------------
@@ -319,6 +545,33 @@ def test_api_reports_bad_input_as_a_message(client, server):
     assert "the text is empty" in message and results == ""
 
 
+def test_api_an_omitted_threshold_means_the_task_checkpoint_default(client, server):
+    for task in ("MRPC", "SST-2", "MRPC"):
+        pair = "a cat was sitting" if task == "MRPC" else ""
+        out = outputs(client.predict(task, "the cat sat on the mat", pair, ALL_METHODS, api_name="/compare"), api=True)
+        got = {trace["method"]: trace["threshold"] for trace in out["traces"] if trace["method"] in server.handlers.knob_methods}
+        assert got == SHIPPED_THRESHOLDS[task], task
+    out = outputs(client.predict("MRPC", "a", "b", ["dpbert"], None, 0.45, None, api_name="/compare"), api=True)
+    assert out["traces"][0]["threshold"] == 0.45, "a threshold that is given is used"
+
+
+def test_api_refuses_a_second_sentence_for_a_single_sentence_task(client, server):
+    message, results, *_ = client.predict("SST-2", "a fine film", "a second sentence", ALL_METHODS, api_name="/compare")
+    assert "SST-2 takes a single sentence" in html.unescape(message) and results == ""
+
+
+@pytest.mark.parametrize("task", DEMO_TASKS)
+def test_api_every_chart_is_strict_json(client, server, task):
+    pair = "" if task == "SST-2" else "a cat was sitting on the mat"
+    out = outputs(client.predict(task, "the cat sat on the mat", pair, methods_for(task), api_name="/compare"), api=True)
+    plots = [out["path"], *[chart for chart in out["charts"].values() if chart is not None]]
+    assert len(plots) == 1 + len(set(methods_for(task)) & set(CHART_METHODS))
+    plots.append(client.predict(task, api_name="/dev_layer_usage")[0])
+    plots.append(client.predict(task, "any", "", api_name="/logged_layer_usage")[0])
+    for plot in plots:
+        assert plot["type"] == "altair" and strict_json(plot["plot"])["datasets"]
+
+
 def test_api_layer_usage_and_export(client, server):
     client.predict("SST-2", "a fine film", "", ["full", "deebert"], *knob_values(server.handlers, KNOBS), api_name="/compare")
     chart, message = client.predict("SST-2", api_name="/dev_layer_usage")
@@ -369,6 +622,13 @@ def browser_page(url: str, profile: Path) -> str:
     return subprocess.run(command, capture_output=True, text=True, timeout=180).stdout
 
 
+def drawn_charts(page: str) -> dict[str, bool]:
+    """Per chart block on the page (``id="chart-..."``): whether vega-embed drew it (a canvas of non-zero size); a chart whose
+    JSON the browser cannot parse stays an empty box."""
+    blocks = re.split(r'id="chart-', page)[1:]
+    return {block.split('"', 1)[0]: bool(re.search(r'<canvas width="[1-9]\d*" height="[1-9]\d*"', block)) for block in blocks}
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
 def test_headless_browser_shows_the_result_of_an_example(server, tmp_path):
     page = browser_page(f"{server.url}?example=1", tmp_path / "profile")
@@ -376,7 +636,15 @@ def test_headless_browser_shows_the_result_of_an_example(server, tmp_path):
     assert page.count('class="result-card"') == len(methods_for(task)), page[-2000:]
     assert any(f'class="prediction" style="font-size:1.3em;font-weight:bold">{label}<' in page for label in ("negative", "positive"))
     assert text in page
-    assert all(f'id="chart-{method}"' in page for method in CHART_METHODS)
+    drawn = drawn_charts(page)
+    assert all(drawn.get(name) for name in ["path", *CHART_METHODS]), drawn
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.parametrize("task", DEMO_TASKS)
+def test_headless_browser_draws_the_dev_set_layer_usage_of_every_task(server, tmp_path, task):
+    page = browser_page(f"{server.url}?usage={task}", tmp_path / "profile")
+    assert drawn_charts(page).get("dev-usage"), page[-2000:]
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
@@ -385,7 +653,10 @@ def test_headless_browser_hides_the_widgets_of_methods_that_cannot_run_a_regress
     page = browser_page(f"{server.url}?example={number}", tmp_path / "profile")
     runnable = methods_for(task)
     assert page.count('class="result-card"') == len(runnable) and text in page, page[-2000:]
+    assert "0–5 scale" in page
+    drawn = drawn_charts(page)
     for method in CHART_METHODS:
         assert (f'id="chart-{method}"' in page) == (method in runnable), method
+        assert drawn.get(method, False) == (method in runnable), method
     for method in server.handlers.knob_methods:
         assert (f'id="knob-{method}"' in page) == (method in runnable), method

@@ -1,7 +1,8 @@
 """The benchmark runs end to end on tiny random checkpoints and writes every file and column; its report renders from rows.
 
-No timing is asserted: only that every operating point is a row, its columns are numbers, and the
-ratios between them are consistent.
+No timing is asserted: only that every operating point (each method at each precision, and the
+reference rows: the full model at fp32, bf16 and int8 and in ONNX Runtime) is a row, its columns
+are numbers, and the ratios between them are consistent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.methods import BASELINE, METHODS, adaptive_methods
@@ -22,6 +24,11 @@ from training.calibration import KEEP
 REQUIRED_COLUMNS = [
     "task",
     "method",
+    "precision",
+    "runtime",
+    "agreement",
+    "speedup_vs_int8_full",
+    "batched_speedup_vs_int8_full",
     "threshold",
     "metric",
     "metric_pct_of_full",
@@ -36,8 +43,9 @@ REQUIRED_COLUMNS = [
     "throughput_per_s",
     "source",
 ]
-LATENCY_COLUMNS = ("avg_layers", "expected_speedup", "measured_speedup", "overhead_ratio", "p50_ms", "p95_ms")
-BATCHED_COLUMNS = ("batched_expected_speedup", "batched_speedup", "batched_overhead_ratio", "throughput_per_s")
+LATENCY_COLUMNS = ("avg_layers", "expected_speedup", "measured_speedup", "speedup_vs_int8_full", "p50_ms", "p95_ms")
+BATCHED_COLUMNS = ("batched_expected_speedup", "batched_speedup", "batched_speedup_vs_int8_full", "throughput_per_s")
+REFERENCE_ROWS = [("fp32", "engine"), ("bf16", "engine"), ("int8", "engine"), ("fp32", "onnxruntime"), ("int8", "onnxruntime")]
 # Shipped knob values: DeeBERT's 0.1 is 0.09999999999999999 in its grid, so it must replace that point, not sit beside it.
 SHIPPED = {"deebert": 0.1, "dpbert": 0.5, "pabee": 2.0}
 
@@ -75,21 +83,45 @@ def number(row: dict, column: str) -> float:
     return value
 
 
-def assert_consistent(row: dict, full: dict, num_layers: int, batched_only: bool = False) -> None:
+def assert_consistent(row: dict, rows: list[dict], num_layers: int, batched_only: bool = False) -> None:
     """Numbers in every timing column, and the ratios between columns as the harness defines them."""
-    where = (row["method"], row["threshold"])
+    where = (row["method"], row["precision"], row["runtime"], row["threshold"])
+    full = find(rows, "full", "fp32")
+    int8_full = find(rows, "full", "int8")
+    own_full = find(rows, "full", row["precision"], row["runtime"])
+    engine = row["runtime"] == "engine"
     for column in (() if batched_only else LATENCY_COLUMNS) + BATCHED_COLUMNS:
         assert number(row, column) > 0, (*where, column)
     assert 0 < number(row, "dev_avg_layers") <= num_layers, where
-    assert number(row, "batched_overhead_ratio") == pytest.approx(number(row, "batched_speedup") / number(row, "batched_expected_speedup")), where
     assert number(row, "metric_pct_of_full") == pytest.approx(100 * number(row, "metric") / number(full, "metric")), where
+    if row["precision"] == "fp32" and engine:
+        assert row["agreement"] == "", where  # fp32 is what the others agree with
+    else:
+        assert 0 <= number(row, "agreement") <= 1, where
+    # speed-ups over the fp32 and the int8 full model come from the same clock: their quotient is the int8 full model's speed-up
+    assert number(row, "batched_speedup") / number(row, "batched_speedup_vs_int8_full") == pytest.approx(number(int8_full, "batched_speedup")), where
+    if engine:
+        assert number(row, "batched_overhead_ratio") * number(row, "batched_expected_speedup") == pytest.approx(
+            number(row, "batched_speedup") / number(own_full, "batched_speedup")
+        ), where
+    else:  # ONNX Runtime runs the whole model: no decisions, no overhead to speak of
+        assert row["batched_overhead_ratio"] == "" and number(row, "dev_avg_layers") == num_layers, where
     if batched_only:
         assert all(row[column] == "" for column in LATENCY_COLUMNS), where
         return
     assert 0 < number(row, "avg_layers") <= num_layers, where
     assert number(row, "expected_speedup") == pytest.approx(num_layers / number(row, "avg_layers")), where
-    assert number(row, "overhead_ratio") == pytest.approx(number(row, "measured_speedup") / number(row, "expected_speedup")), where
+    assert number(row, "measured_speedup") / number(row, "speedup_vs_int8_full") == pytest.approx(number(int8_full, "measured_speedup")), where
+    if engine:
+        assert number(row, "speedup_vs_full_same_precision") == pytest.approx(number(row, "measured_speedup") / number(own_full, "measured_speedup")), where
+        assert number(row, "overhead_ratio") == pytest.approx(number(row, "speedup_vs_full_same_precision") / number(row, "expected_speedup")), where
+    else:
+        assert row["overhead_ratio"] == "" and row["speedup_vs_full_same_precision"] == "", where
     assert number(row, "p50_ms") <= number(row, "p95_ms"), where
+
+
+def find(rows: list[dict], method: str, precision: str, runtime: str = "engine") -> dict:
+    return next(row for row in rows if row["method"] == method and row["precision"] == precision and row["runtime"] == runtime)
 
 
 def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp_path, capsys):
@@ -121,26 +153,38 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
 
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
     assert list(dict.fromkeys(row["method"] for row in measured)) == list(METHODS)  # every method, PABEE too, in display order
+    assert [(row["precision"], row["runtime"]) for row in measured if row["method"] == BASELINE] == REFERENCE_ROWS
     models = {method: load_checkpoint(checkpoints / method) for method in METHODS}
-    full = next(row for row in measured if row["method"] == BASELINE)
+    full = find(measured, BASELINE, "fp32")
     assert number(full, "metric") > 0
     num_layers = models[BASELINE].num_layers
     for method, model in models.items():
-        own = [row for row in measured if row["method"] == method]
-        knob = model.method.knob
-        if knob is None:  # the full model and DACT: the shipped point only
-            assert [(row["threshold"], row["operating_point"]) for row in own] == [("", "shipped")]
+        if method == BASELINE:
             continue
-        thresholds = [float(row["threshold"]) for row in own]
-        assert thresholds == sorted(thresholds) and len(own) == len(knob.sweep), method  # the shipped value is on the grid: no extra point
-        for value in knob.sweep:
-            assert any(math.isclose(value, threshold, rel_tol=1e-9) for threshold in thresholds), (method, value)
-        assert [float(row["threshold"]) for row in own if row["operating_point"] == "shipped"] == [SHIPPED[method]]
+        own = [row for row in measured if row["method"] == method]
+        assert list(dict.fromkeys(row["precision"] for row in own)) == ["fp32", "int8"] and {row["runtime"] for row in own} == {
+            "engine"
+        }  # the default --precisions
+        for precision in ("fp32", "int8"):
+            points = [row for row in own if row["precision"] == precision]
+            knob = model.method.knob
+            if knob is None:  # DACT: the shipped point only
+                assert [(row["threshold"], row["operating_point"]) for row in points] == [("", "shipped")]
+                continue
+            thresholds = [float(row["threshold"]) for row in points]
+            assert thresholds == sorted(thresholds) and len(points) == len(knob.sweep), method  # the shipped value is on the grid: no extra point
+            for value in knob.sweep:
+                assert any(math.isclose(value, threshold, rel_tol=1e-9) for threshold in thresholds), (method, value)
+            assert [float(row["threshold"]) for row in points if row["operating_point"] == "shipped"] == [SHIPPED[method]]
     for row in measured:
         assert row["task"] == "MRPC" and row["metric_name"] == "f1" and row["timed_inputs"] == "4" and row["repeats"] == "1" and row["batch_size"] == "4"
-        assert_consistent(row, full, num_layers)
+        assert_consistent(row, measured, num_layers)
     for column in ("expected_speedup", "measured_speedup", "overhead_ratio", "batched_speedup", "batched_overhead_ratio", "metric_pct_of_full"):
         assert number(full, column) == pytest.approx(100.0 if column == "metric_pct_of_full" else 1.0), column  # the full model against itself
+    int8_full = find(measured, BASELINE, "int8")
+    assert number(int8_full, "speedup_vs_int8_full") == pytest.approx(1.0) and number(int8_full, "overhead_ratio") == pytest.approx(1.0)
+    onnx_fp32 = find(measured, BASELINE, "fp32", "onnxruntime")
+    assert number(onnx_fp32, "metric") == pytest.approx(number(full, "metric"), abs=0.05)  # the same model in another runtime
 
     quoted = [row for row in rows if row["source"] != benchmark_report.MEASURED]
     assert [row["method"] for row in quoted] == adaptive_methods()
@@ -151,15 +195,24 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
     for method in METHODS:
         table_rows = [line for line in lines if line.startswith(f"| {method} |")]
         assert len(table_rows) == sum(row["method"] == method for row in measured), method
-    targets = lines[lines.index("## Targets (issue 5)") : lines.index("## Machine")]
+    targets = lines[lines.index("## Targets (issues 5 and 10)") : lines.index("## Machine")]
     for method in adaptive_methods():
-        assert any(line.startswith(f"- {method}: fastest point") or line.startswith(f"- {method}: no operating point") for line in targets), method
+        for precision in ("fp32", "int8"):
+            assert any(
+                line.startswith(f"- {method} ({precision}): fastest point") or line.startswith(f"- {method} ({precision}): no operating point")
+                for line in targets
+            )
+    assert any(line.startswith("- best adaptive int8 point") for line in targets)
+    assert any(line.startswith("- ONNX Runtime int8 full model:") for line in targets)
     assert any("not measured" in line for line in lines) and any("torch_threads" in line for line in lines)
-    assert json.loads((out / "machine.json").read_text())["torch_threads"] >= 1
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["torch_threads"] >= 1 and machine["onnxruntime"] != "not installed"
     for name in ("tradeoff.html", "tradeoff.png", "machine.json", "profile.txt"):
         assert (out / name).stat().st_size > 0, name
+    chart = (out / "tradeoff.html").read_text()
+    assert "ORT int8" in chart and "full int8" in chart and "bf16" in chart  # the reference rows are on the chart
     profiled = (out / "profile.txt").read_text()
-    assert all(f"== {method}" in profiled for method in METHODS)
+    assert all(f"== {method}" in profiled for method in METHODS) and " int8:" in profiled and " fp32:" in profiled
 
 
 def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoints, glue_dir, tmp_path, capsys):
@@ -177,6 +230,9 @@ def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoi
             str(out),
             "--methods",
             "pabee",
+            "--precisions",
+            "int8",
+            "--no-onnxruntime",
             "--limit",
             "4",
             "--repeats",
@@ -189,35 +245,50 @@ def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoi
     _, rows = read_rows(out / "results.csv")
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
     assert {row["method"] for row in measured} == {BASELINE, "pabee"}
-    full = next(row for row in measured if row["method"] == BASELINE)
+    assert {row["precision"] for row in measured if row["method"] == "pabee"} == {"int8"}  # --precisions int8: no fp32 pabee rows ...
+    assert [row["precision"] for row in measured if row["method"] == BASELINE] == ["fp32", "bf16", "int8"]  # ... but every engine reference row
+    assert all(row["runtime"] == "engine" for row in measured)  # --no-onnxruntime
     for row in measured:  # batch size 4 only: throughput columns, no latency ones
-        assert_consistent(row, full, load_checkpoint(checkpoints / BASELINE).num_layers, batched_only=True)
+        if row["method"] == "pabee":
+            assert row["agreement"] == "", "no fp32 pabee point was run to agree with"
+            row = {**row, "agreement": "0"}
+        assert_consistent(row, measured, load_checkpoint(checkpoints / BASELINE).num_layers, batched_only=True)
     assert not (out / "profile.txt").exists()
 
 
 def synthetic_rows() -> list[dict]:
-    """Measured rows for every method in METHODS: the full model, then two points per adaptive method (one keeps 99 %, one 90 %)."""
+    """Measured rows for every method in METHODS: the reference rows, then two points per adaptive method and precision (one keeps 99 %/98 %, one 90 %).
 
-    def row(method: str, threshold: float | None, point: str, pct: float, speedup: float) -> dict:
+    int8 runs twice as fast as fp32 in the engine, ONNX Runtime int8 three times.
+    """
+
+    def row(method: str, threshold: float | None, point: str, pct: float, speedup: float, precision: str = "fp32", runtime: str = "engine") -> dict:
+        faster = {("fp32", "engine"): 1.0, ("int8", "engine"): 2.0, ("int8", "onnxruntime"): 3.0}[(precision, runtime)]
         return {
             "source": benchmark_report.MEASURED,
             "task": "MRPC",
             "method": method,
+            "precision": precision,
+            "runtime": runtime,
             "threshold": threshold,
             "operating_point": point,
             "metric_name": "f1",
             "metric": 0.8 * pct / 100,
             "metric_pct_of_full": pct,
+            "agreement": None if (precision, runtime) == ("fp32", "engine") else 0.97,
             "avg_layers": 6 / speedup,
             "expected_speedup": speedup,
-            "measured_speedup": 0.9 * speedup,
-            "overhead_ratio": 0.9,
+            "measured_speedup": faster * (0.9 if method != BASELINE else 1.0) * speedup,
+            "speedup_vs_int8_full": faster * (0.9 if method != BASELINE else 1.0) * speedup / 2.0,
+            "speedup_vs_full_same_precision": (0.9 if method != BASELINE else 1.0) * speedup,
+            "overhead_ratio": 0.9 if method != BASELINE else 1.0,
             "p50_ms": 10.0 / speedup,
             "p95_ms": 12.0 / speedup,
             "batch_size": 32,
             "throughput_per_s": 100.0 * speedup,
             "batched_expected_speedup": speedup,
-            "batched_speedup": 0.85 * speedup,
+            "batched_speedup": faster * 0.85 * speedup,
+            "batched_speedup_vs_int8_full": faster * 0.85 * speedup / 2.0,
             "batched_overhead_ratio": 0.85,
             "dev_avg_layers": 6 / speedup,
             "dev_examples": 408,
@@ -225,9 +296,14 @@ def synthetic_rows() -> list[dict]:
             "repeats": 3,
         }
 
-    rows = [row(BASELINE, None, "shipped", 100.0, 1.0)]
+    rows = [
+        row(BASELINE, None, "shipped", 100.0, 1.0),
+        row(BASELINE, None, "shipped", 99.5, 1.0, "int8"),
+        row(BASELINE, None, "shipped", 99.0, 1.0, "int8", "onnxruntime"),
+    ]
     for method in adaptive_methods():
         rows += [row(method, 0.5, "shipped", 99.0, 2.0), row(method, 0.7, "sweep", 90.0, 4.0)]
+        rows += [row(method, 0.5, "shipped", 98.0, 2.0, "int8"), row(method, 0.7, "sweep", 90.0, 4.0, "int8")]
     return rows
 
 
@@ -245,11 +321,24 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
     assert benchmark_report.KEEP_TARGET == 100 * KEEP
     for method in adaptive_methods():  # 99 % kept at 0.9 * 2 = 1.8x measured: the aim (1.5x) is met; overhead 0.9 < 0.95 is missed
         assert (
-            f"- {method}: fastest point keeping >= {benchmark_report.KEEP_TARGET:g}% of full at threshold 0.5 (99.0%): measured speed-up 1.80x (aim >= 1.5x): met"
+            f"- {method} (fp32): fastest point keeping >= {benchmark_report.KEEP_TARGET:g}% of full at threshold 0.5 (99.0%): measured speed-up 1.80x (aim >= 1.5x): met"
             in lines
         )
-        assert f"- {method} at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050" in lines
+        assert f"- {method} (fp32) at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050" in lines
+        assert f"- {method} (int8) at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050" in lines
+        assert any(
+            line.startswith(f"- {method} (int8) at threshold 0.5: batched speed-up at batch 32 1.70x") and line.endswith("(target >= 0.9): missed by 0.050")
+            for line in lines
+        )
+    # issue 10: int8 at 2x, adaptive 0.9 * 2 on top = 3.6x over fp32 full and 1.8x over int8 full, keeping 98 % >= 97 %; ONNX Runtime int8 at 3x is slower
+    best = adaptive_methods()[0]
+    assert (
+        f"- best adaptive int8 point keeping >= 97% of the fp32 full model: {best} (int8) at threshold 0.5 (98.0%): 3.60x over fp32 full at batch 1 (aim >= 2.5x): met; "
+        "1.80x over the int8 full model (aim >= 1.25x): met" in lines
+    )
+    assert "- ONNX Runtime int8 full model: 3.00x over fp32 full at batch 1 (99.0% of full); the best adaptive int8 point is faster by 1.20x" in lines
     assert not any(line.startswith(f"- {BASELINE}") for line in lines)
+    assert any(line.startswith("| full | int8 | onnxruntime |") for line in lines) and "| 97.0% |" in table  # agreement as a share
 
     columns, written = read_rows(tmp_path / "results.csv")
     assert columns == benchmark_report.COLUMNS
@@ -260,15 +349,50 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
     assert json.loads((tmp_path / "machine.json").read_text()) == machine
 
 
-def test_targets_report_a_method_that_keeps_no_point(tmp_path):
+def test_targets_report_what_is_missed_and_an_onnx_runtime_gap(tmp_path):
     rows = [row for row in synthetic_rows() if row["method"] == BASELINE or row["operating_point"] == "sweep"]
     lines = benchmark_report.target_summary(rows + benchmark_report.reference_rows())
     for method in adaptive_methods():
-        assert f"- {method}: no operating point keeps >= {benchmark_report.KEEP_TARGET:g}% of the full metric (the best keeps 90.0%): missed" in lines
-    assert len(lines) == len(adaptive_methods())  # no shipped rows: no overhead lines; quoted rows are not targets
+        for precision in ("fp32", "int8"):
+            assert (
+                f"- {method} ({precision}): no operating point keeps >= {benchmark_report.KEEP_TARGET:g}% of the full metric (the best keeps 90.0%): missed"
+                in lines
+            )
+    assert "- best adaptive int8 point: none keeps >= 97% of the fp32 full model's metric: missed" in lines
+    assert len(lines) == 2 * len(adaptive_methods()) + 2  # no shipped rows: no overhead lines; quoted rows are not targets
+    slow = [{**row, "measured_speedup": 2.4} if row["precision"] == "int8" and row["method"] != BASELINE else row for row in synthetic_rows()]
+    lines = benchmark_report.target_summary(slow)
+    assert any(line.startswith("- best adaptive int8 point") and "2.40x over fp32 full at batch 1 (aim >= 2.5x): missed by 0.100" in line for line in lines)
+    assert (
+        "- ONNX Runtime int8 full model: 3.00x over fp32 full at batch 1 (99.0% of full); faster than the best adaptive int8 point by 1.25x (the gap to close)"
+        in lines
+    )
 
 
 def test_missing_checkpoint_is_one_line_naming_the_folder(tmp_path, glue_dir, capsys):
     code = benchmark.main(["--task", "MRPC", "--checkpoints", str(tmp_path / "none"), "--data-dir", str(glue_dir)])
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and str(tmp_path / "none" / BASELINE) in error and "Traceback" not in error
+
+
+def test_onnx_runtime_reference_answers_what_the_engine_answers(make_model, tmp_path):
+    """The exported full model equals the engine's on a padded batch (fp32) and stays close in int8; adaptive methods are not exported."""
+    from core.errors import UserError
+    from training.onnx_reference import OnnxModel, export_full_model, quantize_onnx
+
+    for task in ("MRPC", "STS-B"):  # class probabilities and a regression score
+        model = randomise(make_model(BASELINE, task), seed=1, scale=0.3)
+        batch = model.tokenize(SENTENCES, SECOND)
+        assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
+        engine = torch.stack(
+            [torch.tensor(list(t.probabilities.values())) if t.probabilities else torch.tensor(t.prediction) for t in model.predict(SENTENCES, SECOND)]
+        )
+        exported = export_full_model(model, tmp_path / task)
+        fp32 = OnnxModel(exported, threads=1).run(batch)
+        assert fp32.shape == tuple(engine.shape) and abs(fp32 - engine.numpy()).max() < 1e-4
+        single = OnnxModel(exported, threads=1).run(model.tokenize(SENTENCES[:1], SECOND[:1]))  # another batch size and length: the axes are dynamic
+        assert abs(single[0] - fp32[0]).max() < 1e-4
+        int8 = OnnxModel(quantize_onnx(exported, tmp_path / task / "full-int8.onnx"), threads=1).run(batch)
+        assert abs(int8 - engine.numpy()).max() < 0.05 and abs(int8 - engine.numpy()).max() > 0  # quantized: close, not identical
+    with pytest.raises(UserError, match="only the full model"):
+        export_full_model(make_model("deebert"), tmp_path / "deebert")

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from core.checkpoint import save_checkpoint
+from core.heads import PooledHead
 from core.methods import METHODS
 from core.predict import main
 from tests.conftest import randomise
@@ -28,7 +30,81 @@ def test_json_prints_one_trace_per_input(checkpoint, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     traces = [json.loads(line) for line in lines]
     assert [trace["text"] for trace in traces] == ["first sentence", "another", "third"]
+    assert [trace["line"] for trace in traces] == [1, 3, 4], "each trace says which file line it answers"
     assert all(trace["method"] == "dpbert" and len(trace["per_layer"]) == 4 for trace in traces)
+
+
+def test_plain_output_names_the_model_and_repeats_each_input_numbered_by_file_line(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in.tsv"
+    inputs.write_text("\nfirst sentence\tsecond one\n\n   \nanother \u2028 one\tpair here\r\nthird\tx\n")
+    assert main(["--checkpoint", checkpoint, "--input-file", str(inputs), "--threshold", "0.4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("DPBERT (dpbert) on MRPC, planner threshold 0.4; checkpoint ") and checkpoint in out[0]
+    labelled = [line for line in out if line.startswith("[")]
+    assert labelled == ['[line 2] "first sentence" ‖ "second one"', '[line 5] "another \\u2028 one" ‖ "pair here"', '[line 6] "third" ‖ "x"']
+    assert main(["--checkpoint", checkpoint, "--text", "a", "--text-pair", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "planner threshold 0.5" in out.splitlines()[0] and '[input 1] "a" ‖ "b"' in out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("fine\tpair\na\tb\tc\n", "line 2: 2 tabs; a line holds one sentence, or two separated by one tab"),
+        ("fine\tpair\n\nalone\n", "line 1 holds a sentence pair but line 3 a single sentence"),
+        ("fine\tpair\nsecond\t  \n", "line 2: the second sentence is empty"),
+        ("fine\tpair\n\u200b\u200b\tpair\n", "line 2: the first sentence is empty"),
+        ("\n\n  \n", "has no inputs"),
+    ],
+)
+def test_ambiguous_input_lines_are_refused_with_their_line_number(checkpoint, tmp_path, capsys, content, message):
+    inputs = tmp_path / "in.tsv"
+    inputs.write_text(content)
+    assert main(["--checkpoint", checkpoint, "--input-file", str(inputs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--text", "a", "--text-pair", "b", "--threshold", "0.3", "--no-early-exit"], "--no-early-exit runs every layer: give only one of them"),
+        (["--input-file", "x.tsv", "--text-pair", "b"], "--text-pair goes with --text"),
+        (["--text-pair", "b"], "--text-pair needs --text"),
+        (["--text", "\u200b\u200d", "--text-pair", "b"], "only invisible characters"),
+        (["--text", "a", "--text-pair", "b", "--device", "tpu7"], "device"),
+    ],
+)
+def test_conflicting_or_empty_options_are_refused(checkpoint, capsys, arguments, message):
+    assert main(["--checkpoint", checkpoint, *arguments]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_a_gpu_without_one_says_so(checkpoint, capsys):
+    assert main(["--checkpoint", checkpoint, "--text", "a", "--text-pair", "b", "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err
+    assert main(["--checkpoint", checkpoint, "--text", "a", "--text-pair", "b", "--device", "cpu", "--json"]) == 0
+
+
+def test_a_regression_score_comes_with_its_scale_and_a_flag_when_outside(make_model, tmp_path, capsys):
+    model = make_model("dpbert", "STS-B")
+    with torch.no_grad():
+        for module in model.method.modules():
+            if isinstance(module, PooledHead):
+                module.out.bias.fill_(-3.0)
+    folder = save_checkpoint(model, tmp_path / "stsb")
+    assert main(["--checkpoint", str(folder), "--text", "a man plays", "--text-pair", "a man is playing"]) == 0
+    out = capsys.readouterr().out
+    assert "score 0.000 on the 0–5 scale (0: unrelated, 5: same meaning); the model gave -" in out and "outside the scale, shown clipped" in out
+
+
+def test_input_the_model_can_hardly_read_gets_a_note(checkpoint, capsys):
+    assert main(["--checkpoint", checkpoint, "--text", "😀 🎉 🙈", "--text-pair", "fine words here", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["text"] == "😀 🎉 🙈"
+    assert "note: input 1: text: has no letters or digits" in captured.err and "second sentence" not in captured.err
 
 
 def test_no_early_exit_runs_every_layer(checkpoint, capsys):

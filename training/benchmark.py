@@ -1,20 +1,24 @@
-"""Wall-clock benchmark: every method against the full model, interleaved in one process.
+"""Wall-clock benchmark: every method at every precision against what a user would pick instead, interleaved in one process.
 
     python -m training.benchmark --task MRPC
-    python -m training.benchmark --task RTE --methods deebert dpbert --batch-sizes 1,32 --repeats 3 --limit 200 --profile
+    python -m training.benchmark --task RTE --methods deebert dpbert --precisions fp32,int8 --batch-sizes 1,32 --repeats 3 --limit 200 --profile
 
 Layer counts promise more than clocks deliver (decisions, extra heads and batch bookkeeping cost
-time), so this measures both on the same inputs. Every operating point (the full model, each
-method at its shipped threshold, and the default grid of each method's knob, ``method.knob.sweep``)
-runs input by input in a rotating order after a warm-up, so a noisy machine slows all of them
-alike. Only the engine call is timed: inputs are tokenized beforehand. The dev metric of each
-operating point comes from training.evaluate on the whole dev set.
+time), so this measures both on the same inputs. Every operating point (each method at its
+shipped threshold and at the default grid of its knob, ``method.knob.sweep``, at each of
+``--precisions``) and the reference rows (the full model in this engine at fp32, bf16 and int8,
+and exported to ONNX Runtime at fp32 and int8) run input by input in a rotating order after a
+warm-up, with the same inputs and threads, so a noisy machine slows all of them alike. Only the
+model call is timed: inputs are tokenized beforehand. The dev metric of each point comes from
+training.evaluate on the whole dev set (ONNX Runtime: its own pass), and each point's agreement
+with the same point in fp32 (share of dev inputs with the same class; regression: a score within
+``REGRESSION_AGREEMENT``).
 
-Writes to --out (default assets/benchmarks/<task>/): results.csv (one row per method and
+Writes to --out (default assets/benchmarks/<task>/): results.csv (one row per method, precision and
 operating point, plus the papers' headline figures as rows marked quoted), results.md (tables,
-targets, machine), machine.json, tradeoff.html / tradeoff.png (metric against measured speed-up)
-and, with --profile, profile.txt (the top operators per method). This module times; the files are
-written by training.benchmark_report.
+targets, machine), machine.json, tradeoff.html / tradeoff.png (metric against measured speed-up
+over the fp32 full model) and, with --profile, profile.txt (the top operators per method and
+precision). This module times; the files are written by training.benchmark_report.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -40,26 +46,47 @@ from core.engine import BatchResult, run_batch
 from core.errors import UserError, command_line
 from core.methods import BASELINE, RunSettings, adaptive_methods
 from core.model import AdaptiveModel, length_sorted_batches
+from core.precision import BF16, FP32, INT8, PRECISIONS, check_precision
 from core.tasks import get_task
-from training.benchmark_report import MEASURED, write_report
+from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_report
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate, sweep
+from training.metrics import MAIN_METRIC, glue_metrics
 
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
 PROFILED_INPUTS = 20
+REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, always measured
+DEFAULT_PRECISIONS = f"{FP32},{INT8}"  # every method's points (bf16 is slow on CPUs without native bf16: ask for it)
+REGRESSION_AGREEMENT = 0.1  # two scores "agree" when they differ by at most this (STS-B's scale is 0-5)
+METRIC_BATCH = 64
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A method at one threshold: one measured row."""
+    """A method at one threshold and precision, in this engine or (the full model only) in ONNX Runtime: one measured row."""
 
     method: str
     threshold: float | None
     shipped: bool  # the checkpoint's own default threshold
+    precision: str = FP32
+    runtime: str = ENGINE
 
     @property
     def label(self) -> str:
-        return self.method if self.threshold is None else f"{self.method}@{self.threshold:g}"
+        name = self.method if self.threshold is None else f"{self.method}@{self.threshold:g}"
+        return f"{name} {self.precision}" + ("" if self.runtime == ENGINE else f" ({self.runtime})")
+
+    def same_in(self, precision: str, runtime: str = ENGINE) -> OperatingPoint:
+        return OperatingPoint(self.method, self.threshold, self.shipped, precision, runtime)
+
+    @property
+    def full_model(self) -> OperatingPoint:
+        """The full model this point's overhead is measured against: same precision and runtime."""
+        return OperatingPoint(BASELINE, None, True, self.precision, self.runtime)
+
+
+FP32_FULL = OperatingPoint(BASELINE, None, True, FP32)  # every speed-up is against it ...
+INT8_FULL = OperatingPoint(BASELINE, None, True, INT8)  # ... and against it
 
 
 @dataclass
@@ -92,6 +119,25 @@ class Runner:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> BatchResult:
         return run_batch(self.model.encoder, self.model.method, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), self.settings)
+
+    def count(self, result: BatchResult) -> tuple[int, int]:
+        """(rows, layers executed), read after the clock stopped."""
+        return result.batch_size, int(result.executed().sum())
+
+
+@dataclass
+class OnnxRunner:
+    """Calls an ONNX Runtime session of the full model (every layer, by construction)."""
+
+    point: OperatingPoint
+    session: object  # training.onnx_reference.OnnxModel
+    num_layers: int
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.session.run(batch)
+
+    def count(self, result: np.ndarray) -> tuple[int, int]:
+        return len(result), len(result) * self.num_layers
 
 
 def find_checkpoint(task: str, method: str, checkpoints: Path | None) -> Path | None:
@@ -145,26 +191,78 @@ def thresholds_of(model: AdaptiveModel) -> list[float | None]:
     return sorted({*grid, *([] if shipped is None else [shipped])}) or [None]
 
 
-def operating_points(models: dict[str, AdaptiveModel]) -> list[OperatingPoint]:
-    """Each method's shipped threshold plus its knob's grid (``method.knob.sweep``), in the order of ``models``."""
-    points = []
+def operating_points(models: dict[str, AdaptiveModel], precisions: list[str], onnx: bool = True) -> list[OperatingPoint]:
+    """The reference rows (the full model at fp32, bf16, int8 and in ONNX Runtime), then each method's shipped threshold and knob grid at each precision."""
+    points = [OperatingPoint(BASELINE, None, True, precision) for precision in PRECISIONS if precision in REFERENCE_PRECISIONS or precision in precisions]
+    if onnx:
+        points += [OperatingPoint(BASELINE, None, True, precision, ONNXRUNTIME) for precision in (FP32, INT8)]
     for method, model in models.items():
+        if method == BASELINE:
+            continue
         shipped = model.default_threshold()
-        points += [OperatingPoint(method, threshold, threshold == shipped) for threshold in thresholds_of(model)]
+        for precision in precisions:
+            points += [OperatingPoint(method, threshold, threshold == shipped, precision) for threshold in thresholds_of(model)]
     return points
 
 
-def dev_metrics(models: dict[str, AdaptiveModel], points: list[OperatingPoint], dev) -> dict[OperatingPoint, dict]:
-    """Each point's dev-set summary from training.evaluate (one pass serves a whole sweep where the method allows it)."""
+def engine_models(models: dict[str, AdaptiveModel], points: list[OperatingPoint]) -> dict[tuple[str, str], AdaptiveModel]:
+    """Each (method, precision) the points need, converted once from the fp32 checkpoint."""
+    needed = dict.fromkeys((point.method, point.precision) for point in points if point.runtime == ENGINE)
+    return {(method, precision): models[method].with_precision(precision) for method, precision in needed}
+
+
+def dataset_batches(model: AdaptiveModel, dataset, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    texts = list(dataset["text"])
+    pairs = list(dataset["text_pair"]) if model.config.pair else None
+    return [
+        model.tokenize(texts[start : start + batch_size], None if pairs is None else pairs[start : start + batch_size])
+        for start in range(0, len(texts), batch_size)
+    ]
+
+
+def onnx_metrics(session, model: AdaptiveModel, dev) -> dict:
+    """The dev summary of an ONNX Runtime session, as training.evaluate gives it for the engine (every layer, by construction)."""
+    outputs = np.concatenate([session.run(batch) for batch in dataset_batches(model, dev, METRIC_BATCH)])
+    predictions = outputs.tolist() if model.config.labels is None else outputs.argmax(-1).tolist()
+    task = model.config.task
+    metrics = glue_metrics(task, predictions, list(dev["label"]))
+    return {
+        "metric_name": MAIN_METRIC[task],
+        "metric": metrics[MAIN_METRIC[task]],
+        "avg_layers": float(model.num_layers),
+        "examples": len(dev),
+        "predictions": predictions,
+    }
+
+
+def agreement(predictions: list, reference: list, regression: bool) -> float:
+    """Share of inputs answered alike: the same class, or (regression) scores within ``REGRESSION_AGREEMENT``."""
+    if regression:
+        return float(np.mean(np.abs(np.asarray(predictions) - np.asarray(reference)) <= REGRESSION_AGREEMENT))
+    return float(np.mean(np.asarray(predictions) == np.asarray(reference)))
+
+
+def dev_metrics(
+    variants: dict[tuple[str, str], AdaptiveModel], sessions: dict[OperatingPoint, object], points: list[OperatingPoint], dev
+) -> dict[OperatingPoint, dict]:
+    """Each point's dev-set summary (one pass serves a whole sweep where the method allows it) and its agreement with fp32."""
     results = {}
-    for method, model in models.items():
-        own = [point for point in points if point.method == method]
+    for (method, precision), model in variants.items():
+        own = [point for point in points if point.method == method and point.precision == precision and point.runtime == ENGINE]
         thresholds = [point.threshold for point in own]
         if model.method.knob is not None and None not in thresholds:
-            summaries = sweep(model, dev, thresholds, progress=True)
+            summaries = sweep(model, dev, thresholds, progress=True, with_predictions=True)
         else:
-            summaries = [evaluate(model, dev, threshold, progress=True) for threshold in thresholds]
+            summaries = [evaluate(model, dev, threshold, progress=True, with_predictions=True) for threshold in thresholds]
         results.update(zip(own, summaries))
+    full = variants[(BASELINE, FP32)]
+    for point, session in sessions.items():
+        results[point] = onnx_metrics(session, full, dev)
+    regression = full.config.labels is None
+    for point, summary in results.items():
+        reference = results.get(point.same_in(FP32) if point.runtime == ENGINE else FP32_FULL)
+        fp32_itself = point.same_in(FP32) == point
+        summary["agreement"] = None if fp32_itself or reference is None else agreement(summary["predictions"], reference["predictions"], regression)
     return results
 
 
@@ -189,7 +287,7 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def time_interleaved(runners: list[Runner], batches: list[dict[str, torch.Tensor]], repeats: int, warmup: int) -> dict[OperatingPoint, Timing]:
+def time_interleaved(runners: list, batches: list[dict[str, torch.Tensor]], repeats: int, warmup: int) -> dict[OperatingPoint, Timing]:
     """Run every operating point on every batch, rotating their order from batch to batch."""
     for batch in batches[:warmup]:
         for runner in runners:
@@ -207,8 +305,9 @@ def time_interleaved(runners: list[Runner], batches: list[dict[str, torch.Tensor
                     elapsed = time.perf_counter() - began
                     timing = timings[runner.point]
                     timing.per_batch_seconds[index].append(elapsed)
-                    timing.rows += result.batch_size
-                    timing.layers += int(result.executed().sum())
+                    rows, layers = runner.count(result)
+                    timing.rows += rows
+                    timing.layers += layers
     return timings
 
 
@@ -218,61 +317,80 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def speedups(timing: Timing, full: Timing, num_layers: int) -> tuple[float, float]:
-    """(expected from the layers executed, measured from the clock) over the full model on the same calls."""
-    return num_layers / timing.avg_layers, full.total_seconds / timing.total_seconds
+def against(timings: dict[OperatingPoint, Timing], point: OperatingPoint, reference: OperatingPoint) -> float | None:
+    """How many times faster ``point`` ran than ``reference`` on the same calls (None if the reference was not timed)."""
+    return ratio(timings[reference].total_seconds, timings[point].total_seconds) if reference in timings else None
 
 
-def latency_columns(timing: Timing, full: Timing, num_layers: int) -> dict:
-    """Batch size 1: per-input latency (median over repeats), speed-ups measured and expected."""
+def latency_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint, num_layers: int) -> dict:
+    """Batch size 1: per-input latency (median over repeats); speed-ups over the fp32 and int8 full models and over the full model at the same precision."""
+    timing = timings[point]
     per_input_ms = sorted(1000 * statistics.median(seconds) for seconds in timing.per_batch_seconds)
-    expected, measured = speedups(timing, full, num_layers)
+    expected = num_layers / timing.avg_layers
+    own = against(timings, point, point.full_model) if point.runtime == ENGINE else None
     return {
         "avg_layers": timing.avg_layers,
         "expected_speedup": expected,
-        "measured_speedup": measured,
-        "overhead_ratio": measured / expected,
+        "measured_speedup": against(timings, point, FP32_FULL),
+        "speedup_vs_int8_full": against(timings, point, INT8_FULL),
+        "speedup_vs_full_same_precision": own,
+        "overhead_ratio": ratio(own, expected),
         "p50_ms": statistics.median(per_input_ms),
         "p95_ms": per_input_ms[min(len(per_input_ms) - 1, math.ceil(0.95 * len(per_input_ms)) - 1)],
     }
 
 
-def batched_columns(timing: Timing, full: Timing, num_layers: int, batch_size: int) -> dict:
-    """A larger batch: throughput and speed-up over the full model at the same batch size."""
-    expected, measured = speedups(timing, full, num_layers)
+def batched_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint, num_layers: int, batch_size: int) -> dict:
+    """A larger batch: throughput and speed-ups over the fp32 and int8 full models at the same batch size."""
+    timing = timings[point]
+    expected = num_layers / timing.avg_layers
+    own = against(timings, point, point.full_model) if point.runtime == ENGINE else None
     return {
         "batch_size": batch_size,
         "throughput_per_s": timing.rows / timing.total_seconds,
         "batched_expected_speedup": expected,
-        "batched_speedup": measured,
-        "batched_overhead_ratio": measured / expected,
+        "batched_speedup": against(timings, point, FP32_FULL),
+        "batched_speedup_vs_int8_full": against(timings, point, INT8_FULL),
+        "batched_overhead_ratio": ratio(own, expected),
     }
 
 
+def runners_for(points: list[OperatingPoint], variants: dict[tuple[str, str], AdaptiveModel], sessions: dict[OperatingPoint, object], num_layers: int) -> list:
+    return [
+        Runner(point, variants[(point.method, point.precision)]) if point.runtime == ENGINE else OnnxRunner(point, sessions[point], num_layers)
+        for point in points
+    ]
+
+
 def measure(
-    models: dict[str, AdaptiveModel], points: list[OperatingPoint], dev, batch_sizes: list[int], repeats: int, warmup: int
+    variants: dict[tuple[str, str], AdaptiveModel],
+    sessions: dict[OperatingPoint, object],
+    points: list[OperatingPoint],
+    dev,
+    batch_sizes: list[int],
+    repeats: int,
+    warmup: int,
 ) -> dict[OperatingPoint, dict]:
     """The timing columns of every operating point, one interleaved run per batch size."""
-    full = models[BASELINE]
-    runners = [Runner(point, models[point.method]) for point in points]
-    full_point = next(point for point in points if point.method == BASELINE)
+    full = variants[(BASELINE, FP32)]
+    runners = runners_for(points, variants, sessions, full.num_layers)
     columns: dict[OperatingPoint, dict] = {point: {} for point in points}
     for batch_size in batch_sizes:
         print(f"timing {len(points)} operating points on {len(dev)} inputs at batch size {batch_size}, {repeats} repeats", file=sys.stderr)
         batches = timing_batches(full, dev, batch_size)
         timings = time_interleaved(runners, batches, repeats, warmup if batch_size == 1 else 1)
-        for point, timing in timings.items():
+        for point in points:
             if batch_size == 1:
-                columns[point] |= latency_columns(timing, timings[full_point], full.num_layers)
+                columns[point] |= latency_columns(timings, point, full.num_layers)
             else:
-                columns[point] |= batched_columns(timing, timings[full_point], full.num_layers, batch_size)
+                columns[point] |= batched_columns(timings, point, full.num_layers, batch_size)
     return columns
 
 
 def measured_rows(
     task: str, points: list[OperatingPoint], metrics: dict[OperatingPoint, dict], timings: dict[OperatingPoint, dict], timed_inputs: int, repeats: int
 ) -> list[dict]:
-    reference = next(metrics[point] for point in points if point.method == BASELINE)
+    reference = metrics[FP32_FULL]
     rows = []
     for point in points:
         summary = metrics[point]
@@ -282,11 +400,14 @@ def measured_rows(
                 "source": MEASURED,
                 "task": task,
                 "method": point.method,
+                "precision": point.precision,
+                "runtime": point.runtime,
                 "threshold": point.threshold,
                 "operating_point": "shipped" if point.shipped else "sweep",
                 "metric_name": summary["metric_name"],
                 "metric": summary["metric"],
                 "metric_pct_of_full": None if pct is None else 100 * pct,
+                "agreement": summary["agreement"],
                 "dev_avg_layers": summary["avg_layers"],
                 "dev_examples": summary["examples"],
                 "timed_inputs": timed_inputs,
@@ -295,6 +416,14 @@ def measured_rows(
             }
         )
     return rows
+
+
+def onnxruntime_version() -> str:
+    try:
+        import onnxruntime
+    except ImportError:
+        return "not installed"
+    return onnxruntime.__version__
 
 
 def machine_details() -> dict:
@@ -307,6 +436,7 @@ def machine_details() -> dict:
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -315,15 +445,17 @@ def machine_details() -> dict:
     }
 
 
-def profile(models: dict[str, AdaptiveModel], dev, out: Path) -> None:
-    """torch.profiler over a few inputs per method at its shipped threshold: the top operators by own CPU time."""
+def profile(variants: dict[tuple[str, str], AdaptiveModel], precisions: list[str], dev, out: Path) -> None:
+    """torch.profiler over a few inputs per method and precision at its shipped threshold: the top operators by own CPU time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    batches = timing_batches(models[BASELINE], dev.select(range(min(PROFILED_INPUTS, len(dev)))), 1)
+    batches = timing_batches(variants[(BASELINE, FP32)], dev.select(range(min(PROFILED_INPUTS, len(dev)))), 1)
     sections = []
-    for method, model in models.items():
-        runner = Runner(OperatingPoint(method, model.default_threshold(), True), model)
+    for (method, precision), model in variants.items():
+        if precision not in precisions and method != BASELINE:
+            continue
+        runner = Runner(OperatingPoint(method, model.default_threshold(), True, precision), model)
         runner(batches[0])
         with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
             for batch in batches:
@@ -331,6 +463,24 @@ def profile(models: dict[str, AdaptiveModel], dev, out: Path) -> None:
         table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
         sections.append(f"== {runner.point.label}: {len(batches)} inputs at batch size 1 ==\n{table}")
     (out / "profile.txt").write_text("\n\n".join(sections))
+
+
+def onnx_sessions(full: AdaptiveModel, folder: Path) -> dict[OperatingPoint, object]:
+    """The full model exported to ONNX Runtime, fp32 and int8, as sessions with torch's thread count and no spinning."""
+    from training.onnx_reference import OnnxModel, export_full_model, quantize_onnx
+
+    print("exporting the full model to ONNX Runtime (fp32, int8)", file=sys.stderr)
+    exported = export_full_model(full, folder)
+    quantized = quantize_onnx(exported, folder / "full-int8.onnx")
+    threads = torch.get_num_threads()
+    return {OperatingPoint(BASELINE, None, True, precision, ONNXRUNTIME): OnnxModel(path, threads) for precision, path in ((FP32, exported), (INT8, quantized))}
+
+
+def parse_precisions(text: str) -> list[str]:
+    precisions = [check_precision(value.strip()) for value in text.split(",") if value.strip()]
+    if not precisions:
+        raise UserError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, not {text!r}")
+    return [precision for precision in PRECISIONS if precision in precisions]
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -349,6 +499,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--methods", nargs="+", choices=adaptive_methods(), help="adaptive methods to run (default: every one with a checkpoint); the full model always runs"
     )
+    parser.add_argument(
+        "--precisions",
+        default=DEFAULT_PRECISIONS,
+        help=f"precisions of every method's points, from {', '.join(PRECISIONS)} (default: %(default)s); the full model always runs at fp32, bf16 and int8",
+    )
+    parser.add_argument("--no-onnxruntime", action="store_true", help="leave out the ONNX Runtime reference rows (fp32 and int8 full model)")
     parser.add_argument("--batch-sizes", default="1,32", help="1 for latency and/or one larger size for throughput (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the timed inputs (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=200, help="dev inputs to time (default: %(default)s); the metric always uses --metric-limit")
@@ -373,18 +529,22 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    precisions = parse_precisions(args.precisions)
     out = Path(args.out) if args.out else DEFAULT_OUT / task.replace("-", "").lower()
     models = load_models(task, args.methods, Path(args.checkpoints) if args.checkpoints else None)
     dev = load_split(task, "dev", args.data_dir)
     metric_dev = dev.select(range(min(args.metric_limit, len(dev)))) if args.metric_limit else dev
     timed_dev = dev.select(range(min(args.limit, len(dev))))
-    points = operating_points(models)
-    metrics = dev_metrics(models, points, metric_dev)
-    timings = measure(models, points, timed_dev, batch_sizes, args.repeats, args.warmup)
+    points = operating_points(models, precisions, onnx=not args.no_onnxruntime)
+    variants = engine_models(models, points)
+    with tempfile.TemporaryDirectory(prefix="onnx-reference-") as folder:
+        sessions = {} if args.no_onnxruntime else onnx_sessions(models[BASELINE], Path(folder))
+        metrics = dev_metrics(variants, sessions, points, metric_dev)
+        timings = measure(variants, sessions, points, timed_dev, batch_sizes, args.repeats, args.warmup)
     rows = measured_rows(task, points, metrics, timings, len(timed_dev), args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        profile(models, timed_dev, out)
+        profile(variants, precisions, timed_dev, out)
     table = write_report(out, task, rows, machine_details(), args.profile)
     print(table)
     print(f"wrote {out}/results.csv, results.md, tradeoff.html, tradeoff.png, machine.json{', profile.txt' if args.profile else ''}")

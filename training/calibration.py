@@ -21,6 +21,7 @@ from datasets import Dataset
 from core.checkpoint import load_checkpoint, write_operating_point
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
+from core.precision import FP32, PRECISIONS
 from training.data import DEFAULT_DATA_DIR, VALIDATION, load_split
 from training.evaluate import evaluate, sweep
 
@@ -73,6 +74,7 @@ class Calibration:
         return {
             "chosen_on": "validation",
             "rule": goal.describe(),
+            "precision": self.model.precision,
             "validation_split": asdict(VALIDATION) | {"rows": self.validation["examples"]},
             "validation": {key: self.validation[key] for key in keys} | {"reference_metric": self.validation_reference["metric"]},
         }
@@ -113,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     goal.add_argument("--target-speedup", type=float, help="the most accurate point with at least this expected speed-up (6 / average layers)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--write", action="store_true", help="record the chosen point in the chosen checkpoint's config.json")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=FP32, help="calibrate the model as it will run: fp32 (default), bf16 or int8 (both models at this precision)"
+    )
     return parser.parse_args(argv)
 
 
@@ -124,15 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.target_speedup is not None and args.target_speedup < 1:
         raise UserError(f"--target-speedup is at least 1 (no speed-up), not {args.target_speedup}")
     goal = Goal(keep=KEEP if args.max_metric_drop is None else 1 - args.max_metric_drop, target_speedup=args.target_speedup)
-    reference = load_checkpoint(args.reference)
-    candidates = [load_checkpoint(folder) for folder in args.checkpoint]
+    reference = load_checkpoint(args.reference).with_precision(args.precision)
+    candidates = [load_checkpoint(folder).with_precision(args.precision) for folder in args.checkpoint]
     for model in candidates:
         if model.config.task != reference.config.task:
             raise UserError(f"{model.source} is a {model.config.task} model but the reference is {reference.config.task}")
     task = reference.config.task
     result = calibrate(candidates, reference, load_split(task, "validation", args.data_dir), load_split(task, "dev", args.data_dir), goal)
     threshold = "–" if result.threshold is None else f"{result.threshold:g}"
-    print(f"{goal.describe()}: {result.model.source} at threshold {threshold}")
+    print(f"{goal.describe()}: {result.model.source} at threshold {threshold} ({result.model.precision})")
     print(
         f"  validation: {result.validation['metric_name']} {result.validation['metric']:.4f} (full {result.validation_reference['metric']:.4f}), "
         f"{result.validation['avg_layers']:.2f} layers, {result.validation['expected_speedup']:.2f}x"

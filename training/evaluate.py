@@ -24,6 +24,8 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from core.checkpoint import load_checkpoint
+from core.csvsafe import write_csv
+from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from core.trace import Trace
@@ -71,19 +73,17 @@ def label_index(model: AdaptiveModel, prediction: str | float) -> int | float:
     return prediction if model.config.labels is None else model.config.labels.index(prediction)
 
 
-def evaluate(model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False) -> dict:
+def evaluate(
+    model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False, with_predictions: bool = False
+) -> dict:
+    """One operating point's summary; ``with_predictions`` adds each input's answer (class index or score) as ``predictions``."""
     traces = run_traces(model, dataset, threshold, early_exit, progress=progress)
-    return summarise(
-        model,
-        list(dataset["label"]),
-        [label_index(model, t.prediction) for t in traces],
-        [t.layers_executed for t in traces],
-        [t.exit_layer for t in traces],
-        traces[0].threshold,
-    )
+    predictions = [label_index(model, t.prediction) for t in traces]
+    result = summarise(model, list(dataset["label"]), predictions, [t.layers_executed for t in traces], [t.exit_layer for t in traces], traces[0].threshold)
+    return result | {"predictions": predictions} if with_predictions else result
 
 
-def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None = None, progress: bool = False) -> list[dict]:
+def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None = None, progress: bool = False, with_predictions: bool = False) -> list[dict]:
     """Evaluate several knob values (default: the method's own grid); one pass where the method allows it."""
     knob = model.method.knob
     if knob is None:
@@ -92,7 +92,7 @@ def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None
     for threshold in thresholds:
         model.check_threshold(threshold)
     if not model.method.sweeps_in_one_pass:
-        return [evaluate(model, dataset, threshold, progress=progress) for threshold in thresholds]
+        return [evaluate(model, dataset, threshold, progress=progress, with_predictions=with_predictions) for threshold in thresholds]
     traces = run_traces(model, dataset, early_exit=False, progress=progress)
     numbers = [item.name for item in model.method.layer_fields if item.kind == "number"]
     values = {name: torch.tensor([[step.values[name] for step in t.per_layer] for t in traces]) for name in numbers}
@@ -103,7 +103,8 @@ def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None
         exit_layers = [int(layer) or None for layer in model.method.sweep_exits(values, threshold)]
         predictions = [per_layer[(layer or model.num_layers) - 1] for per_layer, layer in zip(layer_predictions, exit_layers)]
         executed = [list(range(1, (layer or model.num_layers) + 1)) for layer in exit_layers]
-        results.append(summarise(model, labels, predictions, executed, exit_layers, threshold))
+        result = summarise(model, labels, predictions, executed, exit_layers, threshold)
+        results.append(result | {"predictions": predictions} if with_predictions else result)
     return results
 
 
@@ -129,7 +130,7 @@ def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     rows = [{key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS} for r in results]
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
-    table.to_csv(out / "sweep.csv", index=False)
+    write_csv(table, out / "sweep.csv")
     plotted = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup"]
     points = table[plotted].assign(kind="sweep")
     if reference is not None:
@@ -172,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="folder for the sweep's CSV and chart")
     parser.add_argument("--reference", help="full-model checkpoint to compare with (metric %% of full, chart point)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object (a list of them for several thresholds)")
+    parser.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:N, mps or auto (default: the best available)")
     return parser.parse_args(argv)
 
 
@@ -189,11 +191,12 @@ def describe(result: dict, reference: dict | None) -> str:
 @command_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model = load_checkpoint(args.checkpoint)
+    device = resolve_device(args.device)
+    model = load_checkpoint(args.checkpoint).to(device)
     dataset = load_split(model.config.task, args.split, args.data_dir)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
-    reference = evaluate(load_checkpoint(args.reference), dataset, progress=True) if args.reference else None
+    reference = evaluate(load_checkpoint(args.reference).to(device), dataset, progress=True) if args.reference else None
     if args.sweep:
         results = sweep(model, dataset, parse_thresholds(args.sweep), progress=True)
     elif args.threshold:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.checkpoint import load_checkpoint
+from core.csvsafe import write_csv
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from training.data import DEFAULT_DATA_DIR, load_split
@@ -64,7 +65,7 @@ def write(rows: list[dict], out: Path, title: str, x: str, y: str) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "results.csv", index=False)
+    write_csv(frame, out / "results.csv")
     colour = alt.Color("label:N", title="setting") if "label" in frame else alt.value("#2563eb")
     chart = (
         alt.Chart(frame)

@@ -6,7 +6,9 @@
     python -m training.train --method dpbert --stage relaxed --task MRPC --init runs/mrpc/full --out runs/mrpc/dpbert-relaxed
     python -m training.train --method dpbert --stage rl --task MRPC --init runs/mrpc/dpbert-relaxed --out runs/mrpc/dpbert
 
-Runs on the CPU (bf16 autocast with --bf16) or, unchanged, under ``accelerate launch`` on GPUs.
+Runs on the best device present (``--device``; bf16 autocast with --bf16), or as several processes under
+``accelerate launch`` (several GPUs or machines; on CPUs: ``accelerate launch --multi_gpu --num_processes N``,
+gloo): each process trains on its share of every epoch's batches, the first one saves the checkpoint.
 An interrupted run continues from its last saved state with the same command plus --resume.
 """
 
@@ -23,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -32,6 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from core.backbone import DEFAULT_BACKBONE
 from core.checkpoint import save_checkpoint
+from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.methods import METHODS, MethodConfig
 from core.tasks import get_task
@@ -110,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=False,
         help="bf16 autocast (default off: on CPUs without native bf16 it is ~27x slower, measured)",
     )
+    parser.add_argument(
+        "--device",
+        default=AUTO,
+        choices=[AUTO, "cpu", "cuda", "mps"],
+        help="where to train (default: the best available; under accelerate launch each process takes its own GPU)",
+    )
     parser.add_argument("--save-every", type=int, default=200, help="save resumable state every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out/resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -155,7 +164,7 @@ class ResumeState:
                 p.copy_(tensors[f"param.{i}"])
                 state = {key.split(".", 2)[2]: value for key, value in tensors.items() if key.startswith(f"optim.{i}.")}
                 if state:
-                    optimizer.state[p] = {key: value.reshape(()) if key == "step" else value for key, value in state.items()}
+                    optimizer.state[p] = {key: value.reshape(()) if key == "step" else value.to(p.device) for key, value in state.items()}
         torch.set_rng_state(tensors["rng.torch"])
         return json.loads((self.folder / "position.json").read_text())["step"]
 
@@ -167,7 +176,9 @@ def train(args: argparse.Namespace) -> dict:
     spec = get_task(args.task)
     out = Path(args.out or f"runs/{spec.name.replace('-', '').lower()}/{args.method}")
     set_seed(args.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no")
+    # a stage may leave some trainable parameters out of a step (a bypassed layer, the unused pooler): DDP must not wait for them
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=resolve_device(args.device).type == "cpu", kwargs_handlers=[ddp])
     stage = METHODS[args.method].stage(args.stage)
     model = starting_model(args.method, spec.name, stage, method_settings(args), args.backbone, args.init, args.finetune, args.lora_rank, args.encoder_from)
     parameters = trainable_parameters(model, stage, freeze_embeddings=args.freeze_embeddings)
@@ -191,7 +202,8 @@ def train(args: argparse.Namespace) -> dict:
         batch["labels"] = torch.tensor([labels[i] for i in indices], dtype=torch.float if spec.is_regression else torch.long)
         return dict(batch)
 
-    steps_per_epoch = -(-len(lengths) // args.batch_size)
+    batches_per_epoch = -(-len(lengths) // args.batch_size)
+    steps_per_epoch = -(-batches_per_epoch // accelerator.num_processes)  # under accelerate launch each process takes its share
     total_steps = args.max_steps or max(1, int(steps_per_epoch * args.epochs))
     encoder_lr = args.encoder_lr or args.lr / 10
     encoder_ids = {id(p) for p in model.encoder.parameters()}
@@ -223,7 +235,7 @@ def train(args: argparse.Namespace) -> dict:
         batches = length_grouped_batches(lengths, args.batch_size, seed=args.seed + epoch)
         # its own generator, so creating the loader does not draw from the global RNG (dropout), and a resumed run matches
         loader = accelerator.prepare_data_loader(
-            DataLoader(batches, batch_size=None, collate_fn=collate, shuffle=False, generator=torch.Generator().manual_seed(args.seed + epoch))
+            DataLoader(range(len(lengths)), batch_sampler=batches, collate_fn=collate, generator=torch.Generator().manual_seed(args.seed + epoch))
         )
         for position, batch in enumerate(loader):
             if position < step - epoch * steps_per_epoch:
@@ -241,7 +253,7 @@ def train(args: argparse.Namespace) -> dict:
             seen += len(batch["labels"])
             progress.update(1)
             progress.set_postfix({**{k: f"{v:.4f}" for k, v in list(stats.items())[:3]}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
-            if step % args.save_every == 0:
+            if step % args.save_every == 0 and accelerator.is_main_process:  # every process holds the same weights
                 resume.save(parameters, optimizer, step)
             if step >= total_steps:
                 break
@@ -254,7 +266,7 @@ def train(args: argparse.Namespace) -> dict:
     model.config.trained = True
     model.config.training = {
         key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")
-    } | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set)}
+    } | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set), "processes": accelerator.num_processes}
     if args.train_split == "fit":
         model.config.training["validation_split"] = VALIDATION.to_dict(len(load_split(spec.name, "train", args.data_dir, args.from_hub)))
         validation = evaluate(model, load_split(spec.name, "validation", args.data_dir, args.from_hub))  # what recipes are compared on

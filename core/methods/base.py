@@ -246,6 +246,15 @@ class Method(nn.Module):
         """Final output for rows that stop: probabilities [b, C], or scores [b] for regression."""
         raise NotImplementedError
 
+    def layer_values(self, layer: int, report: Report) -> Report:
+        """A layer's ``layer_fields`` (and ``prediction``) from what ``plan``/``after_layer`` reported for it.
+
+        Reports hold only tensors the decisions computed anyway; whatever a trace shows beyond
+        them (argmax labels, bounds, probabilities from logits) is derived here, when traces are
+        built, outside the timed layer loop. Default: the report already is the fields.
+        """
+        return report
+
     def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
         """Where each row would exit at ``threshold``, read off a full-depth run (one pass serves a whole sweep).
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.backbone import Encoder
-from core.heads import PooledHead
+from core.heads import PooledHead, as_fp32
 from core.methods.base import LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option, run_all_layers
 
 
@@ -30,9 +30,8 @@ class DACTConfig(MethodConfig):
 
 
 def accumulate(answer: torch.Tensor, remaining: torch.Tensor, probs: torch.Tensor, halting: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DACT step: (a_{n-1}, p_{n-1}, y_n, h_n) -> (a_n, p_n)."""
-    weight = remaining.unsqueeze(-1)
-    return probs * weight + answer * (1 - weight), remaining * halting
+    """One DACT step: (a_{n-1}, p_{n-1}, y_n, h_n) -> (a_n, p_n), with a_n = a_{n-1} + p_{n-1} (y_n - a_{n-1}) as one lerp."""
+    return answer.lerp(probs, remaining.unsqueeze(-1)), remaining * halting
 
 
 def halting_bounds(top_two: torch.Tensor, remaining: torch.Tensor, layers_left: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +91,7 @@ class DACT(Method):
             classifier.load_state_dict(full_head.state_dict())
 
     def halting_probability(self, layer: int, cls: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.halting[layer](cls)).squeeze(-1)
+        return torch.sigmoid(as_fp32(self.halting[layer](cls))).squeeze(-1)
 
     def begin(self, batch_size: int, device: torch.device) -> State:
         return {
@@ -102,24 +101,31 @@ class DACT(Method):
 
     def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
         cls = hidden[:, 0]
-        logits = self.classifiers[layer](cls)
+        probs = self.classifiers[layer].logits(cls).softmax(-1)
         halting = self.halting_probability(layer, cls)
-        state["answer"], state["remaining"] = accumulate(state["answer"], state["remaining"], logits.softmax(-1), halting)
+        answer, remaining = accumulate(state["answer"], state["remaining"], probs, halting)
+        state["answer"], state["remaining"] = answer, remaining
         layers_left = self.num_layers - layer - 1
-        top_two = state["answer"].topk(2, dim=-1)
-        lower, upper = halting_bounds(top_two.values, state["remaining"], layers_left)
-        stop = (lower >= upper) if settings.early_exit and layers_left > 0 else None
-        report = {
-            "prediction": logits.argmax(-1),
-            "halting_prob": halting,
-            "accumulated": state["answer"],
+        stop = None
+        if settings.early_exit and layers_left > 0:
+            lower, upper = halting_bounds(answer.topk(2, dim=-1).values, remaining, layers_left)
+            stop = lower >= upper
+        return stop, {"probs": probs, "halting_prob": halting, "accumulated": answer, "remaining": remaining}
+
+    def layer_values(self, layer: int, report: Report) -> Report:
+        """The per-layer classifier's class, and the accumulated answer's top two with the bounds the halting rule compared."""
+        top_two = report["accumulated"].topk(2, dim=-1)
+        lower, upper = halting_bounds(top_two.values, report["remaining"], self.num_layers - layer - 1)
+        return {
+            "prediction": report["probs"].argmax(-1),
+            "halting_prob": report["halting_prob"],
+            "accumulated": report["accumulated"],
             "top_class": top_two.indices[:, 0],
             "top_accumulated": top_two.values[:, 0],
             "runner_up_accumulated": top_two.values[:, 1],
             "top_lower_bound": lower,
             "runner_up_upper_bound": upper,
         }
-        return stop, report
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         return state["answer"]

@@ -19,14 +19,14 @@ from core.heads import PooledHead, task_loss
 from core.methods.base import Knob, LayerChart, LayerField, Method, Report, RunSettings, Series, Stage, State, TrainBatch, run_all_layers
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax entropy in nats, via log-softmax so it never becomes NaN (even for huge logits).
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of probability rows: sum of -p ln p, with 0 ln 0 = 0 (``torch.special.entr``), so never NaN."""
+    return torch.special.entr(probs).sum(-1)
 
-    A class whose probability underflows to 0 has log-probability -inf; clamping it to the
-    smallest finite float makes its term 0 * finite = 0 instead of 0 * -inf = NaN.
-    """
-    log_probs = logits.log_softmax(-1)
-    return -(log_probs.exp() * log_probs.clamp_min(torch.finfo(log_probs.dtype).min)).sum(-1)
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax entropy in nats; a class whose probability underflows to 0 adds 0, so even huge logits give no NaN."""
+    return entropy(logits.softmax(-1))
 
 
 def first_exit(exits: torch.Tensor) -> torch.Tensor:
@@ -85,15 +85,15 @@ class DeeBERT(Method):
         """DeeBERT's exit rule, shared by the engine and the one-pass sweep."""
         return entropy < threshold
 
-    def begin(self, batch_size: int, device: torch.device) -> State:
-        return {"probs": torch.zeros(batch_size, self.num_outputs, device=device)}
-
     def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        logits = self.ramps[layer](hidden[:, 0])
-        entropy = entropy_from_logits(logits)
-        state["probs"] = logits.softmax(-1)
-        stop = self.exits(entropy, self.threshold(settings)) if settings.early_exit else None
-        return stop, {"prediction": logits.argmax(-1), "entropy": entropy}
+        probs = self.ramps[layer].logits(hidden[:, 0]).softmax(-1)
+        ramp_entropy = entropy(probs)
+        state["probs"] = probs
+        stop = self.exits(ramp_entropy, self.threshold(settings)) if settings.early_exit else None
+        return stop, {"probs": probs, "entropy": ramp_entropy}
+
+    def layer_values(self, layer: int, report: Report) -> Report:
+        return {"prediction": report["probs"].argmax(-1), "entropy": report["entropy"]}
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
         return state["probs"]

@@ -18,6 +18,7 @@ instead, and ``"always"`` always runs layer 1; ``"cls"`` (the paper's rule) is t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.backbone import Encoder
-from core.heads import PooledHead, head_output, task_loss
+from core.heads import PooledHead, as_fp32, head_output, task_loss
 from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option
 
 
@@ -118,18 +119,28 @@ class DPBERT(Method):
             summary = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
         else:
             summary = hidden[:, 0]
-        return self.planners[layer](summary).squeeze(-1)
+        return as_fp32(self.planners[layer](summary).squeeze(-1))
+
+    @staticmethod
+    def runs(logit: torch.Tensor, threshold: float) -> torch.Tensor:
+        """The rule sigmoid(logit) > threshold, compared on the logit (one call fewer per layer): logit > ln(t / (1 - t))."""
+        if threshold <= 0.0:
+            return logit > -math.inf
+        if threshold >= 1.0:
+            return logit > math.inf
+        return logit > math.log(threshold / (1 - threshold))
 
     def plan(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
         logit = self.planner_logit(layer, hidden, mask)
-        if logit is None:
-            return None, {"planner_prob": hidden.new_ones(hidden.shape[0])}
-        probability = torch.sigmoid(logit)
-        run = probability > self.threshold(settings) if settings.early_exit else None
-        return run, {"planner_prob": probability}
+        if logit is None:  # layer 1 always runs: as a planner certain to run it
+            return None, {"planner_logit": torch.full((hidden.shape[0],), math.inf, device=hidden.device)}
+        return self.runs(logit, self.threshold(settings)) if settings.early_exit else None, {"planner_logit": logit}
+
+    def layer_values(self, layer: int, report: Report) -> Report:
+        return {"planner_prob": torch.sigmoid(report["planner_logit"])}
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
-        return head_output(self.head(cls))
+        return head_output(self.head.logits(cls))
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         """``relaxed``: h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.

@@ -23,7 +23,7 @@ class FullModel(Method):
         self.head.load_state_dict(full_head.state_dict())
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
-        return head_output(self.head(cls))
+        return head_output(self.head.logits(cls))
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.head(run_all_layers(encoder, batch)[-1])

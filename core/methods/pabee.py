@@ -76,29 +76,27 @@ class PABEE(Method):
             ramp.load_state_dict(full_head.state_dict())
 
     def begin(self, batch_size: int, device: torch.device) -> State:
-        outputs = self.num_outputs if self.num_outputs > 1 else 0
-        return {
-            "previous": torch.full((batch_size,), float("nan"), device=device),
-            "agreeing": torch.zeros(batch_size, device=device),
-            "output": torch.zeros((batch_size, outputs) if outputs else (batch_size,), device=device),
-        }
+        if self.num_outputs > 1:  # the previous off-ramp's class (-1: none yet)
+            previous = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        else:  # the previous off-ramp's score (NaN: none yet, agrees with nothing)
+            previous = torch.full((batch_size,), float("nan"), device=device)
+        return {"previous": previous, "agreeing": torch.zeros(batch_size, device=device)}
 
     def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        output = head_output(self.ramps[layer](hidden[:, 0]))
+        logits = self.ramps[layer].logits(hidden[:, 0])
         if self.num_outputs > 1:
-            current = output.argmax(-1).to(state["previous"].dtype)
+            current = logits.argmax(-1)
             agree = current == state["previous"]
         else:
-            current = output
+            current = logits.squeeze(-1)
             agree = (current - state["previous"]).abs() < self.config.regression_tolerance
-        agreeing = torch.where(agree, state["agreeing"] + 1, torch.zeros_like(state["agreeing"]))
-        state["previous"], state["agreeing"], state["output"] = current, agreeing, output
+        agreeing = (state["agreeing"] + 1) * agree  # one more in a row, or back to 0
+        state["previous"], state["agreeing"], state["logits"] = current, agreeing, logits
         stop = agreeing >= self.threshold(settings) if settings.early_exit else None
-        prediction = current.long() if self.num_outputs > 1 else current
-        return stop, {"prediction": prediction, "agreeing": agreeing}
+        return stop, {"prediction": current, "agreeing": agreeing}
 
     def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
-        return state["output"]
+        return head_output(state["logits"])
 
     def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
         return first_exit(values["agreeing"][:, :-1] >= threshold)

@@ -1,0 +1,77 @@
+"""Precision as a run option of every method: ``fp32`` (default), ``bf16`` or ``int8``.
+
+- ``bf16``: every weight and activation in bfloat16 (``module.to(torch.bfloat16)``); the heads'
+  logits are turned back to fp32 before any decision (``PooledHead.logits``), so thresholds
+  compare fp32 numbers. On CPUs without native bf16 (no AVX512-BF16 / AMX, as on this project's
+  machine) this is much slower than fp32; it is offered for GPUs and newer CPUs.
+- ``int8``: dynamic quantization of the linear layers of the encoder's transformer layers and of
+  the heads (every ``PooledHead``: the final head, DeeBERT's and PABEE's off-ramps, DACT's
+  per-layer classifiers): int8 weights with one scale per output channel, activations quantized
+  per call, int32 accumulation (PyTorch's fbgemm/x86 kernels). Embeddings, layer norms,
+  attention's own matmuls and the one-output planners and halting units stay fp32: quantizing a
+  384-weight unit saves nothing and moves the decisions it makes. CPU only; no gradients (the
+  quantized layers are inference kernels).
+
+Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
+but torchao's int8 dynamic-activation config runs about 16x slower than fp32 on this AVX2 CPU in
+eager mode (its CPU path has no int8 kernel without ``torch.compile``), and its int8
+weight-only config is no faster than fp32. The fbgemm kernels behind ``quantize_dynamic`` are the
+fast int8 path PyTorch 2.13 (pinned) has on x86 CPUs, so they are used here, with the
+deprecation warnings silenced at this one call site (NOTES.md, session 4).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from core.errors import UserError
+from core.heads import PooledHead
+
+FP32 = "fp32"
+BF16 = "bf16"
+INT8 = "int8"
+PRECISIONS = (FP32, BF16, INT8)
+DESCRIPTIONS = {
+    FP32: "fp32 (full precision)",
+    BF16: "bf16 (bfloat16 weights and activations)",
+    INT8: "int8 (dynamic quantization of the encoder's and heads' linear layers; CPU)",
+}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def check_device(precision: str, device: torch.device | str) -> None:
+    """int8's kernels are CPU kernels: refuse another device with a one-line reason."""
+    if precision == INT8 and torch.device(device).type != "cpu":
+        raise UserError(f"int8 runs on the CPU only (PyTorch's dynamic int8 kernels); use --device cpu, or --precision fp32/bf16 on {device}")
+
+
+def quantize_linears(module: nn.Module) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` by its int8 dynamic-quantized version, in place (one weight scale per output channel)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager quantization API is deprecated; see the module docstring for why it is used
+        quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+def apply_precision(encoder: nn.Module, method: nn.Module, precision: str) -> None:
+    """Convert an fp32 encoder and method to ``precision``, in place."""
+    check_precision(precision)
+    if precision == BF16:
+        encoder.to(torch.bfloat16)
+        method.to(torch.bfloat16)
+    elif precision == INT8:
+        device = next(encoder.parameters()).device
+        check_device(INT8, device)
+        for layer in encoder.layers:
+            quantize_linears(layer)
+        for head in [module for module in method.modules() if isinstance(module, PooledHead)]:
+            quantize_linears(head)

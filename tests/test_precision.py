@@ -1,0 +1,107 @@
+"""Precision as a run option: bf16 and int8 change answers only within stated tolerances, really convert, and keep the engine's promises.
+
+The documented tolerances (README, "Precision"): on the tiny model's 64 fixed input pairs, every
+method at bf16 and at int8 gives the fp32 class for at least 95 % of them with every layer run,
+and at least 90 % with its decisions on (a quantized off-ramp may exit one layer earlier or later),
+and every class probability within 0.02 of fp32's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from core.errors import UserError
+from core.methods import METHODS
+from core.precision import BF16, FP32, INT8, check_device
+from core.predict import main as predict_main
+from tests.conftest import SECOND, SENTENCES, randomise
+from tests.test_engine import LayerCallCounter, configured
+
+PAIRS = list(itertools.product(SENTENCES, SECOND))
+TEXTS, SECONDS = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+AGREEMENT_EVERY_LAYER = 0.95
+AGREEMENT_WITH_DECISIONS = 0.90
+PROBABILITY_TOLERANCE = 0.02
+
+
+def agreement(reference, other) -> float:
+    return sum(a.prediction == b.prediction for a, b in zip(reference, other)) / len(reference)
+
+
+@pytest.mark.parametrize("precision", [BF16, INT8])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_precision_agrees_with_fp32_within_the_documented_tolerance(make_model, method, precision):
+    model = randomise(make_model(method), seed=1, scale=0.3)  # heads small enough that probabilities are not saturated at 0 and 1
+    converted = model.with_precision(precision)
+    every_layer = model.predict(TEXTS, SECONDS, early_exit=False)
+    converted_every_layer = converted.predict(TEXTS, SECONDS, early_exit=False)
+    assert agreement(every_layer, converted_every_layer) >= AGREEMENT_EVERY_LAYER
+    differences = [abs(a.probabilities[label] - b.probabilities[label]) for a, b in zip(every_layer, converted_every_layer) for label in a.probabilities]
+    assert max(differences) <= PROBABILITY_TOLERANCE
+    assert max(differences) > 0, "the converted model should compute differently, or nothing was converted"
+    assert agreement(model.predict(TEXTS, SECONDS), converted.predict(TEXTS, SECONDS)) >= AGREEMENT_WITH_DECISIONS
+
+
+def test_traces_record_the_precision(make_model):
+    model = make_model("deebert")
+    for precision in (FP32, BF16, INT8):
+        trace = model.with_precision(precision).predict("a film", "a movie")[0]
+        assert trace.precision == precision and json.loads(trace.to_json())["precision"] == precision
+
+
+def test_int8_quantizes_the_encoders_and_heads_linear_layers_and_leaves_the_fp32_model_alone(make_model):
+    model = make_model("dact")
+    int8 = model.with_precision(INT8)
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    layer_linears = [module for layer in int8.encoder.layers for module in layer.modules() if isinstance(module, (nn.Linear, quantized))]
+    assert layer_linears and all(isinstance(module, quantized) for module in layer_linears)
+    heads = [head for head in int8.method.classifiers]
+    assert all(isinstance(head.dense, quantized) and isinstance(head.out, quantized) for head in heads)
+    assert all(type(unit) is nn.Linear for unit in int8.method.halting), "one-output halting units stay fp32"
+    assert all(type(module) is nn.Linear for layer in model.encoder.layers for module in layer.modules() if isinstance(module, (nn.Linear, quantized)))
+    bf16 = model.with_precision(BF16)
+    assert next(bf16.encoder.parameters()).dtype == torch.bfloat16 and next(model.encoder.parameters()).dtype == torch.float32
+    assert model.with_precision(FP32) is model
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if name != "full"])
+def test_skipped_and_unreached_layers_are_never_computed_under_int8(make_model, method):
+    model, threshold = configured(make_model, method)
+    int8 = model.with_precision(INT8)
+    counter = LayerCallCounter(int8)
+    traces = int8.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
+    executed_per_layer = [sum(layer in trace.layers_executed for trace in traces) for layer in range(1, 5)]
+    assert counter.rows == executed_per_layer
+    assert sum(executed_per_layer) < len(SENTENCES) * 4, "some layers must be skipped or unreached for the test to mean anything"
+    assert all(trace.precision == INT8 for trace in traces)
+
+
+def test_conversions_and_devices_refused_with_a_reason(make_model):
+    model = make_model("full")
+    with pytest.raises(UserError, match="unknown precision"):
+        model.with_precision("fp8")
+    with pytest.raises(UserError, match="from the fp32 model"):
+        model.with_precision(INT8).with_precision(BF16)
+    with pytest.raises(UserError, match="CPU only"):
+        check_device(INT8, "cuda")
+    check_device(BF16, "cuda")  # bf16 runs anywhere
+    from core.checkpoint import save_checkpoint
+
+    with pytest.raises(UserError, match="run option"):
+        save_checkpoint(model.with_precision(INT8), "/nonexistent/never-written")
+
+
+def test_predict_command_line_runs_at_the_chosen_precision(make_model, tmp_path, capsys):
+    from core.checkpoint import save_checkpoint
+
+    folder = save_checkpoint(randomise(make_model("pabee"), seed=2), tmp_path / "pabee")
+    assert predict_main(["--checkpoint", str(folder), "--text", "a film", "--text-pair", "a movie", "--precision", "int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["precision"] == INT8
+    assert predict_main(["--checkpoint", str(folder), "--text", "a film", "--text-pair", "a movie", "--precision", "int8", "--device", "cuda"]) == 2
+    error = capsys.readouterr().err
+    assert "CPU only" in error or "no CUDA GPU" in error, error  # refused in one line either way, never run on a GPU

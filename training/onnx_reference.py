@@ -1,0 +1,110 @@
+"""The full model in ONNX Runtime, fp32 and int8: what a user who only wants speed would pick instead.
+
+    export_full_model(model, folder)            -> folder/full-fp32.onnx
+    quantize_onnx(path, out)                    -> out (int8 dynamic quantization, ONNX Runtime's own tool)
+    OnnxModel(path, threads).run(batch)         -> probabilities [B, C] or scores [B]
+
+The export is the engine's own computation of the full model (embeddings, every layer, the
+head's answer) traced by ``torch.onnx.export`` (the dynamo exporter), with the batch and
+sequence length dynamic, so ONNX Runtime answers exactly what the engine's full model answers
+(tested to 1e-4 in fp32). Only the baseline is exported: the adaptive methods' decisions are
+what the engine is for.
+
+Sessions run with the thread count torch uses and with spinning off
+(``session.intra_op.allow_spinning = 0``): ONNX Runtime's idle threads otherwise keep spinning
+after a call and slow whatever runs next in the process, which would bias an interleaved
+benchmark against the torch rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import UserError
+from core.model import AdaptiveModel
+from core.precision import FP32, INT8
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_PRECISIONS = (FP32, INT8)
+
+
+class FullForward(nn.Module):
+    """The full model as one traceable forward: embeddings, every layer with an additive padding mask, the head's answer."""
+
+    def __init__(self, model: AdaptiveModel):
+        super().__init__()
+        if model.method.exits_early or model.method.knob is not None:
+            raise UserError(f"only the full model is exported to ONNX Runtime, not {model.method.title}")
+        self.encoder, self.method = model.encoder, model.method
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder.embed(input_ids, token_type_ids)
+        padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for index in range(self.encoder.num_layers):
+            hidden = self.encoder.run_layer(index, hidden, padding)
+        return self.method.answer(hidden[:, 0], self.method.begin(input_ids.shape[0], input_ids.device))
+
+
+def export_full_model(model: AdaptiveModel, folder: str | Path) -> Path:
+    """Write the fp32 full model to ``folder/full-fp32.onnx`` (batch and sequence length dynamic)."""
+    if model.precision != FP32:
+        raise UserError(f"export the fp32 model; this one is {model.precision}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "full-fp32.onnx"
+    sample = model.tokenize(["a short first sentence", "and a longer second one, for padding"], ["its pair", "its pair too"] if model.config.pair else None)
+    args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in INPUT_NAMES)
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    shapes = {name: {0: batch, 1: length} for name in INPUT_NAMES}
+    wrapper = FullForward(model).eval()
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, args, str(path), input_names=list(INPUT_NAMES), output_names=["output"], dynamic_shapes=shapes, dynamo=True, external_data=False
+        )
+    return path
+
+
+def quantize_onnx(path: str | Path, out: str | Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel, reduced range for CPUs without VNNI)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = Path(out).with_suffix(".prep.onnx")
+    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    prepared.unlink()
+    return Path(out)
+
+
+class OnnxModel:
+    """An ONNX Runtime session of an exported full model, with the thread count torch uses and no spinning."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [item.name for item in self.session.get_inputs()]
+
+    def feed(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        ids = batch["input_ids"]
+        given = {"token_type_ids": torch.zeros_like(ids)} | dict(batch)
+        return {name: given[name].numpy() for name in self.inputs}
+
+    def run(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """The model's answer for one tokenized batch: probabilities [B, C], or scores [B] for regression."""
+        return self.session.run(None, self.feed(batch))[0]
