@@ -342,7 +342,7 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
 
     columns, written = read_rows(tmp_path / "results.csv")
     assert columns == benchmark_report.COLUMNS
-    assert len(written) == len(rows) + len(benchmark_report.PAPER_CLAIMS)
+    assert len(written) == len(rows) + len(benchmark_report.reference_rows())
     assert [row["batch_size"] for row in written[: len(rows)]] == ["32"] * len(rows)  # counts stay whole numbers
     for name in ("tradeoff.html", "tradeoff.png"):
         assert (tmp_path / name).stat().st_size > 0, name

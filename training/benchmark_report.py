@@ -2,7 +2,7 @@
 
 ``training.benchmark`` times the operating points and hands over one row (a dict with the
 ``COLUMNS`` keys) per method and operating point; everything here only reads rows, so it can be
-rendered again from saved ones. The papers' headline figures are data here too (``PAPER_CLAIMS``),
+rendered again from saved ones. The papers' headline figures (each method's ``paper_claim``) are
 added as rows marked quoted, never mixed up with what was measured.
 """
 
@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from core.csvsafe import write_csv
-from core.methods import BASELINE, METHODS, Method
-from core.methods.dact import DACT
-from core.methods.deebert import DeeBERT
-from core.methods.dpbert import DPBERT
-from core.methods.pabee import PABEE
+from core.methods import BASELINE, METHODS
 from training.calibration import KEEP
 
 OVERHEAD_TARGET = 0.95  # measured / expected speed-up at batch size 1, against the full model at the same precision
@@ -69,43 +64,21 @@ COLUMNS = [
 COUNT_COLUMNS = ("batch_size", "dev_examples", "timed_inputs", "repeats")
 
 
-@dataclass(frozen=True)
-class PaperClaim:
-    """A method's headline result as its paper states it (not measured here)."""
-
-    method: type[Method]
-    claim: str
-    metric_pct_of_full: float | None = None
-    speedup: float | None = None
-
-    def row(self) -> dict:
-        return {
+def reference_rows() -> list[dict]:
+    """The papers' headline claims (``Method.paper_claim``) as rows marked quoted, in the methods' display order."""
+    return [
+        {
             "source": QUOTED,
             "task": "GLUE",
-            "method": self.method.name,
+            "method": cls.name,
             "operating_point": "paper",
-            "metric_pct_of_full": self.metric_pct_of_full,
-            "quoted_speedup": self.speedup,
-            "note": f"{self.method.paper}: {self.claim}",
+            "metric_pct_of_full": cls.paper_claim.metric_pct_of_full,
+            "quoted_speedup": cls.paper_claim.speedup,
+            "note": f"{cls.paper}: {cls.paper_claim.claim}",
         }
-
-
-PAPER_CLAIMS = (
-    PaperClaim(DeeBERT, "up to ~40% less inference time with minimal quality loss (BERT-base, GLUE)"),
-    PaperClaim(DACT, "better than DeeBERT and PABEE at low computation (BERT-base, GLUE)"),
-    PaperClaim(DPBERT, "98% of BERT-base's GLUE score at 1.34x speed-up", metric_pct_of_full=98.0, speedup=1.34),
-    PaperClaim(
-        PABEE,
-        '"BERT Loses Patience": fewer layers per input with accuracy and robustness improved rather than lost, '
-        "a better accuracy-speed trade-off than earlier early-exit methods (ALBERT, GLUE)",
-    ),
-)
-
-
-def reference_rows() -> list[dict]:
-    """The papers' claims as rows, in the methods' display order."""
-    order = list(METHODS)
-    return [claim.row() for claim in sorted(PAPER_CLAIMS, key=lambda claim: order.index(claim.method.name))]
+        for cls in METHODS.values()
+        if cls.paper_claim is not None
+    ]
 
 
 def verdict(value: float, target: float) -> str:

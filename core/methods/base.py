@@ -141,6 +141,15 @@ class LayerChart:
 
 
 @dataclass(frozen=True)
+class PaperClaim:
+    """A method's headline result as its paper states it (quoted in the benchmark, never measured here)."""
+
+    claim: str
+    metric_pct_of_full: float | None = None
+    speedup: float | None = None
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """How to run a method: its knob value (None: the checkpoint's default) and whether it may save layers."""
 
@@ -162,6 +171,7 @@ class Method(nn.Module):
     name: ClassVar[str]  # used in checkpoints, on command lines and in file names
     title: ClassVar[str]  # shown to people
     paper: ClassVar[str] = ""
+    paper_claim: ClassVar[PaperClaim | None] = None
     summary: ClassVar[str] = ""  # one line: what it decides
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     supports_regression: ClassVar[bool] = True

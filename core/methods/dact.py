@@ -20,7 +20,21 @@ from torch import nn
 
 from core.backbone import Encoder
 from core.heads import PooledHead, as_fp32
-from core.methods.base import LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option, run_all_layers
+from core.methods.base import (
+    LayerChart,
+    LayerField,
+    Method,
+    MethodConfig,
+    PaperClaim,
+    Report,
+    RunSettings,
+    Series,
+    Stage,
+    State,
+    TrainBatch,
+    option,
+    run_all_layers,
+)
 
 
 @dataclass
@@ -45,6 +59,7 @@ class DACT(Method):
     name = "dact"
     title = "DACT-BERT"
     paper = "Eyzaguirre et al., 2021"
+    paper_claim = PaperClaim("better than DeeBERT and PABEE at low computation (BERT-base, GLUE)")
     summary = "halting units and an accumulated answer; halt once a bound proves the class cannot change"
     Config = DACTConfig
     supports_regression = False

@@ -18,7 +18,22 @@ from torch import nn
 
 from core.backbone import Encoder
 from core.heads import PooledHead, head_output, task_loss
-from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, Report, RunSettings, Series, Stage, State, TrainBatch, option, run_all_layers
+from core.methods.base import (
+    Knob,
+    LayerChart,
+    LayerField,
+    Method,
+    MethodConfig,
+    PaperClaim,
+    Report,
+    RunSettings,
+    Series,
+    Stage,
+    State,
+    TrainBatch,
+    option,
+    run_all_layers,
+)
 from core.methods.deebert import first_exit
 
 
@@ -31,6 +46,10 @@ class PABEE(Method):
     name = "pabee"
     title = "PABEE"
     paper = "Zhou et al., NeurIPS 2020"
+    paper_claim = PaperClaim(
+        '"BERT Loses Patience": fewer layers per input with accuracy and robustness improved rather than lost, '
+        "a better accuracy-speed trade-off than earlier early-exit methods (ALBERT, GLUE)"
+    )
     summary = "an off-ramp after every layer; exit when t consecutive off-ramps agree"
     Config = PABEEConfig
     exits_early = True
