@@ -218,15 +218,13 @@ def _apply_delta(bert: BertModel, folder: Path) -> None:
                 raise KeyError(key)
 
 
-def load_checkpoint(folder: str | Path, merge_adapters: bool = True, _depth: int = 0) -> AdaptiveModel:
-    """Load a checkpoint folder. ``merge_adapters=False`` keeps LoRA separate (to go on training)."""
-    folder = Path(folder)
-    config = read_config(folder)
-    weights_path = folder / WEIGHTS_FILE
-    weights = _read_weights(weights_path)
-    method_weights = {name[len("method.") :]: value for name, value in weights.items() if name.startswith("method.")}
-    encoder_weights = {name[len("encoder.") :]: value for name, value in weights.items() if name.startswith("encoder.")}
+def _does_not_fit(weights_path: Path, config: ModelConfig, error: Exception) -> UserError:
+    return UserError(f"{weights_path} does not fit its config ({config.method}, {config.task}, backbone {config.backbone}): {str(error).splitlines()[0]}")
 
+
+def _load_encoder(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], merge_adapters: bool, depth: int) -> tuple[Encoder, Path | None]:
+    """A checkpoint's encoder, and the base checkpoint it builds on (whose encoder alone is loaded, not its heads or tokenizer)."""
+    encoder_weights = {name[len("encoder.") :]: value for name, value in weights.items() if name.startswith("encoder.")}
     base_folder = None
     if config.encoder_weights == "full":
         if not config.backbone_config:
@@ -234,19 +232,15 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True, _depth: int
         bert = BertModel(BertConfig(**config.backbone_config))
     elif config.base_checkpoint:
         base_folder = (folder / config.base_checkpoint).resolve()
-        if _depth >= MAX_BASE_DEPTH:
+        if depth >= MAX_BASE_DEPTH:
             raise UserError(f"{folder / CONFIG_FILE}: base_checkpoint chain deeper than {MAX_BASE_DEPTH} (a loop?): point it at the task's full model")
-        base_bert = load_checkpoint(base_folder, _depth=_depth + 1).encoder.bert
+        base_config = read_config(base_folder)
+        base_bert = _load_encoder(base_folder, base_config, _read_weights(base_folder / WEIGHTS_FILE), True, depth + 1)[0].bert
         bert = BertModel(base_bert.config)
         bert.load_state_dict(plain_state_dict(base_bert))
     else:
         bert = load_bert(config.backbone)
     encoder = Encoder(bert)
-    labels = config.labels
-    num_outputs = 1 if labels is None else len(labels)
-    method_class = METHODS[config.method]
-    method = method_class(encoder.hidden_size, encoder.num_layers, num_outputs, method_class.Config.from_dict(config.method_config))
-
     try:
         if config.encoder_weights == "lora":
             add_lora(encoder, **(config.lora or {}))
@@ -258,14 +252,27 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True, _depth: int
             bert.load_state_dict(encoder_weights, strict=True)
         elif config.encoder_weights == "delta":
             _apply_delta(bert, folder)
-        method.load_state_dict(method_weights, strict=True)
     except (RuntimeError, KeyError) as error:
-        raise UserError(
-            f"{weights_path} does not fit its config ({config.method}, {config.task}, backbone {config.backbone}): {str(error).splitlines()[0]}"
-        ) from error
-
+        raise _does_not_fit(folder / WEIGHTS_FILE, config, error) from error
     if merge_adapters:
         merge_lora(encoder)
+    return encoder, base_folder
+
+
+def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> AdaptiveModel:
+    """Load a checkpoint folder. ``merge_adapters=False`` keeps LoRA separate (to go on training)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    weights_path = folder / WEIGHTS_FILE
+    weights = _read_weights(weights_path)
+    encoder, base_folder = _load_encoder(folder, config, weights, merge_adapters, depth=0)
+    num_outputs = 1 if config.labels is None else len(config.labels)
+    method_class = METHODS[config.method]
+    method = method_class(encoder.hidden_size, encoder.num_layers, num_outputs, method_class.Config.from_dict(config.method_config))
+    try:
+        method.load_state_dict({name[len("method.") :]: value for name, value in weights.items() if name.startswith("method.")}, strict=True)
+    except RuntimeError as error:
+        raise _does_not_fit(weights_path, config, error) from error
     tokenizer_source = str(folder) if (folder / "tokenizer_config.json").is_file() else config.backbone
     model = AdaptiveModel(encoder, method, load_tokenizer(tokenizer_source), config, source=str(folder))
     model.base_folder = base_folder

@@ -44,15 +44,15 @@ class BatchResult:
         return self.outputs.shape[0]
 
     def reached(self) -> torch.Tensor:
-        """[B, L] bool: the row got as far as this layer (it had not exited before it)."""
-        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool)
+        """[B, L] bool: the row got as far as this layer (it had not exited before it). On the device the batch ran on, as the other tables."""
+        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool, device=self.outputs.device)
         for layer, record in enumerate(self.layers):
             table[record.rows, layer] = True
         return table
 
     def executed(self) -> torch.Tensor:
         """[B, L] bool: the layer was computed for the row."""
-        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool)
+        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool, device=self.outputs.device)
         for layer, record in enumerate(self.layers):
             table[record.rows if record.ran is None else record.rows[record.ran], layer] = True
         return table
@@ -64,7 +64,7 @@ class BatchResult:
             table = {}
             for name, value in method.layer_values(layer, record.report).items():
                 fill = -1 if not value.is_floating_point() else float("nan")
-                table[name] = torch.full((self.batch_size, *value.shape[1:]), fill, dtype=value.dtype)
+                table[name] = torch.full((self.batch_size, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
                 table[name][record.rows] = value
             tables.append(table)
         tables += [{} for _ in range(self.num_layers - len(tables))]

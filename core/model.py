@@ -178,7 +178,8 @@ class AdaptiveModel(nn.Module):
     def _traces(
         self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]
     ) -> list[Trace]:
-        tables = (result.executed(), result.reached(), result.reports(self.method))
+        kinds = {item.name: item.kind for item in self.method.layer_fields}
+        tables = (result.executed(), result.reached(), result.reports(self.method), kinds)
         return [
             self._trace(result, tables, row, settings, latency_ms, len(texts), texts[row], None if pairs is None else pairs[row], truncated[row])
             for row in range(len(texts))
@@ -197,7 +198,7 @@ class AdaptiveModel(nn.Module):
         truncated: bool,
     ) -> Trace:
         num_layers = self.num_layers
-        executed_table, reached_table, reports = tables
+        executed_table, reached_table, reports, kinds = tables
         executed = executed_table[row].tolist()
         reached = reached_table[row].tolist()
         output = result.outputs[row]
@@ -207,7 +208,7 @@ class AdaptiveModel(nn.Module):
         else:
             probabilities = {label: float(p) for label, p in zip(self.config.labels, output.tolist())}
             prediction = self._label(int(output.argmax()))
-        steps = [self._layer_step(reports[layer], row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
+        steps = [self._layer_step(reports[layer], kinds, row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
         layers_executed = [layer + 1 for layer in range(num_layers) if executed[layer]]
         exit_layer = int(result.exit_layer[row])
         return Trace(
@@ -233,11 +234,10 @@ class AdaptiveModel(nn.Module):
             per_layer=steps,
         )
 
-    def _layer_step(self, report: dict[str, torch.Tensor], row: int, layer: int, executed: bool, reached: bool) -> LayerStep:
+    def _layer_step(self, report: dict[str, torch.Tensor], kinds: dict[str, str], row: int, layer: int, executed: bool, reached: bool) -> LayerStep:
         step = LayerStep(layer=layer + 1, executed=executed, reached=reached)
         if not reached:
             return step
-        kinds = {item.name: item.kind for item in self.method.layer_fields}
         for name, values in report.items():
             value = self._field_value(kinds.get(name, "number"), values[row])
             if name == "prediction":

@@ -8,7 +8,7 @@ For methods whose exit rule only reads values a full-depth run records (``sweeps
 DeeBERT's entropies, PABEE's agreement counts) a sweep is one pass over the data, each
 threshold's exit read off with the method's own rule. Where the knob changes the path (DPBERT's
 planners) each threshold is a pass of its own. Choosing and recording an operating point is
-``python -m training.calibrate``.
+``python -m training.calibration``.
 """
 
 from __future__ import annotations

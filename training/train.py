@@ -38,15 +38,19 @@ from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.methods import METHODS, MethodConfig
 from core.tasks import get_task
-from training.data import DEFAULT_DATA_DIR, VALIDATION, load_split
+from training.data import DEFAULT_DATA_DIR, VALIDATION, carve_validation, load_split
 from training.evaluate import evaluate
 from training.recipes import TrainingObjective, starting_model, trainable_parameters
+
+
+def option_flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 def config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type[MethodConfig]) -> None:
     """One option per field of a method's config (``--target-skip-rate``), from its type, choices and help."""
     for item in dataclasses.fields(config_class):
-        flag = "--" + item.name.replace("_", "-")
+        flag = option_flag(item.name)
         meta = item.metadata
         help_text = f"{meta.get('help', '')} (default: {item.default})"
         if isinstance(item.default, bool):
@@ -68,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ""
         if method_name
         else "Method settings (shown with --method M --help): "
-        + "; ".join(f"{name}: " + ", ".join("--" + item.name.replace("_", "-") for item in dataclasses.fields(cls.Config)) for name, cls in METHODS.items())
+        + "; ".join(f"{name}: " + ", ".join(option_flag(item.name) for item in dataclasses.fields(cls.Config)) for name, cls in METHODS.items())
     )
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, epilog=others, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True, choices=list(METHODS))
@@ -184,7 +188,11 @@ def train(args: argparse.Namespace) -> dict:
     parameters = trainable_parameters(model, stage, freeze_embeddings=args.freeze_embeddings)
     model.config.max_length = args.max_length
 
-    train_set = load_split(spec.name, args.train_split, args.data_dir, args.from_hub)
+    if args.train_split == "fit":  # the train file once: its held-out rows are what recipes are compared on afterwards
+        whole_train = load_split(spec.name, "train", args.data_dir, args.from_hub)
+        train_set, validation_set = carve_validation(whole_train)
+    else:
+        train_set, validation_set = load_split(spec.name, args.train_split, args.data_dir, args.from_hub), None
     if args.train_limit:
         train_set = train_set.select(range(min(args.train_limit, len(train_set))))
     dev_set = load_split(spec.name, "dev", args.data_dir, args.from_hub)
@@ -267,9 +275,9 @@ def train(args: argparse.Namespace) -> dict:
     model.config.training = {
         key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")
     } | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set), "processes": accelerator.num_processes}
-    if args.train_split == "fit":
-        model.config.training["validation_split"] = VALIDATION.to_dict(len(load_split(spec.name, "train", args.data_dir, args.from_hub)))
-        validation = evaluate(model, load_split(spec.name, "validation", args.data_dir, args.from_hub))  # what recipes are compared on
+    if validation_set is not None:
+        model.config.training["validation_split"] = VALIDATION.to_dict(len(whole_train))
+        validation = evaluate(model, validation_set)
         model.config.training["validation_metrics"] = {key: validation[key] for key in ("metric_name", "metric", "avg_layers", "examples")}
     model.config.metrics = result
     if accelerator.is_main_process:

@@ -156,8 +156,8 @@ class DPBERT(Method):
         hidden = encoder.embed(batch.input_ids, batch.token_type_ids)
         full_mask = encoder.attention_mask_for(hidden, batch.attention_mask)
         probabilities, log_probs, actions = [], [], []
+        relaxed = stage.name != "rl"
         for layer in range(self.num_layers):
-            relaxed = stage.name != "rl"
             planner_in = hidden if relaxed else hidden.detach()  # RL: the policy gradient reaches only the planners
             logit = self.planner_logit(layer, planner_in, batch.attention_mask)
             if logit is None:  # layer 1 always runs
