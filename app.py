@@ -31,6 +31,7 @@ import pandas as pd
 
 from core.errors import UserError
 from core.methods import BASELINE, METHODS
+from core.precision import DESCRIPTIONS, FP32, PRECISIONS
 from core.tasks import get_task
 from interpret.attributions import attribute
 from interpret.charts import layer_frequency_chart, layer_path_chart, method_chart, method_title, stacked
@@ -52,6 +53,7 @@ PLOTS_PER_ROW = 2
 EXPORTS_FOLDER = "adaptive-bert-exports"  # under the export root (the system's temporary folder by default)
 EXPORTS_KEPT = 16  # older report folders are deleted at the next export ...
 EXPORT_MAX_AGE_S = 3600  # ... and so is any older than this
+PRECISION_INFO = "every chosen method and the full model run at it; int8 is the fast one on CPUs, bf16 needs a GPU or a newer CPU"
 GRADIO_CACHE_CLEANUP = (3600, 3600)  # every hour, Gradio deletes the copies of files it served more than an hour ago
 COMPARE_TAB, USAGE_TAB = "compare", "usage"
 logger = logging.getLogger("adaptive_bert.app")
@@ -89,7 +91,7 @@ class DemoHandlers:
         leaves one out runs the task's checkpoint default (not the value a page slider happens to hold)."""
         knobs = [inspect.Parameter(f"{method}_threshold", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for method in self.knob_methods]
         plain = ["task", "text"]
-        optional = ["text_pair", "methods"]
+        optional = ["text_pair", "methods", "precision"]
         signature = inspect.Signature(
             [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in plain]
             + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for name in optional]
@@ -119,15 +121,19 @@ class DemoHandlers:
         sliders = [gr.update(**knob_settings(self.models, task, method)) for method in self.knob_methods]
         return gr.update(visible=pair) if pair else gr.update(visible=False, value=""), gr.update(choices=method_choices(methods), value=methods), *sliders
 
-    def compare(self, task: str, text: str | None, text_pair: str | None, methods: list[str] | None, *knob_values: float | None) -> tuple:
-        """Run every chosen method on the input, with the knob values in ``knob_methods`` order (None: the task's default).
+    def compare(
+        self, task: str, text: str | None, text_pair: str | None, methods: list[str] | None, precision: str | None, *knob_values: float | None
+    ) -> tuple:
+        """Run every chosen method on the input at ``precision`` (None: fp32), with the knob values in ``knob_methods`` order
+        (None: the task's default).
 
         Returns, in the order of ``compare_outputs`` in ``build_demo``: the message, the result cards, the layer-path
         chart, one per-layer chart per method in ``CHART_METHODS`` (shown only for the methods that ran), the traces as
         JSON, the traces for attributions, and the log status.
         """
         try:
-            result = compare_methods(self.models, task, text, text_pair, methods or [], dict(zip(self.knob_methods, knob_values)))
+            knobs = dict(zip(self.knob_methods, knob_values))
+            result = compare_methods(self.models, task, text, text_pair, methods or [], knobs, precision=precision or FP32)
         except UserError as error:
             hidden = gr.update(value=None, visible=False)
             return (message_html([str(error)], []), "", hidden, *[hidden] * len(CHART_METHODS), [], {}, self.query_log.status)
@@ -135,7 +141,7 @@ class DemoHandlers:
         charts = [None if (trace := result.trace(method)) is None else method_chart(trace) for method in CHART_METHODS]
         return (
             message_html([], result.notes),
-            results_html(result.traces, result.trained, result.baseline_latency_ms, result.runs),
+            results_html(result.traces, result.trained, result.baseline_latency_ms, result.runs, result.fp32_baseline_latency_ms),
             gr.update(value=layer_path_chart(result.traces), visible=True),
             *[gr.update(value=chart, visible=chart is not None) for chart in charts],
             [trace.to_dict() for trace in result.traces],
@@ -257,7 +263,7 @@ class DemoHandlers:
             usage = untouched_usage
         if wanted.isdigit() and 1 <= int(wanted) <= len(rows):
             task, text, text_pair = rows[int(wanted) - 1]
-            return (task, text, text_pair, *self.compare(task, text, text_pair, methods_for(task), *[None] * len(self.knob_methods)), *usage)
+            return (task, text, text_pair, *self.compare(task, text, text_pair, methods_for(task), FP32, *[None] * len(self.knob_methods)), *usage)
         message = message_html([f"there is no example {wanted!r}: use 1 to {len(rows)}"], []) if wanted else gr.update()
         return (*[gr.update()] * 3, message, *[gr.update()] * (4 + len(CHART_METHODS)), self.query_log.status, *usage)
 
@@ -277,6 +283,9 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                         text = gr.Textbox(label="Sentence", lines=2, placeholder="Type a sentence")
                         text_pair = gr.Textbox(label="Second sentence", lines=2, visible=get_task(task_name).pair, placeholder="Type the second sentence")
                         methods = gr.CheckboxGroup(method_choices(chosen), value=chosen, label="Methods to compare")
+                        precision = gr.Radio(
+                            [(DESCRIPTIONS[name], name) for name in PRECISIONS], value=FP32, label="Precision", info=PRECISION_INFO, elem_id="precision"
+                        )
                         run = gr.Button("Compare", variant="primary", elem_id="compare-button")
                     with gr.Column(scale=2):
                         knobs = [gr.Slider(**knob_settings(handlers.models, task_name, method), elem_id=f"knob-{method}") for method in handlers.knob_methods]
@@ -322,11 +331,11 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                 export_files = gr.File(label="Report files", file_count="multiple", interactive=False)
 
         compare_outputs = [message, results, path_plot, *plots, traces_json, traces_state, log_status]
-        compare_inputs = [task, text, text_pair, methods, *knobs]
+        compare_inputs = [task, text, text_pair, methods, precision, *knobs]
         # page-open and task-change events answer over plain HTTP (queue=False): quick, and a headless browser's
         # virtual clock waits for them, so a ?example=N link renders its result
         task.change(handlers.task_changed, task, [text_pair, methods, *knobs], api_visibility="private", queue=False)
-        page_triggers = [run.click, text.submit, text_pair.submit, *[knob.release for knob in knobs]]
+        page_triggers = [run.click, text.submit, text_pair.submit, precision.change, *[knob.release for knob in knobs]]
         gr.on(
             page_triggers,
             handlers.compare,
@@ -337,7 +346,8 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             concurrency_limit=CONCURRENT_QUERIES,
             concurrency_id="compare",
         )
-        api_compare.click(handlers.api_compare(), [task, text, text_pair, methods, *api_knobs], compare_outputs, api_name="compare", concurrency_id="compare")
+        api_precision = gr.Textbox(value=None, label="Precision: fp32, bf16 or int8 (leave empty: fp32)", visible=False)
+        api_compare.click(handlers.api_compare(), [task, text, text_pair, methods, api_precision, *api_knobs], compare_outputs, api_name="compare", concurrency_id="compare")
         explain_button.click(handlers.explain, [explained_method, traces_state], [attribution, attribution_message], api_name="explain")
         dev_button.click(handlers.dev_layer_usage, dev_task, [dev_plot, dev_message], api_name="dev_layer_usage", concurrency_limit=1)
         log_button.click(handlers.logged_layer_usage, [log_task, log_method, log_since], [log_plot, log_table, log_message], api_name="logged_layer_usage")

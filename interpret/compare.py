@@ -21,6 +21,7 @@ from core.errors import UserError
 from core.inputs import has_visible_text, reading_notes
 from core.methods import BASELINE, METHODS
 from core.model import AdaptiveModel
+from core.precision import FP32, check_precision
 from core.tasks import get_task
 from core.trace import Trace
 from interpret.charts import method_title, shown_score
@@ -46,26 +47,34 @@ def load_on_device(task: str, method: str) -> AdaptiveModel:
 
 
 class ModelCache:
-    """Loads each (task, method) once and hands out the same model afterwards.
+    """Loads each (task, method) once and hands out the same model afterwards, at each precision asked for.
 
+    The fp32 model is loaded first and the others are converted from it (``AdaptiveModel.with_precision``).
     Predictions on a shared model may run at the same time: the engine keeps its state per call
     and installs no hooks, and ``AdaptiveModel`` serialises its own tokenizer.
     """
 
     def __init__(self, load: Callable[[str, str], AdaptiveModel] = load_on_device):
         self._load = load
-        self._models: dict[tuple[str, str], AdaptiveModel] = {}
+        self._models: dict[tuple[str, str, str], AdaptiveModel] = {}
         self._lock = threading.Lock()
 
-    def get(self, task: str, method: str) -> AdaptiveModel:
-        key = (get_task(task).name, method)
+    def get(self, task: str, method: str, precision: str = FP32) -> AdaptiveModel:
+        key = (get_task(task).name, method, check_precision(precision))
         with self._lock:
             if key not in self._models:
-                model = self._load(*key)
-                # one throw-away prediction, so the first real query's latency is not inflated by one-off setup costs
-                model.predict("warm up", "warm up" if model.config.pair else None)
-                self._models[key] = model
+                fp32_key = (*key[:2], FP32)
+                if fp32_key not in self._models:
+                    self._models[fp32_key] = warmed_up(self._load(*key[:2]))
+                if precision != FP32:
+                    self._models[key] = warmed_up(self._models[fp32_key].with_precision(precision))
             return self._models[key]
+
+
+def warmed_up(model: AdaptiveModel) -> AdaptiveModel:
+    """The model after one throw-away prediction, so the first real query's latency is not inflated by one-off setup costs."""
+    model.predict("warm up", "warm up" if model.config.pair else None)
+    return model
 
 
 def knob_methods(models: ModelCache, tasks: Iterable[str]) -> list[str]:
@@ -129,16 +138,18 @@ class Comparison:
     text_pair: str | None
     traces: list[Trace]  # the chosen methods', in the order they were chosen
     trained: dict[str, bool]  # per chosen method: whether its heads are trained
-    baseline_latency_ms: float | None  # the baseline's latency on the same input, for the measured speed-up
+    baseline_latency_ms: float | None  # the baseline's latency on the same input at the same precision, for the measured speed-up
     notes: list[str]  # for the user: what was cleaned, truncated, untrained or run besides
     runs: int = 1  # each latency is the median of this many runs
+    precision: str = FP32  # every chosen method and the baseline ran at this precision
+    fp32_baseline_latency_ms: float | None = None  # at another precision: the fp32 baseline's latency too (what precision alone buys)
 
     def trace(self, method: str) -> Trace | None:
         return next((trace for trace in self.traces if trace.method == method), None)
 
     def settings(self) -> dict:
         """The run settings as the query log keeps them."""
-        return {"thresholds": {trace.method: trace.threshold for trace in self.traces}, "early_exit": True}
+        return {"thresholds": {trace.method: trace.threshold for trace in self.traces}, "early_exit": True, "precision": self.precision}
 
 
 def public_checkpoint(source: str | None) -> str | None:
@@ -157,9 +168,12 @@ def compare_methods(
     methods: list[str],
     knobs: Mapping[str, float | None],
     repeats: int = REPEATS,
+    precision: str = FP32,
 ) -> Comparison:
     """Run every chosen method on the input (and the baseline, for the speed-up); ``knobs`` per method, None: its default.
 
+    Every method runs at ``precision`` (core/precision.py); the baseline runs at the same precision
+    and, if that is not fp32, also at fp32, so a card can show what depth and precision each buy.
     Each method runs ``repeats`` times, interleaved with the others (in alternating order), and
     reports the median latency. Raises ``UserError`` for input the models cannot take: no method,
     a method that cannot run the task, an empty or invisible text, a missing second sentence or
@@ -185,8 +199,12 @@ def compare_methods(
             raise UserError(f"{spec.name} compares two sentences: type the second sentence too")
     elif text_pair is not None and has_visible_text(text_pair):
         raise UserError(f"{spec.name} takes a single sentence, but a second sentence was given: leave the second sentence empty")
+    check_precision(precision)
     order = methods if BASELINE in methods else [BASELINE, *methods]
-    loaded = {method: models.get(spec.name, method) for method in order}
+    loaded = {method: models.get(spec.name, method, precision) for method in order}
+    fp32_reference = f"{BASELINE} ({FP32})"  # a run key, not a method name
+    if precision != FP32:
+        order, loaded = [*order, fp32_reference], loaded | {fp32_reference: models.get(spec.name, BASELINE)}
     tokenizer = loaded[BASELINE].tokenizer
     notes += reading_notes(tokenizer, text, "text") + ([] if pair is None else reading_notes(tokenizer, pair, "second sentence"))
     runs: dict[str, list[Trace]] = {method: [] for method in order}
@@ -210,4 +228,8 @@ def compare_methods(
         notes.append(f"Untrained heads for {spec.name}: {', '.join(untrained)}. No trained checkpoint is shipped, so these predictions are arbitrary.")
     if BASELINE not in methods:
         notes.append(f"The {method_title(BASELINE).lower()} was also run (not shown) to measure the speed-up.")
-    return Comparison(spec.name, text, pair, traces, trained, median[BASELINE], notes, runs=max(1, repeats))
+    if precision != FP32:
+        notes.append(f"Every method ran in {precision}; the {method_title(BASELINE).lower()} also ran in {FP32} (not shown) to measure what {precision} adds.")
+    return Comparison(
+        spec.name, text, pair, traces, trained, median[BASELINE], notes, runs=max(1, repeats), precision=precision, fp32_baseline_latency_ms=median.get(fp32_reference)
+    )

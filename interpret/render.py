@@ -6,6 +6,7 @@ import html
 
 from core.methods import METHODS
 from core.tasks import get_task
+from core.precision import FP32
 from core.trace import Trace
 from interpret.attributions import Attribution
 from interpret.charts import method_title, shown_score
@@ -28,6 +29,13 @@ def message_html(errors: list[str], notes: list[str]) -> str:
 
 def layers_text(layers: list[int]) -> str:
     return ", ".join(map(str, layers)) if layers else "none"
+
+
+def precision_speedup_text(trace: Trace, fp32_baseline_latency_ms: float | None) -> str:
+    """At a precision other than fp32: the measured speed-up against the full model in fp32 (depth and precision together)."""
+    if not fp32_baseline_latency_ms or trace.latency_ms <= 0:
+        return ""
+    return f'<div class="speed-up-fp32">speed-up vs full in fp32: {fp32_baseline_latency_ms / trace.latency_ms:.2f}× measured</div>'
 
 
 def speedup_text(trace: Trace, baseline_latency_ms: float | None) -> str:
@@ -61,7 +69,7 @@ def answer_html(trace: Trace) -> tuple[str, str]:
     return f"score {shown:.2f}", below
 
 
-def result_card(trace: Trace, trained: bool, baseline_latency_ms: float | None, runs: int = 1) -> str:
+def result_card(trace: Trace, trained: bool, baseline_latency_ms: float | None, runs: int = 1, fp32_baseline_latency_ms: float | None = None) -> str:
     """One method's answer as an HTML card; everything shown comes from the trace."""
     answer, below = answer_html(trace)
     exit_text = f"after layer {trace.exit_layer}" if trace.exit_layer is not None else "none (ran to the end)"
@@ -74,15 +82,17 @@ def result_card(trace: Trace, trained: bool, baseline_latency_ms: float | None, 
 <div>skipped: {layers_text(trace.layers_skipped)}</div>
 <div>exit: {exit_text}</div>
 <div>latency: {latency}</div>
-<div class="speed-up">speed-up vs full: {speedup_text(trace, baseline_latency_ms)}</div>
-</div>"""
+<div class="speed-up">speed-up vs full{"" if trace.precision == FP32 else f" in {html.escape(trace.precision)}"}: {speedup_text(trace, baseline_latency_ms)}</div>
+{precision_speedup_text(trace, fp32_baseline_latency_ms)}</div>"""
 
 
-def results_html(traces: list[Trace], trained: dict[str, bool], baseline_latency_ms: float | None, runs: int = 1) -> str:
+def results_html(
+    traces: list[Trace], trained: dict[str, bool], baseline_latency_ms: float | None, runs: int = 1, fp32_baseline_latency_ms: float | None = None
+) -> str:
     """The input as read, then one card per method."""
     first = traces[0]
     asked = html.escape(first.text) + ("" if first.text_pair is None else " ‖ " + html.escape(first.text_pair))
-    cards = "".join(result_card(trace, trained[trace.method], baseline_latency_ms, runs) for trace in traces)
+    cards = "".join(result_card(trace, trained[trace.method], baseline_latency_ms, runs, fp32_baseline_latency_ms) for trace in traces)
     return f'<div class="results"><p class="asked"><b>Input:</b> {asked}</p><div style="display:flex;gap:.6rem;flex-wrap:wrap">{cards}</div></div>'
 
 
@@ -91,4 +101,5 @@ def attribution_caption(trace: Trace, result: Attribution) -> str:
     return (
         f"Integrated gradients for {method_title(trace.method)}'s answer {result.target!r} on the layers it ran "
         f"({layers_text(trace.layers_executed)}); positive scores push towards it, negative ones away. Convergence error {result.convergence_delta:.2g}."
+        + ("" if trace.precision == FP32 else f" Computed on the fp32 model along the {trace.precision} run's path (gradients need fp32 weights).")
     )

@@ -99,8 +99,10 @@ def outputs(values: tuple, api: bool = False) -> dict:
     }
 
 
-def compare(handlers: DemoHandlers, task="MRPC", text="the cat sat on the mat", pair="a cat was sitting on the mat", methods=ALL_METHODS, knobs=KNOBS):
-    return outputs(handlers.compare(task, text, pair, methods, *knob_values(handlers, knobs)))
+def compare(
+    handlers: DemoHandlers, task="MRPC", text="the cat sat on the mat", pair="a cat was sitting on the mat", methods=ALL_METHODS, knobs=KNOBS, precision="fp32"
+):
+    return outputs(handlers.compare(task, text, pair, methods, precision, *knob_values(handlers, knobs)))
 
 
 def logged(handlers: DemoHandlers) -> list[dict]:
@@ -132,6 +134,26 @@ def test_speed_up_baseline_runs_but_is_neither_shown_nor_logged(handlers):
     assert "full model was also run" in out["message"]
     assert [row["method"] for row in logged(handlers)] == ["dpbert"]
     assert {method for method, chart in out["charts"].items() if chart is not None} == {"dpbert"}
+
+
+def test_int8_runs_every_method_and_both_baselines_and_is_recorded(handlers):
+    out = compare(handlers, methods=["deebert", "dpbert"], precision="int8")
+    assert [trace["precision"] for trace in out["traces"]] == ["int8", "int8"]
+    assert out["results"].count("speed-up vs full in int8") == 2 and out["results"].count("speed-up vs full in fp32") == 2
+    assert "also ran in fp32" in out["message"]
+    assert all(row["settings"]["precision"] == "int8" for row in logged(handlers)) and len(logged(handlers)) == 2
+    cached = {key: model for key, model in handlers.models._models.items() if key[:2] == ("MRPC", "full")}
+    assert {key[2]: model.precision for key, model in cached.items()} == {"fp32": "fp32", "int8": "int8"}
+    assert cached["MRPC", "full", "int8"].encoder is not cached["MRPC", "full", "fp32"].encoder, "int8 is a converted copy, fp32 stays as loaded"
+    tokens, note = handlers.explain("dpbert", out["state"])
+    assert tokens and "fp32 model along the int8 run's path" in html.unescape(note)
+
+
+def test_fp32_shows_no_second_baseline_and_an_unknown_precision_is_a_message(handlers):
+    out = compare(handlers, methods=["dpbert"])
+    assert "speed-up vs full in fp32" not in out["results"] and out["traces"][0]["precision"] == "fp32"
+    out = compare(handlers, methods=["dpbert"], precision="int4")
+    assert "unknown precision 'int4'" in html.unescape(out["message"]) and out["results"] == "" and not logged(handlers)[1:]
 
 
 def test_a_regression_task_charts_only_the_chosen_methods_that_can_run_it(handlers):
@@ -523,13 +545,14 @@ def test_api_documents_exactly_the_named_endpoints(client, server):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/compare", "/explain", "/dev_layer_usage", "/logged_layer_usage", "/export_report"}
     parameters = [parameter["label"] for parameter in endpoints["/compare"]["parameters"]]
-    assert len(parameters) == 4 + len(server.handlers.knob_methods)  # task, text, pair, methods, then one knob per method that has one
-    assert all(METHODS[method].title in label for method, label in zip(server.handlers.knob_methods, parameters[4:]))
+    assert len(parameters) == 5 + len(server.handlers.knob_methods)  # task, text, pair, methods, precision, then one knob per method that has one
+    assert "Precision" in parameters[4]
+    assert all(METHODS[method].title in label for method, label in zip(server.handlers.knob_methods, parameters[5:]))
 
 
 def test_api_compare_then_explain_in_one_session(client, server):
     out = outputs(
-        client.predict("MRPC", "the cat sat on the mat", "a cat was sitting", ALL_METHODS, *knob_values(server.handlers, KNOBS), api_name="/compare"), api=True
+        client.predict("MRPC", "the cat sat on the mat", "a cat was sitting", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare"), api=True
     )
     assert out["results"].count("result-card") == len(ALL_METHODS) and "Untrained heads" in out["message"]
     assert out["path"]["type"] == "altair" and "Which layers ran" in out["path"]["plot"]
@@ -541,7 +564,7 @@ def test_api_compare_then_explain_in_one_session(client, server):
 
 
 def test_api_reports_bad_input_as_a_message(client, server):
-    message, results, *_ = client.predict("MRPC", "   ", "pair", ALL_METHODS, *knob_values(server.handlers, KNOBS), api_name="/compare")
+    message, results, *_ = client.predict("MRPC", "   ", "pair", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare")
     assert "the text is empty" in message and results == ""
 
 
@@ -551,7 +574,7 @@ def test_api_an_omitted_threshold_means_the_task_checkpoint_default(client, serv
         out = outputs(client.predict(task, "the cat sat on the mat", pair, ALL_METHODS, api_name="/compare"), api=True)
         got = {trace["method"]: trace["threshold"] for trace in out["traces"] if trace["method"] in server.handlers.knob_methods}
         assert got == SHIPPED_THRESHOLDS[task], task
-    out = outputs(client.predict("MRPC", "a", "b", ["dpbert"], None, 0.45, None, api_name="/compare"), api=True)
+    out = outputs(client.predict("MRPC", "a", "b", ["dpbert"], None, None, 0.45, None, api_name="/compare"), api=True)
     assert out["traces"][0]["threshold"] == 0.45, "a threshold that is given is used"
 
 
@@ -573,7 +596,7 @@ def test_api_every_chart_is_strict_json(client, server, task):
 
 
 def test_api_layer_usage_and_export(client, server):
-    client.predict("SST-2", "a fine film", "", ["full", "deebert"], *knob_values(server.handlers, KNOBS), api_name="/compare")
+    client.predict("SST-2", "a fine film", "", ["full", "deebert"], "int8", *knob_values(server.handlers, KNOBS), api_name="/compare")
     chart, message = client.predict("SST-2", api_name="/dev_layer_usage")
     assert chart["type"] == "altair" and "dev set" in chart["plot"]
     chart, summary, message = client.predict("SST-2", "deebert", "1h", api_name="/logged_layer_usage")
@@ -587,7 +610,7 @@ def test_api_layer_usage_and_export(client, server):
 def test_fifty_simultaneous_queries_leave_one_row_per_query_and_method(client, server):
     methods = ["full", "deebert", "dpbert"]
     knobs = knob_values(server.handlers, KNOBS)
-    jobs = [client.submit("SST-2", f"burst query number {i}", "", methods, *knobs, api_name="/compare") for i in range(50)]
+    jobs = [client.submit("SST-2", f"burst query number {i}", "", methods, "fp32", *knobs, api_name="/compare") for i in range(50)]
     done, _ = wait(jobs, timeout=300)
     assert len(done) == 50
     assert all("result-card" in job.result()[1] for job in jobs)
