@@ -347,7 +347,9 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             concurrency_id="compare",
         )
         api_precision = gr.Textbox(value=None, label="Precision: fp32, bf16 or int8 (leave empty: fp32)", visible=False)
-        api_compare.click(handlers.api_compare(), [task, text, text_pair, methods, api_precision, *api_knobs], compare_outputs, api_name="compare", concurrency_id="compare")
+        api_compare.click(
+            handlers.api_compare(), [task, text, text_pair, methods, api_precision, *api_knobs], compare_outputs, api_name="compare", concurrency_id="compare"
+        )
         explain_button.click(handlers.explain, [explained_method, traces_state], [attribution, attribution_message], api_name="explain")
         dev_button.click(handlers.dev_layer_usage, dev_task, [dev_plot, dev_message], api_name="dev_layer_usage", concurrency_limit=1)
         log_button.click(handlers.logged_layer_usage, [log_task, log_method, log_since], [log_plot, log_table, log_message], api_name="logged_layer_usage")

@@ -231,5 +231,14 @@ def compare_methods(
     if precision != FP32:
         notes.append(f"Every method ran in {precision}; the {method_title(BASELINE).lower()} also ran in {FP32} (not shown) to measure what {precision} adds.")
     return Comparison(
-        spec.name, text, pair, traces, trained, median[BASELINE], notes, runs=max(1, repeats), precision=precision, fp32_baseline_latency_ms=median.get(fp32_reference)
+        spec.name,
+        text,
+        pair,
+        traces,
+        trained,
+        median[BASELINE],
+        notes,
+        runs=max(1, repeats),
+        precision=precision,
+        fp32_baseline_latency_ms=median.get(fp32_reference),
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 
 from core.methods import METHODS
-from core.tasks import get_task
 from core.precision import FP32
+from core.tasks import get_task
 from core.trace import Trace
 from interpret.attributions import Attribution
 from interpret.charts import method_title, shown_score

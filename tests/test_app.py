@@ -552,7 +552,8 @@ def test_api_documents_exactly_the_named_endpoints(client, server):
 
 def test_api_compare_then_explain_in_one_session(client, server):
     out = outputs(
-        client.predict("MRPC", "the cat sat on the mat", "a cat was sitting", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare"), api=True
+        client.predict("MRPC", "the cat sat on the mat", "a cat was sitting", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare"),
+        api=True,
     )
     assert out["results"].count("result-card") == len(ALL_METHODS) and "Untrained heads" in out["message"]
     assert out["path"]["type"] == "altair" and "Which layers ran" in out["path"]["plot"]
