@@ -320,11 +320,14 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
     run_training(glue_dir, tiny_backbone, run / "deebert", "--method", "deebert", "--init", str(run / "full"), "--max-steps", "1")
     for tau in ("0.01", "0.1"):
         run_training(glue_dir, tiny_backbone, run / f"dact-tau{tau}", "--method", "dact", "--init", str(run / "full"), "--max-steps", "1", "--tau", tau)
+    intermediate = tmp_path / "runs" / "intermediate" / "full"  # trained on dev rows: never published
+    run_training(glue_dir, tiny_backbone, intermediate, "--method", "full", "--finetune", "full", "--max-steps", "1", "--train-split", "dev")
     shipped = tmp_path / "assets" / "checkpoints"
     monkeypatch.setattr(publish, "SHIPPED_DIR", shipped)
     monkeypatch.setattr(publish, "RESULTS_DIR", tmp_path / "assets" / "results")
     assert publish.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(glue_dir)]) == 0
     assert sorted(path.name for path in (shipped / "mrpc").iterdir()) == ["dact", "deebert", "full"]
+    assert not (shipped / "intermediate").exists()
     full = read_config(shipped / "mrpc" / "full")
     assert full.encoder_weights == "delta" and list((shipped / "mrpc" / "full").glob("encoder-*.safetensors"))
     for method in ("deebert", "dact"):
@@ -334,7 +337,22 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
         assert config.metrics["examples"] == len(ROWS), "the recorded metrics are the dev set's"
         load_checkpoint(shipped / "mrpc" / method).predict("a", "b")
     assert read_config(shipped / "mrpc" / "deebert").threshold is not None
-    assert "| MRPC | dact |" in (shipped / "README.md").read_text()
+    table = (shipped / "README.md").read_text()
+    tau = read_config(shipped / "mrpc" / "dact").method_config["tau"]
+    assert f"| MRPC | dact | tau={tau:g} |" in table, "DACT's operating point is its trained tau"
+    rows = {row.split(" | ")[1]: row for row in table.splitlines() if row.startswith("| MRPC |")}
+    assert all(("met" in rows[method]) or ("x (-" in rows[method]) or ("one path" in rows[method]) or ("pt)" in rows[method]) for method in ("deebert", "dact"))
+
+
+def test_target_misses_say_by_how_much():
+    from training.publish import target_misses
+
+    assert target_misses({"metric_pct_of_full": 99.0, "expected_speedup": 1.6, "top_path_share": 0.5}) == []
+    assert target_misses({"metric_pct_of_full": 97.0, "expected_speedup": 1.2, "top_path_share": 0.88}) == [
+        "keeps 97.0% (-1.0 pt)",
+        "1.20x (-0.30x)",
+        "one path 88% (+18%)",
+    ]
 
 
 def test_dpbert_soft_gate_ablation_trains_backbone_and_planners_without_sampling(stage_one, tiny_backbone):
