@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from core.checkpoint import add_lora, load_checkpoint, read_config, save_checkpoint
 from core.errors import UserError
 from core.methods import METHODS
+from core.methods.base import TrainBatch
 from training import train as train_module
 from training.calibration import Goal, choose
 from training.data import DEFAULT_DATA_DIR, load_split
@@ -301,8 +302,6 @@ def test_dpbert_hard_rate_penalty_pushes_planners_across_the_inference_threshold
                 planner.bias.fill_(0.4055)  # sigmoid = 0.6 = 1 - t
         model.train()
         batch = batch_of(model)
-        from core.methods.base import TrainBatch
-
         loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch), model.method.stage("relaxed"))
         loss.backward()
         grads[rule] = sum(planner.bias.grad.item() for planner in model.method.planners)
@@ -353,6 +352,25 @@ def test_target_misses_say_by_how_much():
         "1.20x (-0.30x)",
         "one path 88% (+18%)",
     ]
+
+
+def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_path(stage_one, tiny_backbone):
+    """Self-critical baseline: where every sampled action equals the inference rule's there is no policy signal; where they differ there is."""
+    model = start("dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy", first_layer="mean")  # a model to call the rl loss on
+    with torch.no_grad():
+        for planner in model.method.planners:
+            planner.weight.zero_()
+            planner.bias.fill_(5.0)  # s = 0.993: the rule runs every layer, and so (with this seed) does every sample
+    model.eval()  # no dropout, so equal paths give equal losses
+    torch.manual_seed(0)
+    loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
+    assert stats["sampled_execute_rate"] == 1.0 and stats["policy"] == 0.0
+    model = start("dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy")  # s = 0.88 at the default bias: some samples skip
+    model.train()
+    torch.manual_seed(1)
+    loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
+    loss.backward()
+    assert stats["sampled_execute_rate"] < 1.0 and any(planner.bias.grad.abs().item() > 0 for planner in model.method.planners)
 
 
 def test_dpbert_soft_gate_ablation_trains_backbone_and_planners_without_sampling(stage_one, tiny_backbone):

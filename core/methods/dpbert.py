@@ -14,6 +14,12 @@ straight-through gradient, so that the trained model executes 1 - t of its layer
 The first planner reads the [CLS] embedding, which is the same for every input, so its decision
 is a constant of the model. ``first_layer = "mean"`` lets it read the mean-pooled embeddings
 instead, and ``"always"`` always runs layer 1; ``"cls"`` (the paper's rule) is the default.
+
+REINFORCE needs a baseline. ``rl_baseline = "batch"`` (default) subtracts the batch's mean reward
+per layer, which mostly compares easy inputs with hard ones. ``"greedy"`` subtracts the reward the
+same input gets on its inference-rule path (self-critical training, Rennie et al. 2017): a
+sampled skip is rewarded only when it costs that input less than it saves, which is the signal
+for input-dependent paths. It costs one extra forward pass without gradients per batch.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ class DPBERTConfig(MethodConfig):
         choices=("cls", "mean", "always"),
     )
     planner_bias: float = option(2.0, "initial planner bias (2: run every layer at first, like the full model)")
+    rl_baseline: str = option(
+        "batch",
+        "REINFORCE baseline (rl stage): batch = the batch's mean reward per layer, greedy = the same input's reward on its inference-rule path (self-critical)",
+        choices=("batch", "greedy"),
+    )
 
 
 class DPBERT(Method):
@@ -149,35 +160,16 @@ class DPBERT(Method):
         ``soft`` (the paper's ablation) is the relaxed gate with the backbone training too.
 
         ``rl``: a_i ~ Bernoulli(s_i), the task loss on the sampled path, and REINFORCE for the
-        planners with reward R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, minus a per-layer
-        batch-mean baseline, weighted by lambda1. In both, the rate penalty lambda2 * (rate - (1 - t))^2.
+        planners with reward R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, minus the baseline
+        (``rl_baseline``), weighted by lambda1. In both, the rate penalty lambda2 * (rate - (1 - t))^2.
         """
         config = self.config
-        hidden = encoder.embed(batch.input_ids, batch.token_type_ids)
-        full_mask = encoder.attention_mask_for(hidden, batch.attention_mask)
-        probabilities, log_probs, actions = [], [], []
-        relaxed = stage.name != "rl"
-        for layer in range(self.num_layers):
-            planner_in = hidden if relaxed else hidden.detach()  # RL: the policy gradient reaches only the planners
-            logit = self.planner_logit(layer, planner_in, batch.attention_mask)
-            if logit is None:  # layer 1 always runs
-                hidden = encoder.run_layer(layer, hidden, full_mask)
-                probabilities.append(hidden.new_ones(hidden.shape[0]))
-                continue
-            probability = torch.sigmoid(logit)
-            probabilities.append(probability)
-            if relaxed:
-                gate = probability.view(-1, 1, 1)
-                hidden = gate * encoder.run_layer(layer, hidden, full_mask) + (1 - gate) * hidden
-                continue
-            action = torch.bernoulli(probability.detach())
-            rows = action.nonzero().squeeze(1)
-            if len(rows) == len(action):
-                hidden = encoder.run_layer(layer, hidden, full_mask)
-            elif len(rows):
-                hidden = encoder.run_layer_on_rows(layer, hidden, batch.attention_mask, rows)
-            actions.append(action)
-            log_probs.append(-F.binary_cross_entropy_with_logits(logit, action, reduction="none"))
+        embedded = encoder.embed(batch.input_ids, batch.token_type_ids)
+        full_mask = encoder.attention_mask_for(embedded, batch.attention_mask)
+        if stage.name == "rl":
+            hidden, probabilities, actions, log_probs = self.planned_pass(encoder, embedded, batch.attention_mask, full_mask, sample=True)
+        else:
+            (hidden, probabilities), actions, log_probs = self.relaxed_pass(encoder, embedded, batch.attention_mask, full_mask), [], []
         executed = torch.stack(probabilities, 1)  # [batch, layers]
         if config.rate_penalty == "hard":  # the inference rule's rate, with the probabilities' gradient
             executed = (executed > 0.5).to(executed.dtype) + executed - executed.detach()
@@ -188,11 +180,63 @@ class DPBERT(Method):
         loss = per_row_loss.mean() + rate_penalty
         if actions:
             taken = torch.stack(actions, 1)
-            skipped_from_here = (1 - taken).flip(1).cumsum(1).flip(1) / self.num_layers
-            reward = skipped_from_here - config.reward_loss_weight * per_row_loss.detach().unsqueeze(1)
-            advantage = reward - reward.mean(0, keepdim=True)
+            reward = self.reward(taken, per_row_loss.detach())
+            if config.rl_baseline == "greedy":
+                with torch.no_grad():
+                    greedy_hidden, _, greedy_actions, _ = self.planned_pass(encoder, embedded, batch.attention_mask, full_mask, sample=False)
+                    greedy_loss = task_loss(self.head(greedy_hidden[:, 0]), batch.labels, reduction="none")
+                    advantage = reward - self.reward(torch.stack(greedy_actions, 1), greedy_loss)
+            else:
+                advantage = reward - reward.mean(0, keepdim=True)
             policy_loss = -(advantage * torch.stack(log_probs, 1)).sum(1).mean()
             loss = loss + config.policy_weight * policy_loss
             stats.update(policy=policy_loss.item(), sampled_execute_rate=taken.mean().item())
         stats.update(loss=loss.item(), task=per_row_loss.mean().item())
         return loss, stats
+
+    def reward(self, taken: torch.Tensor, per_row_loss: torch.Tensor) -> torch.Tensor:
+        """R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, per row and planned layer."""
+        skipped_from_here = (1 - taken).flip(1).cumsum(1).flip(1) / self.num_layers
+        return skipped_from_here - self.config.reward_loss_weight * per_row_loss.unsqueeze(1)
+
+    def relaxed_pass(self, encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor, full_mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}; the planners' probabilities per layer."""
+        probabilities = []
+        for layer in range(self.num_layers):
+            logit = self.planner_logit(layer, hidden, mask)
+            if logit is None:  # layer 1 always runs
+                hidden = encoder.run_layer(layer, hidden, full_mask)
+                probabilities.append(hidden.new_ones(hidden.shape[0]))
+                continue
+            probability = torch.sigmoid(logit)
+            probabilities.append(probability)
+            gate = probability.view(-1, 1, 1)
+            hidden = gate * encoder.run_layer(layer, hidden, full_mask) + (1 - gate) * hidden
+        return hidden, probabilities
+
+    def planned_pass(
+        self, encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor, full_mask: torch.Tensor, sample: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Layers run on the rows whose action is 1: a ~ Bernoulli(s) (``sample``) or the inference rule s > 0.5.
+
+        The planners read detached states (the policy gradient reaches only them). Returns the final
+        state, the probabilities, and the actions and their log-probabilities of the planned layers.
+        """
+        probabilities, actions, log_probs = [], [], []
+        for layer in range(self.num_layers):
+            logit = self.planner_logit(layer, hidden.detach(), mask)
+            if logit is None:  # layer 1 always runs
+                hidden = encoder.run_layer(layer, hidden, full_mask)
+                probabilities.append(hidden.new_ones(hidden.shape[0]))
+                continue
+            probability = torch.sigmoid(logit)
+            probabilities.append(probability)
+            action = torch.bernoulli(probability.detach()) if sample else (logit.detach() > 0).to(probability.dtype)
+            rows = action.nonzero().squeeze(1)
+            if len(rows) == len(action):
+                hidden = encoder.run_layer(layer, hidden, full_mask)
+            elif len(rows):
+                hidden = encoder.run_layer_on_rows(layer, hidden, mask, rows)
+            actions.append(action)
+            log_probs.append(-F.binary_cross_entropy_with_logits(logit, action, reduction="none"))
+        return hidden, probabilities, actions, log_probs
