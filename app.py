@@ -53,7 +53,10 @@ PLOTS_PER_ROW = 2
 EXPORTS_FOLDER = "adaptive-bert-exports"  # under the export root (the system's temporary folder by default)
 EXPORTS_KEPT = 16  # older report folders are deleted at the next export ...
 EXPORT_MAX_AGE_S = 3600  # ... and so is any older than this
-PRECISION_INFO = "every chosen method and the full model run at it; int8 is the fast one on CPUs, bf16 needs a GPU or a newer CPU"
+PRECISION_INFO = (
+    "every chosen method and the full model run at it; int8 and onnx-int8 are the fast ones on CPUs (onnx-* export each model's layers when first"
+    " chosen: seconds per layer), bf16 needs a GPU or a newer CPU"
+)
 GRADIO_CACHE_CLEANUP = (3600, 3600)  # every hour, Gradio deletes the copies of files it served more than an hour ago
 COMPARE_TAB, USAGE_TAB = "compare", "usage"
 logger = logging.getLogger("adaptive_bert.app")

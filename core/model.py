@@ -54,7 +54,7 @@ class AdaptiveModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.source = source  # the checkpoint folder it was loaded from, if any
-        self.precision = FP32  # core.precision: fp32, bf16 or int8 (``with_precision``)
+        self.precision = FP32  # core.precision: fp32, bf16, int8, onnx-fp32 or onnx-int8 (``with_precision``)
         self.base_folder: Path | None = None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
@@ -86,7 +86,7 @@ class AdaptiveModel(nn.Module):
             raise UserError(f"convert from the fp32 model: this one is already {self.precision}")
         check_device(precision, self.device)
         encoder, method = copy.deepcopy(self.encoder), copy.deepcopy(self.method)
-        apply_precision(encoder, method, precision)
+        encoder = apply_precision(encoder, method, precision)
         model = AdaptiveModel(encoder, method, self.tokenizer, copy.deepcopy(self.config), source=self.source)
         model.base_folder, model.precision, model._tokenizer_lock = self.base_folder, precision, self._tokenizer_lock
         return model.eval()

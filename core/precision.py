@@ -1,4 +1,4 @@
-"""Precision as a run option of every method: ``fp32`` (default), ``bf16`` or ``int8``.
+"""Precision as a run option of every method: ``fp32`` (default), ``bf16``, ``int8``, ``onnx-fp32`` or ``onnx-int8``.
 
 - ``bf16``: every weight and activation in bfloat16 (``module.to(torch.bfloat16)``); the heads'
   logits are turned back to fp32 before any decision (``PooledHead.logits``), so thresholds
@@ -11,6 +11,11 @@
   attention's own matmuls and the one-output planners and halting units stay fp32: quantizing a
   384-weight unit saves nothing and moves the decisions it makes. CPU only; no gradients (the
   quantized layers are inference kernels).
+- ``onnx-fp32`` / ``onnx-int8``: each transformer layer exported to ONNX and run as its own ONNX
+  Runtime session (``core/onnx_layers.py``; int8: ONNX Runtime's dynamic quantization of the
+  layer's MatMuls, per channel), with the embeddings, the layer loop and every decision in
+  PyTorch between the calls; ``onnx-int8`` quantizes the heads as ``int8`` does. CPU only, no
+  gradients; converting exports six small graphs (seconds per layer).
 
 Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
 but torchao's int8 dynamic-activation config runs about 16x slower than fp32 on this AVX2 CPU in
@@ -27,17 +32,23 @@ import warnings
 import torch
 from torch import nn
 
+from core.backbone import Encoder
 from core.errors import UserError
 from core.heads import PooledHead
 
 FP32 = "fp32"
 BF16 = "bf16"
 INT8 = "int8"
-PRECISIONS = (FP32, BF16, INT8)
+ONNX_FP32 = "onnx-fp32"
+ONNX_INT8 = "onnx-int8"
+PRECISIONS = (FP32, BF16, INT8, ONNX_FP32, ONNX_INT8)
+CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)
 DESCRIPTIONS = {
     FP32: "fp32 (full precision)",
     BF16: "bf16 (bfloat16 weights and activations)",
     INT8: "int8 (dynamic quantization of the encoder's and heads' linear layers; CPU)",
+    ONNX_FP32: "onnx-fp32 (each transformer layer an ONNX Runtime session, decisions in PyTorch between them; CPU)",
+    ONNX_INT8: "onnx-int8 (each transformer layer an ONNX Runtime int8 session, int8 heads; CPU)",
 }
 
 
@@ -48,9 +59,9 @@ def check_precision(precision: str) -> str:
 
 
 def check_device(precision: str, device: torch.device | str) -> None:
-    """int8's kernels are CPU kernels: refuse another device with a one-line reason."""
-    if precision == INT8 and torch.device(device).type != "cpu":
-        raise UserError(f"int8 runs on the CPU only (PyTorch's dynamic int8 kernels); use --device cpu, or --precision fp32/bf16 on {device}")
+    """int8's and ONNX Runtime's kernels here are CPU kernels: refuse another device with a one-line reason."""
+    if precision in CPU_ONLY and torch.device(device).type != "cpu":
+        raise UserError(f"{precision} runs on the CPU only (CPU kernels); use --device cpu, or --precision fp32/bf16 on {device}")
 
 
 def quantize_linears(module: nn.Module) -> None:
@@ -62,16 +73,21 @@ def quantize_linears(module: nn.Module) -> None:
         quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
-def apply_precision(encoder: nn.Module, method: nn.Module, precision: str) -> None:
-    """Convert an fp32 encoder and method to ``precision``, in place."""
+def apply_precision(encoder: Encoder, method: nn.Module, precision: str) -> Encoder:
+    """Convert an fp32 encoder and method to ``precision`` (in place where possible); returns the encoder to use."""
     check_precision(precision)
+    check_device(precision, next(encoder.parameters()).device)
     if precision == BF16:
         encoder.to(torch.bfloat16)
         method.to(torch.bfloat16)
-    elif precision == INT8:
-        device = next(encoder.parameters()).device
-        check_device(INT8, device)
-        for layer in encoder.layers:
-            quantize_linears(layer)
+    if precision in (INT8, ONNX_INT8):
         for head in [module for module in method.modules() if isinstance(module, PooledHead)]:
             quantize_linears(head)
+    if precision == INT8:
+        for layer in encoder.layers:
+            quantize_linears(layer)
+    if precision in (ONNX_FP32, ONNX_INT8):
+        from core.onnx_layers import OnnxEncoder
+
+        encoder = OnnxEncoder(encoder, int8=precision == ONNX_INT8)
+    return encoder

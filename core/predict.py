@@ -27,7 +27,7 @@ from core.errors import UserError, command_line
 from core.inputs import has_visible_text, reading_notes
 from core.methods import METHODS
 from core.model import AdaptiveModel
-from core.precision import FP32, INT8, PRECISIONS, check_device
+from core.precision import CPU_ONLY, FP32, PRECISIONS, check_device
 from core.tasks import get_task
 from core.trace import Trace
 
@@ -52,7 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--json", action="store_true", help="print one JSON trace per input, one per line")
     run.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:N, mps or auto (default: the best available; under accelerate launch, each process's own)")
     run.add_argument(
-        "--precision", choices=PRECISIONS, default=FP32, help="fp32 (default), bf16, or int8 (dynamic quantization, CPU; with --device auto it runs on the CPU)"
+        "--precision",
+        choices=PRECISIONS,
+        default=FP32,
+        help="fp32 (default), bf16, int8 (dynamic quantization), onnx-fp32 or onnx-int8 (layers as ONNX Runtime sessions); the last three run on the CPU",
     )
     return parser.parse_args(argv)
 
@@ -226,7 +229,7 @@ def predict_everywhere(model: AdaptiveModel, inputs: Inputs, args: argparse.Name
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = read_inputs(args)
-    device = torch.device("cpu") if args.precision == INT8 and args.device == AUTO else resolve_device(args.device)
+    device = torch.device("cpu") if args.precision in CPU_ONLY and args.device == AUTO else resolve_device(args.device)
     check_device(args.precision, device)
     model, note = resolve_model(args)
     model = model.with_precision(args.precision)

@@ -215,6 +215,20 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
     assert all(f"== {method}" in profiled for method in METHODS) and " int8:" in profiled and " fp32:" in profiled
 
 
+def test_onnx_int8_points_are_measured_and_count_as_int8_points(checkpoints, glue_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["--task", "MRPC", "--checkpoints", str(checkpoints), "--data-dir", str(glue_dir), "--out", str(out), "--methods", "pabee"]
+    code = benchmark.main([*args, "--precisions", "onnx-int8", "--no-onnxruntime", "--limit", "4", "--repeats", "1", "--batch-sizes", "1,4"])
+    assert code == 0, capsys.readouterr().err
+    _, rows = read_rows(out / "results.csv")
+    measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
+    assert {row["precision"] for row in measured if row["method"] == "pabee"} == {"onnx-int8"}
+    assert [row["precision"] for row in measured if row["method"] == BASELINE] == ["fp32", "bf16", "int8", "onnx-int8"]
+    assert all(row["speedup_vs_int8_full"] for row in measured if row["method"] == "pabee")
+    targets = (out / "results.md").read_text()
+    assert "- best adaptive int8 point" in targets
+
+
 def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoints, glue_dir, tmp_path, capsys):
     assert benchmark.parse_args(["--task", "MRPC", "--methods", *adaptive_methods()]).methods == adaptive_methods()
     out = tmp_path / "bench"

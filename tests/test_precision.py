@@ -17,7 +17,8 @@ from torch import nn
 
 from core.errors import UserError
 from core.methods import METHODS
-from core.precision import BF16, FP32, INT8, check_device
+from core.onnx_layers import OnnxEncoder
+from core.precision import BF16, FP32, INT8, ONNX_FP32, ONNX_INT8, check_device
 from core.predict import main as predict_main
 from tests.conftest import SECOND, SENTENCES, randomise
 from tests.test_engine import LayerCallCounter, configured
@@ -105,3 +106,67 @@ def test_predict_command_line_runs_at_the_chosen_precision(make_model, tmp_path,
     assert predict_main(["--checkpoint", str(folder), "--text", "a film", "--text-pair", "a movie", "--precision", "int8", "--device", "cuda"]) == 2
     error = capsys.readouterr().err
     assert "CPU only" in error or "no CUDA GPU" in error, error  # refused in one line either way, never run on a GPU
+
+
+@pytest.fixture(scope="module")
+def onnx_models():
+    """Each method's tiny model and its onnx-fp32 and onnx-int8 conversions (exporting takes a few seconds per model)."""
+    return {}
+
+
+def onnx_pair(make_model, method: str, precision: str, cache: dict):
+    if (method, precision) not in cache:
+        model = randomise(make_model(method), seed=1, scale=0.3)
+        cache[method, precision] = (model, model.with_precision(precision))
+    return cache[method, precision]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_onnx_fp32_layers_answer_as_the_engine_does_along_the_same_paths(make_model, method, onnx_models):
+    model, onnx = onnx_pair(make_model, method, ONNX_FP32, onnx_models)
+    assert isinstance(onnx.encoder, OnnxEncoder) and not isinstance(model.encoder, OnnxEncoder)
+    reference, converted = model.predict(TEXTS, SECONDS, batch_size=16), onnx.predict(TEXTS, SECONDS, batch_size=16)
+    assert agreement(reference, converted) == 1.0
+    assert sum(a.layers_executed == b.layers_executed for a, b in zip(reference, converted)) >= 0.95 * len(reference)
+    differences = [abs(a.probabilities[label] - b.probabilities[label]) for a, b in zip(reference, converted) for label in a.probabilities]
+    assert max(differences) <= 1e-4
+    assert all(trace.precision == ONNX_FP32 for trace in converted)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_onnx_int8_agrees_with_fp32_within_the_documented_tolerance(make_model, method, onnx_models):
+    model, onnx = onnx_pair(make_model, method, ONNX_INT8, onnx_models)
+    every_layer, converted_every_layer = model.predict(TEXTS, SECONDS, early_exit=False), onnx.predict(TEXTS, SECONDS, early_exit=False)
+    assert agreement(every_layer, converted_every_layer) >= AGREEMENT_EVERY_LAYER
+    differences = [abs(a.probabilities[label] - b.probabilities[label]) for a, b in zip(every_layer, converted_every_layer) for label in a.probabilities]
+    assert 0 < max(differences) <= PROBABILITY_TOLERANCE
+    assert agreement(model.predict(TEXTS, SECONDS), onnx.predict(TEXTS, SECONDS)) >= AGREEMENT_WITH_DECISIONS
+
+
+class SessionCallCounter:
+    """Counts how many rows each layer's ONNX Runtime session is fed."""
+
+    def __init__(self, encoder: OnnxEncoder):
+        self.rows = [0] * encoder.num_layers
+        encoder.sessions = [self.counting(index, session) for index, session in enumerate(encoder.sessions)]
+
+    def counting(self, index, session):
+        counter = self
+
+        class Counted:
+            def run(self, names, feed):
+                counter.rows[index] += feed["hidden"].shape[0]
+                return session.run(names, feed)
+
+        return Counted()
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if name != "full"])
+def test_skipped_and_unreached_layers_are_never_computed_in_onnx_runtime(make_model, method):
+    model, threshold = configured(make_model, method)
+    onnx = model.with_precision(ONNX_INT8)
+    counter = SessionCallCounter(onnx.encoder)
+    traces = onnx.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
+    executed_per_layer = [sum(layer in trace.layers_executed for trace in traces) for layer in range(1, 5)]
+    assert counter.rows == executed_per_layer
+    assert sum(executed_per_layer) < len(SENTENCES) * 4, "some layers must be skipped or unreached for the test to mean anything"

@@ -56,7 +56,7 @@ from training.metrics import MAIN_METRIC, glue_metrics
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
 PROFILED_INPUTS = 20
 REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, always measured
-DEFAULT_PRECISIONS = f"{FP32},{INT8}"  # every method's points (bf16 is slow on CPUs without native bf16: ask for it)
+DEFAULT_PRECISIONS = f"{FP32},{INT8}"  # every method's points (bf16 is slow on CPUs without native bf16, onnx-* export first: ask for them)
 REGRESSION_AGREEMENT = 0.1  # two scores "agree" when they differ by at most this (STS-B's scale is 0-5)
 METRIC_BATCH = 64
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.csvsafe import write_csv
 from core.methods import BASELINE, METHODS
+from core.precision import INT8, ONNX_INT8
 from training.calibration import KEEP
 
 OVERHEAD_TARGET = 0.95  # measured / expected speed-up at batch size 1, against the full model at the same precision
@@ -81,6 +82,9 @@ def reference_rows() -> list[dict]:
     ]
 
 
+INT8_PRECISIONS = (INT8, ONNX_INT8)  # int8 in PyTorch's kernels or in ONNX Runtime's per-layer sessions
+
+
 def verdict(value: float, target: float) -> str:
     return "met" if value >= target else f"missed by {target - value:.3f}"
 
@@ -136,12 +140,12 @@ def keep_lines(measured: list[dict], speed_column: str) -> list[str]:
 
 
 def best_int8_point(measured: list[dict], speed_column: str) -> dict | None:
-    """Issue 10: the fastest adaptive int8 point keeping ``INT8_KEEP_TARGET`` % of the fp32 full model."""
+    """Issue 10: the fastest adaptive int8 point (PyTorch's int8 layers or ONNX Runtime's) keeping ``INT8_KEEP_TARGET`` % of the fp32 full model."""
     keeping = [
         row
         for row in _engine(measured)
         if row["method"] != BASELINE
-        and row.get("precision") == "int8"
+        and row.get("precision") in INT8_PRECISIONS
         and row["metric_pct_of_full"] is not None
         and row["metric_pct_of_full"] >= INT8_KEEP_TARGET
         and row.get(speed_column) is not None
@@ -151,7 +155,7 @@ def best_int8_point(measured: list[dict], speed_column: str) -> dict | None:
 
 def int8_lines(measured: list[dict], speed_column: str, versus_int8: str) -> list[str]:
     """Issue 10: adaptive depth on top of int8 against the fp32 and int8 full models, and ONNX Runtime int8 against it."""
-    if not any(row.get("precision") == "int8" and row["method"] != BASELINE for row in measured):
+    if not any(row.get("precision") in INT8_PRECISIONS and row["method"] != BASELINE for row in measured):
         return []
     batch = "batch 1" if speed_column == "measured_speedup" else f"batch {measured[0].get('batch_size')}"
     best = best_int8_point(measured, speed_column)

@@ -1,0 +1,117 @@
+"""The encoder's transformer layers as ONNX Runtime sessions, one per layer, with the methods' decisions in between.
+
+ONNX Runtime runs a BERT layer faster than eager PyTorch on a CPU (one graph call with fused
+attention, GELU and LayerNorm kernels and MLAS GEMMs, instead of about forty eager calls), and
+its int8 layers faster still. Exporting the whole model would fix the path; exporting each layer
+on its own keeps the engine's loop: the layer loop, the planners, off-ramps and halting units stay
+in PyTorch and decide between two session calls which layers run and for which rows, so skipped
+layers are never computed here either.
+
+``OnnxEncoder`` is an ``Encoder`` whose ``run_layer`` calls layer i's session. Its layer mask is
+the 0/1 padding mask itself (each exported layer builds its additive mask inside the graph), so
+the engine's row selection and padding trimming work unchanged. Inference only: no gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.backbone import Encoder
+
+
+class LayerForward(nn.Module):
+    """One transformer layer with its additive padding mask built inside the graph."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        return self.layer(hidden, attention_mask=padding)
+
+
+def export_layer(layer: nn.Module, hidden_size: int, path: Path) -> Path:
+    """Write one fp32 layer to ``path`` (batch and sequence length dynamic)."""
+    sample = (torch.randn(2, 5, hidden_size), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]))
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    shapes = {"hidden": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            LayerForward(layer).eval(),
+            sample,
+            str(path),
+            input_names=["hidden", "attention_mask"],
+            output_names=["output"],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            external_data=False,
+        )
+    return path
+
+
+def quantize_layer(path: Path, out: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of every MatMul weight (per channel, reduced range for CPUs without VNNI)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_suffix(".prep.onnx")
+    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    prepared.unlink()
+    return out
+
+
+def new_session(path: Path, threads: int | None = None):
+    """A CPU session with the thread count torch uses and spinning off: idle ORT threads otherwise spin and slow the torch calls between layers."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder(Encoder):
+    """An encoder whose transformer layers run in ONNX Runtime (fp32 or int8), its embeddings in PyTorch."""
+
+    def __init__(self, encoder: Encoder, int8: bool, folder: str | Path | None = None):
+        super().__init__(encoder.bert)
+        self.int8 = int8
+        self._folder = tempfile.TemporaryDirectory(prefix="adaptive-bert-onnx-") if folder is None else None
+        root = Path(folder or self._folder.name)
+        root.mkdir(parents=True, exist_ok=True)
+        self.sessions = []
+        for index, layer in enumerate(encoder.layers):
+            path = export_layer(layer, encoder.hidden_size, root / f"layer-{index}-fp32.onnx")
+            if int8:
+                path = quantize_layer(path, root / f"layer-{index}-int8.onnx")
+            self.sessions.append(new_session(path))
+        self.bert.encoder.layer = nn.ModuleList()  # the torch layers are not used again: do not keep a second copy
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sessions)
+
+    def attention_mask_for(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The 0/1 padding mask, cut to the rows' columns: the exported layers build their additive mask from it."""
+        return attention_mask[:, : hidden.shape[1]].to(torch.int64)
+
+    def run_layer(self, index: int, hidden: torch.Tensor, layer_mask: torch.Tensor | None) -> torch.Tensor:
+        if layer_mask is None:
+            layer_mask = torch.ones(hidden.shape[:2], dtype=torch.int64)
+        feed = {"hidden": np.ascontiguousarray(hidden.detach().float().numpy()), "attention_mask": layer_mask.numpy()}
+        return torch.from_numpy(self.sessions[index].run(None, feed)[0])
