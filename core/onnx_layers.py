@@ -59,11 +59,12 @@ def export_layer(layer: nn.Module, hidden_size: int, path: Path) -> Path:
     return path
 
 
-def quantize_layer(path: Path, out: Path) -> Path:
-    """ONNX Runtime's dynamic int8 quantization of every MatMul weight (per channel, reduced range for CPUs without VNNI)."""
+def quantize_onnx(path: str | Path, out: str | Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel, reduced range for CPUs without VNNI)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    out = Path(out)
     prepared = out.with_suffix(".prep.onnx")
     quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
     quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
@@ -98,7 +99,7 @@ class OnnxEncoder(Encoder):
         for index, layer in enumerate(encoder.layers):
             path = export_layer(layer, encoder.hidden_size, root / f"layer-{index}-fp32.onnx")
             if int8:
-                path = quantize_layer(path, root / f"layer-{index}-int8.onnx")
+                path = quantize_onnx(path, root / f"layer-{index}-int8.onnx")
             self.sessions.append(new_session(path))
         self.bert.encoder.layer = nn.ModuleList()  # the torch layers are not used again: do not keep a second copy
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.model import AdaptiveModel
+from core.onnx_layers import new_session
 from core.precision import FP32, INT8
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -72,32 +73,11 @@ def export_full_model(model: AdaptiveModel, folder: str | Path) -> Path:
     return path
 
 
-def quantize_onnx(path: str | Path, out: str | Path) -> Path:
-    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel, reduced range for CPUs without VNNI)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = Path(out).with_suffix(".prep.onnx")
-    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
-    prepared.unlink()
-    return Path(out)
-
-
 class OnnxModel:
     """An ONNX Runtime session of an exported full model, with the thread count torch uses and no spinning."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = new_session(Path(path), threads)
         self.inputs = [item.name for item in self.session.get_inputs()]
 
     def feed(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
