@@ -392,7 +392,8 @@ def test_missing_checkpoint_is_one_line_naming_the_folder(tmp_path, glue_dir, ca
 def test_onnx_runtime_reference_answers_what_the_engine_answers(make_model, tmp_path):
     """The exported full model equals the engine's on a padded batch (fp32) and stays close in int8; adaptive methods are not exported."""
     from core.errors import UserError
-    from training.onnx_reference import OnnxModel, export_full_model, quantize_onnx
+    from core.onnx_layers import quantize_onnx
+    from training.onnx_reference import OnnxModel, export_full_model
 
     for task in ("MRPC", "STS-B"):  # class probabilities and a regression score
         model = randomise(make_model(BASELINE, task), seed=1, scale=0.3)

@@ -467,7 +467,8 @@ def profile(variants: dict[tuple[str, str], AdaptiveModel], precisions: list[str
 
 def onnx_sessions(full: AdaptiveModel, folder: Path) -> dict[OperatingPoint, object]:
     """The full model exported to ONNX Runtime, fp32 and int8, as sessions with torch's thread count and no spinning."""
-    from training.onnx_reference import OnnxModel, export_full_model, quantize_onnx
+    from core.onnx_layers import quantize_onnx
+    from training.onnx_reference import OnnxModel, export_full_model
 
     print("exporting the full model to ONNX Runtime (fp32, int8)", file=sys.stderr)
     exported = export_full_model(full, folder)

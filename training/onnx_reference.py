@@ -1,7 +1,7 @@
 """The full model in ONNX Runtime, fp32 and int8: what a user who only wants speed would pick instead.
 
     export_full_model(model, folder)            -> folder/full-fp32.onnx
-    quantize_onnx(path, out)                    -> out (int8 dynamic quantization, ONNX Runtime's own tool)
+    core.onnx_layers.quantize_onnx(path, out)   -> out (int8 dynamic quantization, ONNX Runtime's own tool)
     OnnxModel(path, threads).run(batch)         -> probabilities [B, C] or scores [B]
 
 The export is the engine's own computation of the full model (embeddings, every layer, the
