@@ -26,7 +26,10 @@ for task in "${tasks[@]}"; do
   slug=$(echo "$task" | tr -d '-' | tr 'A-Z' 'a-z')
   run=runs/$slug
   [ -f "$run/dpbert/config.json" ] || SHIP_PUBLISH=0 bash training/ship.sh "$task"
-  [ "$task" = SST-2 ] && { limit=(--train-limit 16000); epochs=1; } || { limit=(); epochs=2; }
+  [ "$task" = SST-2 ] && { limit=(--train-limit 8000); epochs=1; } || { limit=(); epochs=2; }
+  for tau in 0.00005 0.0005 0.005 0.05 0.5; do  # the whole tau grid (ship.sh trains only part of it for some tasks)
+    train "$run/dact-tau$tau" --method dact --task "$task" --init "$run/full" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 --tau "$tau" "${limit[@]}"
+  done
 
   python -m training.tradeoff --checkpoints "$run"/dact-tau* --label-by tau --out "$results/$slug-dact-tau"
   python -m training.tradeoff --checkpoints "$run/deebert" --per-layer --out "$results/$slug-deebert-layers"
