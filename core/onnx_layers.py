@@ -27,6 +27,11 @@ from torch import nn
 from core.backbone import Encoder
 
 
+def additive_padding(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 0/1 padding mask as the additive [B, 1, 1, S] mask BERT layers take, built inside an exported graph."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
 class LayerForward(nn.Module):
     """One transformer layer with its additive padding mask built inside the graph."""
 
@@ -35,28 +40,25 @@ class LayerForward(nn.Module):
         self.layer = layer
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        return self.layer(hidden, attention_mask=padding)
+        return self.layer(hidden, attention_mask=additive_padding(attention_mask, hidden.dtype))
+
+
+def export_graph(module: nn.Module, sample: tuple[torch.Tensor, ...], input_names: list[str], path: Path) -> Path:
+    """Write ``module`` (in eval mode, no gradients) to ``path`` with dim 0 (batch) and dim 1 (length) of every input dynamic."""
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    shapes = {name: {0: batch, 1: length} for name in input_names}
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), sample, str(path), input_names=input_names, output_names=["output"], dynamic_shapes=shapes, dynamo=True, external_data=False
+        )
+    return path
 
 
 def export_layer(layer: nn.Module, hidden_size: int, path: Path) -> Path:
     """Write one fp32 layer to ``path`` (batch and sequence length dynamic)."""
     sample = (torch.randn(2, 5, hidden_size), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]))
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    shapes = {"hidden": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            LayerForward(layer).eval(),
-            sample,
-            str(path),
-            input_names=["hidden", "attention_mask"],
-            output_names=["output"],
-            dynamic_shapes=shapes,
-            dynamo=True,
-            external_data=False,
-        )
-    return path
+    return export_graph(LayerForward(layer), sample, ["hidden", "attention_mask"], path)
 
 
 def quantize_onnx(path: str | Path, out: str | Path) -> Path:
@@ -89,12 +91,10 @@ def new_session(path: Path, threads: int | None = None):
 class OnnxEncoder(Encoder):
     """An encoder whose transformer layers run in ONNX Runtime (fp32 or int8), its embeddings in PyTorch."""
 
-    def __init__(self, encoder: Encoder, int8: bool, folder: str | Path | None = None):
+    def __init__(self, encoder: Encoder, int8: bool):
         super().__init__(encoder.bert)
-        self.int8 = int8
-        self._folder = tempfile.TemporaryDirectory(prefix="adaptive-bert-onnx-") if folder is None else None
-        root = Path(folder or self._folder.name)
-        root.mkdir(parents=True, exist_ok=True)
+        self._folder = tempfile.TemporaryDirectory(prefix="adaptive-bert-onnx-")  # removed with the encoder
+        root = Path(self._folder.name)
         self.sessions = []
         for index, layer in enumerate(encoder.layers):
             path = export_layer(layer, encoder.hidden_size, root / f"layer-{index}-fp32.onnx")

@@ -18,9 +18,6 @@ benchmark against the torch rows.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.model import AdaptiveModel
-from core.onnx_layers import new_session
+from core.onnx_layers import additive_padding, export_graph, new_session
 from core.precision import FP32, INT8
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -47,7 +44,7 @@ class FullForward(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder.embed(input_ids, token_type_ids)
-        padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        padding = additive_padding(attention_mask, hidden.dtype)
         for index in range(self.encoder.num_layers):
             hidden = self.encoder.run_layer(index, hidden, padding)
         return self.method.answer(hidden[:, 0], self.method.begin(input_ids.shape[0], input_ids.device))
@@ -62,15 +59,7 @@ def export_full_model(model: AdaptiveModel, folder: str | Path) -> Path:
     path = folder / "full-fp32.onnx"
     sample = model.tokenize(["a short first sentence", "and a longer second one, for padding"], ["its pair", "its pair too"] if model.config.pair else None)
     args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in INPUT_NAMES)
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    shapes = {name: {0: batch, 1: length} for name in INPUT_NAMES}
-    wrapper = FullForward(model).eval()
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper, args, str(path), input_names=list(INPUT_NAMES), output_names=["output"], dynamic_shapes=shapes, dynamo=True, external_data=False
-        )
-    return path
+    return export_graph(FullForward(model), args, list(INPUT_NAMES), path)
 
 
 class OnnxModel:
