@@ -401,3 +401,74 @@ def test_tradeoff_labels_checkpoints_by_a_config_field_and_scores_each_layer(mak
     assert tradeoff.main(["--checkpoints", folders[0], "--per-layer", "--data-dir", str(glue_dir), "--out", str(layers)]) == 0
     per_layer = (layers / "results.csv").read_text().splitlines()
     assert len(per_layer) == 1 + make_model("dact").num_layers
+
+
+def test_dpbert_standardized_planners_see_only_what_differs_between_inputs(stage_one, tiny_backbone, tmp_path):
+    """A planner weight along the inputs' shared direction gives every input the same decision on raw states, different ones when standardized."""
+    decisions = {}
+    for planner_input in ("raw", "standardized"):
+        model = start("dpbert", "relaxed", tiny_backbone, stage_one, planner_input=planner_input)
+        torch.manual_seed(0)
+        shared = 3 * torch.randn(model.encoder.hidden_size)
+        hidden = shared + 0.05 * torch.randn(8, 5, model.encoder.hidden_size)  # [CLS] states: a large common part, small differences
+        with torch.no_grad():
+            model.method.planners[1].weight.copy_(1e-2 * shared.unsqueeze(0))
+            model.method.planners[1].bias.zero_()
+        model.train()
+        decisions[planner_input] = model.method.planner_logit(1, hidden, torch.ones(8, 5)).detach()
+    assert decisions["raw"].std() < 0.1 * decisions["raw"].abs().mean()
+    assert decisions["standardized"].mean().abs() < 1e-4 and decisions["standardized"].std() > 1e-3, "standardized: centred, and only the differences remain"
+
+
+def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row_batch(stage_one, tiny_backbone, tmp_path):
+    model = start("dpbert", "relaxed", tiny_backbone, stage_one, planner_input="standardized")
+    model.train()
+    stage = model.method.stage("relaxed")
+    TrainingObjective(model, stage).train()(**batch_of(model))
+    running = model.method.planner_norms[0].running_mean.clone()
+    assert running.abs().sum() > 0, "training batches update the running statistics"
+    one_row = batch_of(model, ROWS[:1])
+    loss, _ = TrainingObjective(model, stage).train()(**one_row)
+    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[0].running_mean, running), "a one-row batch uses, and keeps, the running statistics"
+    with torch.no_grad():  # weights that read the standardised state, so the statistics matter
+        for planner in model.method.planners:
+            planner.weight.normal_()
+    model.config.trained = True
+    before = model.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "dpbert"))
+    assert loaded.method.config.planner_input == "standardized"
+    assert torch.equal(loaded.method.planner_norms[3].running_var, model.method.planner_norms[3].running_var)
+    after = loaded.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
+    probabilities = [[step.values["planner_prob"] for t in traces for step in t.per_layer] for traces in (before, after)]
+    assert len(set(probabilities[0])) > 1 and probabilities[1] == pytest.approx(probabilities[0], abs=1e-6)
+
+
+def test_dpbert_rl_rate_penalty_measures_the_inference_rule_path(stage_one, tiny_backbone):
+    """The penalised rate is the one the rule s > 0.5 has at inference (its own path), not the rate the rule would have on sampled paths."""
+    model = start("dpbert", "soft", tiny_backbone, stage_one, rate_penalty="hard", target_skip_rate=0.4, first_layer="mean")
+    model.eval()  # no dropout: the inference path of predict is the rule path of the loss
+    rows = ROWS[:6]
+    batch = batch_of(model, rows)
+    with torch.no_grad():  # layer 1's planner is unsure for some rows; layer 2's runs exactly when layer 1 ran
+        embedded = model.encoder.embed(batch["input_ids"], batch["token_type_ids"])
+        after_first = model.encoder.run_layer(0, embedded, model.encoder.attention_mask_for(embedded, batch["attention_mask"]))
+        torch.manual_seed(3)
+        first, second, *rest = model.method.planners
+        first.weight.normal_(0, 3.0)
+        first.bias.zero_()
+        direction = (after_first[:, 0] - embedded[:, 0]).mean(0)
+        second.weight.copy_(50 * direction.unsqueeze(0))
+        second.bias.fill_(-(50 * direction * (after_first[:, 0] + embedded[:, 0]).mean(0) / 2).sum())
+        for planner in rest:
+            planner.weight.zero_()
+            planner.bias.fill_(5.0)
+    traces = model.predict([a for a, _, _ in rows], [b for _, b, _ in rows], batch_size=len(rows))
+    assert all((1 in trace.layers_executed) == (2 in trace.layers_executed) for trace in traces)
+    inference_rate = sum(len(trace.layers_executed) for trace in traces) / (len(rows) * model.num_layers)
+    sampled = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        _, stats = model.method.training_loss(model.encoder, TrainBatch(**batch), model.method.stage("rl"))
+        assert stats["execute_rate"] == pytest.approx(inference_rate)
+        sampled.add(stats["sampled_execute_rate"])
+    assert len(sampled) > 1, "the samples vary; the penalised rate does not"

@@ -10,15 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && tasks=("$@") || tasks=(MRPC SST-2)
 
-train() {  # train OUT ARGS...: run one stage unless its checkpoint exists
-  local out=$1; shift
-  if [ -f "$out/config.json" ]; then echo "skip $out (done)"; return; fi
-  mkdir -p runs/logs
-  local log="runs/logs/$(echo "$out" | tr / _).log"
-  echo "$(date +%T) train $out: python -m training.train $* --out $out"
-  python -m training.train "$@" --out "$out" --resume --quiet > "$log" 2>&1 || { echo "failed: see $log"; tail -n 5 "$log"; exit 1; }
-  tail -n 1 "$log" | cut -c1-240
-}
+source training/train_stage.sh
 JOINT=(--finetune lora --lora-rank 16 --warmup 0.1)
 results=assets/results
 

@@ -12,15 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && tasks=("$@") || tasks=(MRPC STS-B RTE SST-2)
 
-train() {  # train OUT ARGS...: run one stage unless its checkpoint exists
-  local out=$1; shift
-  if [ -f "$out/config.json" ]; then echo "skip $out (done)"; return; fi
-  mkdir -p runs/logs
-  local log="runs/logs/$(echo "$out" | tr / _).log"
-  echo "$(date +%T) train $out: python -m training.train $* --out $out"
-  python -m training.train "$@" --out "$out" --resume --quiet > "$log" 2>&1 || { echo "failed: see $log"; tail -n 5 "$log"; exit 1; }
-  tail -n 1 "$log" | cut -c1-240
-}
+source training/train_stage.sh
 
 # Stage 1: full fine-tuning of the encoder (embeddings frozen) with warm-up; shipped as int8
 # differences from the backbone, and shared by every method of the task (base_checkpoint).
