@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,17 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
     rows = {row.split(" | ")[1]: row for row in table.splitlines() if row.startswith("| MRPC |")}
     assert all(("met" in rows[method]) or ("x (-" in rows[method]) or ("one path" in rows[method]) or ("pt)" in rows[method]) for method in ("deebert", "dact"))
 
+    # one method again: the others and the full model stay as shipped, the table still lists them all
+    dact_config, full_weights = (shipped / "mrpc" / "dact" / "config.json").read_text(), (shipped / "mrpc" / "full" / "model.safetensors").read_bytes()
+    shutil.rmtree(shipped / "mrpc" / "deebert")
+    (shipped / "mrpc" / "full" / "model.safetensors").touch()
+    stamp = (shipped / "mrpc" / "full" / "model.safetensors").stat().st_mtime_ns
+    assert publish.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(glue_dir), "--methods", "deebert"]) == 0
+    assert (shipped / "mrpc" / "deebert" / "config.json").is_file() and (shipped / "mrpc" / "dact" / "config.json").read_text() == dact_config
+    full_file = shipped / "mrpc" / "full" / "model.safetensors"
+    assert full_file.stat().st_mtime_ns == stamp and full_file.read_bytes() == full_weights, "the full model is not re-shipped"
+    assert "| MRPC | dact |" in (shipped / "README.md").read_text()
+
 
 def test_target_misses_say_by_how_much():
     from training.publish import target_misses
@@ -425,11 +437,15 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
     model.train()
     stage = model.method.stage("relaxed")
     TrainingObjective(model, stage).train()(**batch_of(model))
-    running = model.method.planner_norms[0].running_mean.clone()
+    running = model.method.planner_norms[0].mean.clone()
     assert running.abs().sum() > 0, "training batches update the running statistics"
+    norm, states = model.method.planner_norms[2], torch.randn(8, model.encoder.hidden_size) * 4 + 1
+    in_training = norm(states)
+    assert torch.allclose(norm.eval()(states), in_training), "training normalises with the running statistics inference uses"
+    norm.train()
     one_row = batch_of(model, ROWS[:1])
     loss, _ = TrainingObjective(model, stage).train()(**one_row)
-    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[0].running_mean, running), "a one-row batch uses, and keeps, the running statistics"
+    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[0].mean, running), "a one-row batch uses, and keeps, the running statistics"
     with torch.no_grad():  # weights that read the standardised state, so the statistics matter
         for planner in model.method.planners:
             planner.weight.normal_()
@@ -437,7 +453,7 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
     before = model.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
     loaded = load_checkpoint(save_checkpoint(model, tmp_path / "dpbert"))
     assert loaded.method.config.planner_input == "standardized"
-    assert torch.equal(loaded.method.planner_norms[3].running_var, model.method.planner_norms[3].running_var)
+    assert torch.equal(loaded.method.planner_norms[3].var, model.method.planner_norms[3].var)
     after = loaded.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
     probabilities = [[step.values["planner_prob"] for t in traces for step in t.per_layer] for traces in (before, after)]
     assert len(set(probabilities[0])) > 1 and probabilities[1] == pytest.approx(probabilities[0], abs=1e-6)

@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && tasks=("$@") || tasks=(MRPC SST-2)
 
 source training/train_stage.sh
-JOINT=(--finetune lora --lora-rank 16 --warmup 0.1)
 results=assets/results
 
 for task in "${tasks[@]}"; do
@@ -29,15 +28,13 @@ for task in "${tasks[@]}"; do
 
   # soft gates trained jointly with the backbone (no RL), the same target rate and planners as the shipped DPBERT
   train "$run/dpbert-soft" --method dpbert --stage soft --task "$task" --init "$run/full" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 \
-    --first-layer mean --planner-bias 1.0 "${limit[@]}"
+    "${DPBERT_PLANNERS[@]}" "${limit[@]}"
   python -m training.tradeoff --checkpoints "$run/dpbert" "$run/dpbert-soft" --sweep --out "$results/$slug-dpbert-soft-vs-rl"
 
   if [ "$task" = MRPC ]; then  # target skip rate t (the shipped model is t = 0.4)
     for t in 0.2 0.3 0.5; do
-      train "$run/dpbert-relaxed-t$t" --method dpbert --stage relaxed --task "$task" --init "$run/full" --epochs 2 --lr 1e-3 --batch-size 32 \
-        --first-layer mean --planner-bias 1.0 --target-skip-rate $t
-      train "$run/dpbert-t$t" --method dpbert --stage rl --task "$task" --init "$run/dpbert-relaxed-t$t" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 \
-        --target-skip-rate $t
+      train "$run/dpbert-relaxed-t$t" "${DPBERT_RELAXED[@]}" --task "$task" --init "$run/full" --target-skip-rate $t
+      train "$run/dpbert-t$t" "${DPBERT_RL[@]}" --task "$task" --init "$run/dpbert-relaxed-t$t" --epochs $epochs
     done
     python -m training.tradeoff --checkpoints "$run/dpbert" "$run"/dpbert-t0.* --label-by target_skip_rate --out "$results/$slug-dpbert-rate"
   fi

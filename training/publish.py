@@ -64,9 +64,11 @@ def chosen_setting(chosen: AdaptiveModel, candidates: list[AdaptiveModel]) -> st
     return ", ".join(f"{key}={chosen.config.method_config[key]:g}" for key in varied)
 
 
-def publish_task(run: Path, data_dir: str, goal: Goal) -> None:
+def publish_task(run: Path, data_dir: str, goal: Goal, methods: list[str]) -> None:
+    """Ship a task's ``methods``; its full model is re-shipped only when ``methods`` names it (the others build on the shipped one)."""
     target = SHIPPED_DIR / run.name / BASELINE
-    ship(run / BASELINE, target)
+    if BASELINE in methods or not (target / CONFIG_FILE).is_file():
+        ship(run / BASELINE, target)
     reference_model = load_checkpoint(target)  # what users get, int8 differences included
     task = reference_model.config.task
     dev, validation = load_split(task, "dev", data_dir), load_split(task, "validation", data_dir)
@@ -74,7 +76,7 @@ def publish_task(run: Path, data_dir: str, goal: Goal) -> None:
     config = read_config(target)
     config.metrics, config.threshold, config.operating_point = reference | {"reference_metric": reference["metric"], "metric_pct_of_full": 100.0}, None, {}
     write_config(config, target)
-    for method in METHODS:
+    for method in methods:
         candidates = candidate_folders(run, method) if method != BASELINE else []
         if not candidates:
             continue
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs", help="folder of <task>/<method> training outputs")
     parser.add_argument("--tasks", nargs="*", help="task folders to publish (default: all in --runs)")
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="methods to publish (default: all; the full model is re-shipped only when named)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     args = parser.parse_args(argv)
     goal = Goal()
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         raise UserError(f"no trained full models under {args.runs}/<task>/{BASELINE}: run bash training/ship.sh first")
     for run in runs:
-        publish_task(run, args.data_dir, goal)
+        publish_task(run, args.data_dir, goal, args.methods or list(METHODS))
     rows = shipped_rows()
     (SHIPPED_DIR / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
     write_table(rows, goal)

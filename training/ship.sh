@@ -17,8 +17,6 @@ source training/train_stage.sh
 # Stage 1: full fine-tuning of the encoder (embeddings frozen) with warm-up; shipped as int8
 # differences from the backbone, and shared by every method of the task (base_checkpoint).
 FULL=(--method full --finetune full --warmup 0.1)
-# Later stages that train the encoder add LoRA adapters on top of the task's full model.
-JOINT=(--finetune lora --lora-rank 16 --warmup 0.1)
 
 # DACT's tau grid (DACT-BERT's own grid; every trained tau is a candidate operating point), plus
 # 0.1 and 0.2: on MRPC tau 0.05 still runs 5.2 layers and 0.5 collapses to one layer. SST-2 and
@@ -45,8 +43,8 @@ for task in "${tasks[@]}"; do
     train "$run/deebert" --method deebert --task "$task" --init "$run/full" --epochs 2 --lr 1e-3 --batch-size 32 "${limit[@]}"
   fi
   train "$run/pabee" --method pabee --task "$task" --init "$run/full" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 "${limit[@]}"
-  train "$run/dpbert-relaxed" --method dpbert --stage relaxed --task "$task" --init "$run/full" --epochs 2 --lr 1e-3 --batch-size 32 --first-layer mean --planner-bias 1.0 "${limit[@]}"
-  train "$run/dpbert" --method dpbert --stage rl --task "$task" --init "$run/dpbert-relaxed" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 "${limit[@]}"
+  train "$run/dpbert-relaxed" "${DPBERT_RELAXED[@]}" --task "$task" --init "$run/full" "${limit[@]}"
+  train "$run/dpbert" "${DPBERT_RL[@]}" --task "$task" --init "$run/dpbert-relaxed" --epochs $epochs "${limit[@]}"
 done
 
 if [ "${SHIP_PUBLISH:-1}" = 1 ]; then

@@ -10,3 +10,15 @@ train() {
   python -m training.train "$@" --out "$out" --resume --quiet > "$log" 2>&1 || { echo "failed: see $log"; tail -n 5 "$log"; exit 1; }
   tail -n 1 "$log" | cut -c1-240
 }
+
+# Recipes both scripts use. Later stages that train the encoder add LoRA adapters on top of the
+# task's full model.
+JOINT=(--finetune lora --lora-rank 16 --warmup 0.1)
+# DPBERT's planners (deviations from the paper, NOTES.md session 5): layer 1's planner reads the
+# mean-pooled embeddings, every planner reads its state standardised with running statistics,
+# lambda2 = 10 so that the rule s > 0.5 executes 1 - t of the layers.
+DPBERT_PLANNERS=(--first-layer mean --planner-input standardized --planner-bias 1.0 --rate-weight 10)
+# relaxed stage: backbone frozen, planners and head through the relaxed gates
+DPBERT_RELAXED=(--method dpbert --stage relaxed --epochs 2 --lr 1e-3 --batch-size 32 "${DPBERT_PLANNERS[@]}")
+# rl stage: backbone (LoRA) and planners, self-critical REINFORCE baseline
+DPBERT_RL=(--method dpbert --stage rl "${JOINT[@]}" --lr 5e-4 --batch-size 32 --rl-baseline greedy)
