@@ -17,6 +17,8 @@ MRPC) says little about the rate at inference (0.88 on the same model).
 The first planner reads the [CLS] embedding, which is the same for every input, so its decision
 is a constant of the model. ``first_layer = "mean"`` lets it read the mean-pooled embeddings
 instead, and ``"always"`` always runs layer 1; ``"cls"`` (the paper's rule) is the default.
+With ``"mean"`` an input whose layer 1 is bypassed keeps its embeddings, whose [CLS] row is the
+same for every input, so it bypasses every later layer too and gets one constant answer.
 
 The [CLS] states of different inputs share a large common component, so a zero-initialised
 linear planner trained with Adam mostly learns that component's direction, which acts like a
