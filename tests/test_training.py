@@ -488,3 +488,18 @@ def test_dpbert_rl_rate_penalty_measures_the_inference_rule_path(stage_one, tiny
         assert stats["execute_rate"] == pytest.approx(inference_rate)
         sampled.add(stats["sampled_execute_rate"])
     assert len(sampled) > 1, "the samples vary; the penalised rate does not"
+
+
+def test_equal_layers_interpolates_the_other_sweeps_and_never_extrapolates():
+    from training.tradeoff import at_equal_layers
+
+    rows = [
+        {"checkpoint": "rl", "threshold": 0.5, "metric": 0.80, "avg_layers": 3.0},
+        {"checkpoint": "rl", "threshold": 0.3, "metric": 0.85, "avg_layers": 5.0},
+        {"checkpoint": "soft", "threshold": 0.5, "metric": 0.70, "avg_layers": 2.0},
+        {"checkpoint": "soft", "threshold": 0.3, "metric": 0.78, "avg_layers": 4.0},
+    ]
+    table = at_equal_layers(rows)
+    assert [row["avg_layers"] for row in table] == [3.0, 5.0]
+    assert table[0]["rl"] == 0.80 and table[0]["soft"] == pytest.approx(0.74)
+    assert table[1]["soft"] is None, "5 layers lies outside the soft sweep's 2-4"

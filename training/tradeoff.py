@@ -3,11 +3,14 @@
     python -m training.tradeoff --checkpoints runs/mrpc/dact-tau* --label-by tau --out assets/results/mrpc-dact-tau
     python -m training.tradeoff --checkpoints runs/mrpc/dpbert-t* --label-by target_skip_rate --out assets/results/mrpc-dpbert-rate
     python -m training.tradeoff --checkpoints runs/mrpc/deebert --per-layer --out assets/results/mrpc-deebert-layers
+    python -m training.tradeoff --checkpoints runs/mrpc/dpbert runs/mrpc/dpbert-soft --sweep --out assets/results/mrpc-dpbert-soft-vs-rl
 
 The first form evaluates every checkpoint at its own operating point (with ``--sweep``: at every
 value of its knob grid) and draws the metric against the average layers executed, one point
 per checkpoint labelled by a field of its method config (a training setting such as DACT's tau
-or DPBERT's target skip rate). ``--per-layer`` evaluates each layer's own prediction as if every
+or DPBERT's target skip rate). With ``--sweep`` and several checkpoints, ``equal_layers.csv``
+sets each point of the first beside the others' metric at the same average layers (DPBERT's
+RL against its soft-gate ablation, the paper's Table 2). ``--per-layer`` evaluates each layer's own prediction as if every
 input were forced to exit there (DeeBERT's Fig. 4), for methods whose traces record one.
 """
 
@@ -18,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.checkpoint import load_checkpoint
@@ -43,6 +47,27 @@ def tradeoff_rows(models: list[AdaptiveModel], dataset, label_by: str | None, wi
             row = {"checkpoint": Path(model.source).name, "label": label, **{key: result.get(key) for key in COLUMNS[2:]}}
             rows.append({key: json.dumps(value) if isinstance(value, list) else value for key, value in row.items()})
     return rows
+
+
+def at_equal_layers(rows: list[dict]) -> list[dict]:
+    """Each point of the first checkpoint beside the other checkpoints' metric at the same average layers.
+
+    The others' sweeps are interpolated linearly in average layers; outside a sweep's range of
+    layers the value is left empty rather than extrapolated (the paper's Table 2 compares at equal cost).
+    """
+    frame = pd.DataFrame(rows)
+    names = list(dict.fromkeys(frame["checkpoint"]))
+    first, others = names[0], names[1:]
+    curves = {name: frame[frame["checkpoint"] == name].sort_values("avg_layers") for name in others}
+    table = []
+    for _, point in frame[frame["checkpoint"] == first].sort_values("avg_layers").iterrows():
+        row = {"avg_layers": point["avg_layers"], "threshold": point["threshold"], first: point["metric"]}
+        for name, curve in curves.items():
+            layers, metric = curve["avg_layers"].to_numpy(dtype=float), curve["metric"].to_numpy(dtype=float)
+            inside = layers.min() <= point["avg_layers"] <= layers.max()
+            row[name] = float(np.interp(point["avg_layers"], layers, metric)) if inside else None
+        table.append(row)
+    return table
 
 
 def per_layer_rows(model: AdaptiveModel, dataset) -> list[dict]:
@@ -109,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = tradeoff_rows(models, dataset, args.label_by, args.sweep)
         write(rows, out, f"{task}: {rows[0]['metric_name']} against layers executed ({args.split})", "avg_layers", "metric")
+        if args.sweep and len(models) > 1:
+            equal = at_equal_layers(rows)
+            write_csv(pd.DataFrame(equal), out / "equal_layers.csv")
+            print(pd.DataFrame(equal).to_string(index=False))
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 
