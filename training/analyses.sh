@@ -34,7 +34,7 @@ for task in "${tasks[@]}"; do
   if [ "$task" = MRPC ]; then  # target skip rate t (the shipped model is t = 0.4)
     for t in 0.2 0.3 0.5; do
       train "$run/dpbert-relaxed-t$t" "${DPBERT_RELAXED[@]}" --task "$task" --init "$run/full" --target-skip-rate $t
-      train "$run/dpbert-t$t" "${DPBERT_RL[@]}" --task "$task" --init "$run/dpbert-relaxed-t$t" --epochs $epochs
+      train "$run/dpbert-t$t" "${DPBERT_RL[@]}" --task "$task" --init "$run/dpbert-relaxed-t$t"
     done
     python -m training.tradeoff --checkpoints "$run/dpbert" "$run"/dpbert-t0.* --label-by target_skip_rate --out "$results/$slug-dpbert-rate"
   fi

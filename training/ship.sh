@@ -44,7 +44,7 @@ for task in "${tasks[@]}"; do
   fi
   train "$run/pabee" --method pabee --task "$task" --init "$run/full" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 "${limit[@]}"
   train "$run/dpbert-relaxed" "${DPBERT_RELAXED[@]}" --task "$task" --init "$run/full" "${limit[@]}"
-  train "$run/dpbert" "${DPBERT_RL[@]}" --task "$task" --init "$run/dpbert-relaxed" --epochs $epochs "${limit[@]}"
+  train "$run/dpbert" "${DPBERT_RL[@]}" --task "$task" --init "$run/dpbert-relaxed" "${limit[@]}"
 done
 
 if [ "${SHIP_PUBLISH:-1}" = 1 ]; then
