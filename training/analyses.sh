@@ -27,7 +27,7 @@ for task in "${tasks[@]}"; do
   python -m training.evaluate --checkpoint "$run/deebert" --sweep default --reference "$run/full" --out "$results/$slug-deebert-sweep"
 
   # soft gates trained jointly with the backbone (no RL), the same target rate and planners as the shipped DPBERT
-  train "$run/dpbert-soft" --method dpbert --stage soft --task "$task" --init "$run/full" "${JOINT[@]}" --epochs $epochs --lr 5e-4 --batch-size 32 \
+  train "$run/dpbert-soft" --method dpbert --stage soft --task "$task" --init "$run/full" "${JOINT[@]}" --epochs 2 --lr 5e-4 --batch-size 32 \
     "${DPBERT_PLANNERS[@]}" "${limit[@]}"
   python -m training.tradeoff --checkpoints "$run/dpbert" "$run/dpbert-soft" --sweep --out "$results/$slug-dpbert-soft-vs-rl"
 
