@@ -214,6 +214,18 @@ def test_resumed_training_matches_an_uninterrupted_run(glue_dir, tiny_backbone, 
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
 
+    # a stage with running statistics (DPBERT's standardised planners): they are resumed too
+    dpbert = ("--method", "dpbert", "--stage", "relaxed", "--init", str(straight), "--planner-input", "standardized", "--max-steps", "6", "--save-every", "3")
+    run_training(glue_dir, tiny_backbone, tmp_path / "dpbert-straight", *dpbert)
+    monkeypatch.setattr(train_module.ResumeState, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(glue_dir, tiny_backbone, tmp_path / "dpbert-interrupted", *dpbert)
+    monkeypatch.setattr(train_module.ResumeState, "save", save)
+    run_training(glue_dir, tiny_backbone, tmp_path / "dpbert-interrupted", *dpbert, "--resume")
+    a, b = load_file(tmp_path / "dpbert-straight" / "model.safetensors"), load_file(tmp_path / "dpbert-interrupted" / "model.safetensors")
+    statistics = [name for name in a if "planner_norms" in name]
+    assert statistics and all(torch.allclose(a[name], b[name], atol=1e-6) for name in statistics)
+
 
 @pytest.mark.parametrize("method, thresholds", [("deebert", [0.0, 0.2, 0.5, 0.69]), ("pabee", [1.0, 2.0, 3.0])])
 def test_one_pass_sweep_equals_separate_runs(make_model, glue_dir, method, thresholds):

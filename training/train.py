@@ -146,14 +146,15 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
 
 
 class ResumeState:
-    """Trainable weights, optimiser moments, scheduler and position, all in safetensors + JSON."""
+    """Trainable weights, the model's buffers, optimiser moments, scheduler and position, all in safetensors + JSON."""
 
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def save(self, parameters, optimizer, step: int) -> None:
+    def save(self, parameters, buffers, optimizer, step: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"param.{i}": p.detach().contiguous().clone() for i, p in enumerate(parameters)}
+        tensors |= {f"buffer.{i}": b.detach().reshape(-1).clone() if b.dim() == 0 else b.detach().contiguous().clone() for i, b in enumerate(buffers)}
         for i, p in enumerate(parameters):
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"optim.{i}.{key}"] = value.detach().reshape(-1).clone() if value.dim() == 0 else value.detach().contiguous().clone()
@@ -161,9 +162,12 @@ class ResumeState:
         save_file(tensors, self.folder / "state.safetensors")
         (self.folder / "position.json").write_text(json.dumps({"step": step}))
 
-    def load(self, parameters, optimizer) -> int:
+    def load(self, parameters, buffers, optimizer) -> int:
         tensors = load_file(self.folder / "state.safetensors")
         with torch.no_grad():
+            for i, b in enumerate(buffers):  # running statistics (DPBERT's standardised planners) are state too
+                if f"buffer.{i}" in tensors:  # absent in states saved before buffers were
+                    b.copy_(tensors[f"buffer.{i}"].reshape(b.shape))
             for i, p in enumerate(parameters):
                 p.copy_(tensors[f"param.{i}"])
                 state = {key.split(".", 2)[2]: value for key, value in tensors.items() if key.startswith(f"optim.{i}.")}
@@ -226,7 +230,7 @@ def train(args: argparse.Namespace) -> dict:
     resume = ResumeState(out / "resume")
     step = 0
     if args.resume and resume.exists():
-        step = resume.load(parameters, optimizer)
+        step = resume.load(parameters, list(model.buffers()), optimizer)
         with warnings.catch_warnings():  # fast-forwarding the schedule before any optimiser step is intended
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(step):
@@ -262,7 +266,7 @@ def train(args: argparse.Namespace) -> dict:
             progress.update(1)
             progress.set_postfix({**{k: f"{v:.4f}" for k, v in list(stats.items())[:3]}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
             if step % args.save_every == 0 and accelerator.is_main_process:  # every process holds the same weights
-                resume.save(parameters, optimizer, step)
+                resume.save(parameters, list(model.buffers()), optimizer, step)
             if step >= total_steps:
                 break
         epoch += 1
