@@ -145,6 +145,11 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
+def storable(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached contiguous copy safetensors can write (a 0-dim tensor as one element; load reshapes it back)."""
+    return tensor.detach().reshape(-1).clone() if tensor.dim() == 0 else tensor.detach().contiguous().clone()
+
+
 class ResumeState:
     """Trainable weights, the model's buffers, optimiser moments, scheduler and position, all in safetensors + JSON."""
 
@@ -153,11 +158,10 @@ class ResumeState:
 
     def save(self, parameters, buffers, optimizer, step: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"param.{i}": p.detach().contiguous().clone() for i, p in enumerate(parameters)}
-        tensors |= {f"buffer.{i}": b.detach().reshape(-1).clone() if b.dim() == 0 else b.detach().contiguous().clone() for i, b in enumerate(buffers)}
+        tensors = {f"param.{i}": storable(p) for i, p in enumerate(parameters)} | {f"buffer.{i}": storable(b) for i, b in enumerate(buffers)}
         for i, p in enumerate(parameters):
             for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"optim.{i}.{key}"] = value.detach().reshape(-1).clone() if value.dim() == 0 else value.detach().contiguous().clone()
+                tensors[f"optim.{i}.{key}"] = storable(value)
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, self.folder / "state.safetensors")
         (self.folder / "position.json").write_text(json.dumps({"step": step}))
@@ -228,9 +232,10 @@ def train(args: argparse.Namespace) -> dict:
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     resume = ResumeState(out / "resume")
+    buffers = list(model.buffers())  # running statistics are state to resume, like the weights
     step = 0
     if args.resume and resume.exists():
-        step = resume.load(parameters, list(model.buffers()), optimizer)
+        step = resume.load(parameters, buffers, optimizer)
         with warnings.catch_warnings():  # fast-forwarding the schedule before any optimiser step is intended
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(step):
@@ -266,7 +271,7 @@ def train(args: argparse.Namespace) -> dict:
             progress.update(1)
             progress.set_postfix({**{k: f"{v:.4f}" for k, v in list(stats.items())[:3]}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
             if step % args.save_every == 0 and accelerator.is_main_process:  # every process holds the same weights
-                resume.save(parameters, list(model.buffers()), optimizer, step)
+                resume.save(parameters, buffers, optimizer, step)
             if step >= total_steps:
                 break
         epoch += 1
