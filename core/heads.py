@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 
 class PooledHead(nn.Module):
-    """BERT's sequence head: dense + tanh on the [CLS] state (the pooler), dropout, then a linear layer.
+    """BERT's sequence head: dense + tanh on the pooled state (BERT's pooler on [CLS]), dropout, then a linear layer.
 
     DeeBERT's off-ramps, DACT's per-layer classifiers and the final head of every method are all this.
     """
@@ -19,13 +19,13 @@ class PooledHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_outputs)
 
-    def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        return self.out(self.dropout(torch.tanh(self.dense(cls))))
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(torch.tanh(self.dense(pooled))))
 
-    def logits(self, cls: torch.Tensor) -> torch.Tensor:
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """The engine's call: the same as ``forward``, minus the dropout call when it is off, and in fp32 (under bf16 too) for the decisions."""
-        pooled = torch.tanh(self.dense(cls))
-        return as_fp32(self.out(self.dropout(pooled) if self.training else pooled))
+        squashed = torch.tanh(self.dense(pooled))
+        return as_fp32(self.out(self.dropout(squashed) if self.training else squashed))
 
 
 def as_fp32(values: torch.Tensor) -> torch.Tensor:

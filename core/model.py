@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
+from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer, resolve_backbone
 from core.engine import BatchResult, LayerRecord, run_batch
 from core.errors import UserError
 from core.methods import Method, MethodConfig, RunSettings, get_method
+from core.pooling import resolve_pooling
 from core.precision import FP32, apply_precision, check_device, check_precision
 from core.tasks import get_task
 from core.trace import LayerStep, Trace
@@ -267,13 +268,15 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
-    """A model with fresh (untrained) method heads on the pretrained backbone."""
+    """A model with fresh (untrained) method heads on the pretrained backbone; pooling ``auto`` becomes the backbone's own."""
     method_class = get_method(method)
     spec = get_task(task)
     if not method_class.supports(spec.is_regression):
         raise UserError(f"{method_class.title} cannot run {spec.name}: it needs class probabilities, and {spec.name} is a regression task")
     bert = load_bert(backbone)
     encoder = Encoder(bert)
+    method_config = method_config if method_config is not None else method_class.Config()
+    method_config = method_config.replace(pooling=resolve_pooling(method_config.pooling, resolve_backbone(backbone)))
     method_module = method_class(encoder.hidden_size, encoder.num_layers, spec.num_outputs, method_config)
     method_module.initialise_heads(encoder.pooler_state())
     config = ModelConfig(

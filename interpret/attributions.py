@@ -22,6 +22,7 @@ from captum.attr import IntegratedGradients
 
 from core.methods import RunSettings
 from core.model import AdaptiveModel
+from core.pooling import pool
 from core.trace import Trace
 
 DEFAULT_STEPS = 32
@@ -53,15 +54,17 @@ def replay(model: AdaptiveModel, trace: Trace, embeddings: torch.Tensor, attenti
     mask = attention_mask.expand(embeddings.shape[0], -1)
     layer_mask = encoder.attention_mask_for(embeddings, mask)
     hidden, state = embeddings, method.begin(embeddings.shape[0], embeddings.device)
+    pooled = pool(hidden, mask, method.pooling)
     for step in trace.per_layer:
         if not step.reached:
             break
         index = step.layer - 1
-        method.plan(index, hidden, mask, state, FOLLOW_PATH)
+        method.plan(index, pooled, hidden, mask, state, FOLLOW_PATH)
         if step.executed:
             hidden = encoder.run_layer(index, hidden, layer_mask)
-        method.after_layer(index, hidden, mask, state, FOLLOW_PATH)
-    return method.answer(hidden[:, 0], state)
+            pooled = pool(hidden, mask, method.pooling)
+        method.after_layer(index, pooled, state, FOLLOW_PATH)
+    return method.answer(pooled, state)
 
 
 def _display_tokens(model: AdaptiveModel, input_ids: list[int], scores: list[float]) -> list[tuple[str, float | None]]:

@@ -10,6 +10,7 @@ from core.backbone import Encoder, load_bert, load_tokenizer
 from core.methods import METHODS
 from core.methods.base import TrainBatch, run_all_layers
 from core.methods.deebert import entropy_from_logits
+from core.pooling import POOLINGS, pool
 from tests.conftest import SECOND, SENTENCES, randomise
 
 
@@ -70,13 +71,13 @@ def test_dpbert_with_every_layer_executed_equals_full(make_model):
                     assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
 
 
-def cls_states(model) -> list[torch.Tensor]:
-    """[CLS] after the embeddings and after every layer, running everything (for tuning test heads)."""
+def pooled_states(model) -> list[torch.Tensor]:
+    """The pooled state of the embeddings and after every layer, running everything (for tuning test heads)."""
     encoded = model.tokenize(SENTENCES, SECOND)
     batch = TrainBatch(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], torch.zeros(len(SENTENCES)))
     with torch.no_grad():
-        embedded = model.encoder.embed(batch.input_ids, batch.token_type_ids)[:, 0]
-        return [embedded, *run_all_layers(model.encoder, batch)]
+        embedded = pool(model.encoder.embed(batch.input_ids, batch.token_type_ids), batch.attention_mask, model.method.pooling)
+        return [embedded, *run_all_layers(model.encoder, batch, model.method.pooling)]
 
 
 def split_inputs(units, states, offset: float) -> None:
@@ -87,13 +88,13 @@ def split_inputs(units, states, offset: float) -> None:
             unit.bias.sub_(unit(cls).squeeze(-1).median() + offset)
 
 
-def dact_with_varied_halting(make_model, seed: int):
+def dact_with_varied_halting(make_model, seed: int, pooling: str = "cls"):
     """Random DACT heads whose halting units split the inputs: some halt early, some never."""
-    model = randomise(make_model("dact"), seed=seed, scale=0.5)
+    model = randomise(make_model("dact", pooling=pooling), seed=seed, scale=0.5)
     with torch.no_grad():
         for classifier in model.method.classifiers:
             classifier.out.weight.mul_(20)  # confident per-layer classifiers make early halts possible
-    split_inputs(model.method.halting, cls_states(model)[1:], offset=1.0)
+    split_inputs(model.method.halting, pooled_states(model)[1:], offset=1.0)
     return model
 
 
@@ -116,7 +117,7 @@ def test_dact_halting_never_changes_the_class(make_model):
 
 def pabee_with_varied_agreement(model):
     """Make each off-ramp split the inputs between the two classes along its own direction, so consecutive ramps agree on some rows only."""
-    states = cls_states(model)[1:]
+    states = pooled_states(model)[1:]
     with torch.no_grad():
         for ramp, cls in zip(model.method.ramps, states):
             ramp.out.weight[0].zero_()
@@ -128,14 +129,14 @@ def pabee_with_varied_agreement(model):
     return model
 
 
-def configured(make_model, method: str):
+def configured(make_model, method: str, pooling: str = "cls"):
     """Models whose heads make varied decisions on SENTENCES (some rows exit or skip, some don't)."""
     if method == "dact":
-        return dact_with_varied_halting(make_model, seed=4), None
-    model = randomise(make_model(method), seed=5, scale=3.0)
+        return dact_with_varied_halting(make_model, seed=4, pooling=pooling), None
+    model = randomise(make_model(method, pooling=pooling), seed=5, scale=3.0)
     if method == "dpbert":
-        # planner 1 sees the [CLS] embedding, the same for every input, so it cannot split them: make it run
-        split_inputs(model.method.planners[1:], cls_states(model)[1:-1], offset=-1.0)
+        # under cls pooling planner 1 sees the [CLS] embedding, the same for every input, so it cannot split them: make it run
+        split_inputs(model.method.planners[1:], pooled_states(model)[1:-1], offset=-1.0)
         with torch.no_grad():
             model.method.planners[0].weight.zero_()
             model.method.planners[0].bias.fill_(5.0)
@@ -144,12 +145,14 @@ def configured(make_model, method: str):
     if method != "deebert":
         return model, None
     first_layer = [trace.per_layer[0].values["entropy"] for trace in model.predict(SENTENCES, SECOND, early_exit=False)]
-    return model, float(torch.tensor(first_layer).median())  # about half the rows exit after layer 1
+    middle = torch.tensor(first_layer).sort().values[len(first_layer) // 2 - 1 : len(first_layer) // 2 + 1]
+    return model, float(middle.mean())  # half the rows exit after layer 1, and no row sits on the threshold
 
 
+@pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_batched_results_equal_one_at_a_time(make_model, method):
-    model, threshold = configured(make_model, method)
+def test_batched_results_equal_one_at_a_time(make_model, method, pooling):
+    model, threshold = configured(make_model, method, pooling)
     batched = model.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
     alone = [model.predict(text, pair, threshold=threshold, batch_size=1)[0] for text, pair in zip(SENTENCES, SECOND)]
     for together, single in zip(batched, alone):
@@ -175,9 +178,10 @@ class LayerCallCounter:
         return record
 
 
+@pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("method", [name for name in METHODS if name != "full"])
-def test_skipped_and_unreached_layers_are_never_computed(make_model, method):
-    model, threshold = configured(make_model, method)
+def test_skipped_and_unreached_layers_are_never_computed(make_model, method, pooling):
+    model, threshold = configured(make_model, method, pooling)
     counter = LayerCallCounter(model)
     traces = model.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
     executed_per_layer = [sum(layer in trace.layers_executed for trace in traces) for layer in range(1, 5)]

@@ -299,7 +299,7 @@ def test_pabee_trains_encoder_and_every_off_ramp_on_the_weighted_average(stage_o
 
     train_batch = TrainBatch(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
     loss, _ = model.method.training_loss(model.encoder, train_batch, model.method.stage(None))
-    losses = [task_loss(ramp(cls), batch["labels"]) for ramp, cls in zip(model.method.ramps, run_all_layers(model.encoder, train_batch))]
+    losses = [task_loss(ramp(cls), batch["labels"]) for ramp, cls in zip(model.method.ramps, run_all_layers(model.encoder, train_batch, model.method.pooling))]
     expected = sum((i + 1) * value for i, value in enumerate(losses)) / sum(range(1, len(losses) + 1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -389,7 +389,7 @@ def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_pat
     torch.manual_seed(0)
     loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
     assert stats["sampled_execute_rate"] == 1.0 and stats["policy"] == 0.0
-    model = start("dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy")  # s = 0.88 at the default bias: some samples skip
+    model = start("dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy")  # s = 0.73 at the default bias: some samples skip
     model.train()
     torch.manual_seed(1)
     loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
@@ -439,7 +439,7 @@ def test_dpbert_standardized_planners_see_only_what_differs_between_inputs(stage
             model.method.planners[1].weight.copy_(1e-2 * shared.unsqueeze(0))
             model.method.planners[1].bias.zero_()
         model.train()
-        decisions[planner_input] = model.method.planner_logit(1, hidden, torch.ones(8, 5)).detach()
+        decisions[planner_input] = model.method.planner_logit(1, hidden[:, 0]).detach()
     assert decisions["raw"].std() < 0.1 * decisions["raw"].abs().mean()
     assert decisions["standardized"].mean().abs() < 1e-4 and decisions["standardized"].std() > 1e-3, "standardized: centred, and only the differences remain"
 

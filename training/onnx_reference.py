@@ -27,6 +27,7 @@ from torch import nn
 from core.errors import UserError
 from core.model import AdaptiveModel
 from core.onnx_layers import additive_padding, export_graph, new_session
+from core.pooling import pool
 from core.precision import FP32, INT8
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -47,7 +48,7 @@ class FullForward(nn.Module):
         padding = additive_padding(attention_mask, hidden.dtype)
         for index in range(self.encoder.num_layers):
             hidden = self.encoder.run_layer(index, hidden, padding)
-        return self.method.answer(hidden[:, 0], self.method.begin(input_ids.shape[0], input_ids.device))
+        return self.method.answer(pool(hidden, attention_mask, self.method.pooling), self.method.begin(input_ids.shape[0], input_ids.device))
 
 
 def export_full_model(model: AdaptiveModel, folder: str | Path) -> Path:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from torch import nn
 
+from core.backbone import resolve_backbone
 from core.checkpoint import add_lora, encoder_holder, load_checkpoint
 from core.errors import UserError
 from core.methods import BASELINE, MethodConfig, Stage, TrainBatch, get_method
 from core.model import AdaptiveModel, build_model
+from core.pooling import resolve_pooling
 
 
 class TrainingObjective(nn.Module):
@@ -73,7 +75,9 @@ def starting_model(
         previous.config.method_config = previous.method.config.to_dict()
         return share_encoder(previous, encoder_holder(previous), stage, finetune, lora_rank)
     encoder = previous.encoder
-    config: MethodConfig = method_class.Config.from_dict(settings, where="settings")
+    # the heads start from the full model's, so they read what it read unless the stage says otherwise
+    config: MethodConfig = method_class.Config.from_dict({"pooling": previous.method.pooling} | settings, where="settings")
+    config = config.replace(pooling=resolve_pooling(config.pooling, resolve_backbone(previous.config.backbone)))
     new_method = method_class(encoder.hidden_size, encoder.num_layers, previous.method.num_outputs, config)
     new_method.start_from_full(previous.method.head)
     previous.config.method = method

@@ -27,6 +27,7 @@ from torch import nn
 from core.backbone import Encoder
 from core.errors import UserError
 from core.heads import PooledHead
+from core.pooling import AUTO, CLS, MEAN, pool
 
 State = dict[str, torch.Tensor]  # per-row running values; every tensor has the batch as dim 0
 Report = dict[str, torch.Tensor]  # per-row values recorded in the trace for one layer
@@ -46,6 +47,12 @@ class MethodConfig:
     """
 
     dropout: float = option(0.1, "dropout in every head while training", low=0.0, high=1.0)
+    pooling: str = option(
+        AUTO,
+        "what every head, planner and halting unit reads: cls = the [CLS] state (the papers), mean = the mean of the token states, "
+        "auto = the backbone's own pooling (its sentence-transformers config), else cls",
+        choices=(AUTO, CLS, MEAN),
+    )
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "method_config") -> MethodConfig:
@@ -181,12 +188,19 @@ class Method(nn.Module):
     layer_fields: ClassVar[tuple[LayerField, ...]] = ()
     layer_chart: ClassVar[LayerChart | None] = None
     variants_are_operating_points: ClassVar[bool] = False  # the trade-off is a training setting: each trained variant is a point
+    decides_every_layer: ClassVar[bool] = True  # reads the pooled state around every layer (False: never stops early, reads only the final state)
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: MethodConfig | None = None):
         super().__init__()
         if num_outputs < 2 and not self.supports_regression:
             raise UserError(f"{self.title} needs class probabilities, so it runs classification tasks only, not regression")
         self.config = config if config is not None else self.Config()
+        if self.config.pooling == AUTO:
+            raise UserError(
+                "method_config.pooling is missing or 'auto': a model must say which pooling its heads read. "
+                "Build new models with core.model.build_model (it resolves 'auto' against the backbone); "
+                'in a checkpoint written before this setting existed, add "pooling": "cls" to method_config in config.json'
+            )
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.num_outputs = num_outputs
@@ -240,20 +254,26 @@ class Method(nn.Module):
     def threshold(self, settings: RunSettings) -> float:
         return self.default_threshold if settings.threshold is None else settings.threshold
 
+    @property
+    def pooling(self) -> str:
+        return self.config.pooling
+
     # --- inference: called by the engine for the rows still running -------------------------
     def begin(self, batch_size: int, device: torch.device) -> State:
         return {}
 
-    def plan(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        """Before ``layer`` (0-based), from the states entering it: which rows run it (None: all of them)."""
+    def plan(
+        self, layer: int, pooled: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings
+    ) -> tuple[torch.Tensor | None, Report]:
+        """Before ``layer`` (0-based), from the states entering it (``pooled``: their pooled state): which rows run it (None: all of them)."""
         return None, {}
 
-    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        """After ``layer`` (called for every row that reached it, run or bypassed): which rows stop here (None: none)."""
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        """After ``layer``, from the pooled state it left (called for every row that reached it, run or bypassed): which rows stop here (None: none)."""
         return None, {}
 
-    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
-        """Final output for rows that stop: probabilities [b, C], or scores [b] for regression."""
+    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
+        """Final output for rows that stop, from their last pooled state: probabilities [b, C], or scores [b] for regression."""
         raise NotImplementedError
 
     def layer_values(self, layer: int, report: Report) -> Report:
@@ -284,12 +304,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-def run_all_layers(encoder: Encoder, batch: TrainBatch) -> list[torch.Tensor]:
-    """The [CLS] state after every layer, running the whole batch through every layer (for training)."""
+def run_all_layers(encoder: Encoder, batch: TrainBatch, pooling: str) -> list[torch.Tensor]:
+    """The pooled state after every layer, running the whole batch through every layer (for training)."""
     hidden = encoder.embed(batch.input_ids, batch.token_type_ids)
     layer_mask = encoder.attention_mask_for(hidden, batch.attention_mask)
-    cls_states = []
+    pooled_states = []
     for index in range(encoder.num_layers):
         hidden = encoder.run_layer(index, hidden, layer_mask)
-        cls_states.append(hidden[:, 0])
-    return cls_states
+        pooled_states.append(pool(hidden, batch.attention_mask, pooling))
+    return pooled_states

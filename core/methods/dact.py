@@ -1,7 +1,8 @@
 """DACT-BERT (Eyzaguirre et al., 2021): differentiable adaptive computation time on BERT.
 
 After layer n a classifier gives class probabilities y_n and a halting unit gives
-h_n = sigmoid(w_n . cls + b_n). With p_0 = 1 and a_0 = 0 the answer accumulates as
+h_n = sigmoid(w_n . pooled + b_n), both from the layer's pooled state (the paper's [CLS] state
+with ``pooling = "cls"``). With p_0 = 1 and a_0 = 0 the answer accumulates as
 a_n = y_n * p_{n-1} + a_{n-1} * (1 - p_{n-1}) and p_n = p_{n-1} * h_n. Since p can only shrink,
 in the d = L - n layers still to come the top class c* keeps at least a_n[c*] * (1 - p_n)^d and
 any other class gains at most p_n * d, so once
@@ -105,8 +106,8 @@ class DACT(Method):
         for classifier in self.classifiers:
             classifier.load_state_dict(full_head.state_dict())
 
-    def halting_probability(self, layer: int, cls: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(as_fp32(self.halting[layer](cls))).squeeze(-1)
+    def halting_probability(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(as_fp32(self.halting[layer](pooled))).squeeze(-1)
 
     def begin(self, batch_size: int, device: torch.device) -> State:
         return {
@@ -114,10 +115,9 @@ class DACT(Method):
             "remaining": torch.ones(batch_size, device=device),
         }
 
-    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        cls = hidden[:, 0]
-        probs = self.classifiers[layer].logits(cls).softmax(-1)
-        halting = self.halting_probability(layer, cls)
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        probs = self.classifiers[layer].logits(pooled).softmax(-1)
+        halting = self.halting_probability(layer, pooled)
         answer, remaining = accumulate(state["answer"], state["remaining"], probs, halting)
         state["answer"], state["remaining"] = answer, remaining
         layers_left = self.num_layers - layer - 1
@@ -142,18 +142,18 @@ class DACT(Method):
             "runner_up_upper_bound": upper,
         }
 
-    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
+    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
         return state["answer"]
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative log-likelihood of the accumulated answer a_L plus tau * the sum of the halting values."""
-        cls_states = run_all_layers(encoder, batch)
+        pooled_states = run_all_layers(encoder, batch, self.pooling)
         answer = torch.zeros(len(batch.labels), self.num_outputs, device=batch.labels.device)
         remaining = torch.ones(len(batch.labels), device=batch.labels.device)
         halting_sum = torch.zeros_like(remaining)
-        for layer, cls in enumerate(cls_states):
-            halting = self.halting_probability(layer, cls)
-            answer, remaining = accumulate(answer, remaining, self.classifiers[layer](cls).softmax(-1), halting)
+        for layer, pooled in enumerate(pooled_states):
+            halting = self.halting_probability(layer, pooled)
+            answer, remaining = accumulate(answer, remaining, self.classifiers[layer](pooled).softmax(-1), halting)
             halting_sum = halting_sum + halting
         nll = -answer.gather(1, batch.labels.long().unsqueeze(1)).squeeze(1).clamp_min(1e-12).log().mean()
         ponder = halting_sum.mean()

@@ -1,6 +1,7 @@
 """DeeBERT (Xin et al., ACL 2020): an off-ramp after every layer; exit when its entropy is below S.
 
-Off-ramp i is a pooler + classifier on the [CLS] state after layer i. The last off-ramp is the
+Off-ramp i is a pooler + classifier on the pooled state after layer i (the paper's [CLS] state with
+``pooling = "cls"``). The last off-ramp is the
 fine-tuned model's own classifier, so with S = 0 (entropy is never negative) nothing exits early
 and the answer is the full model's. Training (the paper's two stages): stage 1 is the full
 model; stage 2 freezes it and trains off-ramps 1..L-1 on the sum of their cross-entropies.
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 from core.backbone import Encoder
-from core.heads import PooledHead, task_loss
-from core.methods.base import Knob, LayerChart, LayerField, Method, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, run_all_layers
+from core.heads import PooledHead
+from core.methods.base import Knob, LayerChart, LayerField, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch
+from core.methods.offramps import OffRampMethod, first_exit
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -29,21 +31,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return entropy(logits.softmax(-1))
 
 
-def first_exit(exits: torch.Tensor) -> torch.Tensor:
-    """[rows, layers-1] bool -> the 1-based first layer that says exit, 0 where none does."""
-    any_exit = exits.any(1)
-    return torch.where(any_exit, exits.int().argmax(1) + 1, torch.zeros_like(any_exit, dtype=torch.long))
-
-
-class DeeBERT(Method):
+class DeeBERT(OffRampMethod):
     name = "deebert"
     title = "DeeBERT"
     paper = "Xin et al., ACL 2020"
     paper_claim = PaperClaim("up to ~40% less inference time with minimal quality loss (BERT-base, GLUE)")
     summary = "an off-ramp after every layer; exit when its entropy is below a threshold S"
     supports_regression = False
-    exits_early = True
-    sweeps_in_one_pass = True
     stages = (Stage("ramps", starts_from="full", trains_encoder=False, help="freeze the full model, train off-ramps 1..L-1"),)
     layer_fields = (
         LayerField("prediction", "off-ramp prediction", kind="class"),
@@ -56,10 +50,6 @@ class DeeBERT(Method):
         knob_rule="S",
         caption="The input exits at the first off-ramp whose entropy is below S.",
     )
-
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config=None):
-        super().__init__(hidden_size, num_layers, num_outputs, config)
-        self.ramps = nn.ModuleList(self.new_head() for _ in range(num_layers))
 
     @property
     def knob(self) -> Knob:
@@ -86,8 +76,8 @@ class DeeBERT(Method):
         """DeeBERT's exit rule, shared by the engine and the one-pass sweep."""
         return entropy < threshold
 
-    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        probs = self.ramps[layer].logits(hidden[:, 0]).softmax(-1)
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        probs = self.ramp_logits(layer, pooled).softmax(-1)
         ramp_entropy = entropy(probs)
         state["probs"] = probs
         stop = self.exits(ramp_entropy, self.threshold(settings)) if settings.early_exit else None
@@ -96,7 +86,7 @@ class DeeBERT(Method):
     def layer_values(self, layer: int, report: Report) -> Report:
         return {"prediction": report["probs"].argmax(-1), "entropy": report["entropy"]}
 
-    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
+    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
         return state["probs"]
 
     def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
@@ -107,6 +97,6 @@ class DeeBERT(Method):
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of the cross-entropies of off-ramps 1..L-1 (the last one is the frozen full head)."""
-        losses = [task_loss(self.ramps[i](cls), batch.labels) for i, cls in enumerate(run_all_layers(encoder, batch))]
-        loss = torch.stack(losses[:-1]).sum()
-        return loss, {"loss": loss.item(), **{f"ramp{i + 1}": value.item() for i, value in enumerate(losses)}}
+        losses, stats = self.ramp_losses(encoder, batch)
+        loss = losses[:-1].sum()
+        return loss, {"loss": loss.item(), **stats}

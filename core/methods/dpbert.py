@@ -1,37 +1,36 @@
 """DPBERT (Wu & Zhuo, ECAI 2023): a planning network before every layer decides to run or bypass it.
 
-Before layer i, s_i = sigmoid(A_i . cls(h^{i-1}) + b_i) with h^0 the embeddings. At inference
-layer i runs when s_i > threshold (0.5 by default); otherwise h^i = h^{i-1}. Any subset of layers
-may be bypassed. The output head reads the final state, so regression works as well.
+Before layer i, s_i = sigmoid(A_i . pooled(h^{i-1}) + b_i) with h^0 the embeddings; the paper
+pools with [CLS] (``pooling = "cls"``). At inference layer i runs when s_i > threshold (0.5 by
+default); otherwise h^i = h^{i-1}. Any subset of layers may be bypassed. The output head reads
+the final state, so regression works as well.
 
 Reading of the paper's target rate: s_i is the probability of *executing* layer i, so the user
 gives ``target_skip_rate`` t (the fraction of layers bypassed) and the penalty is
 lambda2 * (rate - (1 - t))^2. ``rate_penalty = "mean"`` is the paper's rate (the mean planner
-probability); ``"hard"`` (default) penalises the rate at the inference rule 1(s > 0.5), with a
+probability); ``"hard"`` penalises the rate at the inference rule 1(s > 0.5), with a
 straight-through gradient, so that the trained model executes 1 - t of its layers at threshold
 0.5 instead of needing a threshold tuned afterwards. In the ``rl`` stage that rate is measured on
 the inference rule's own path (one more forward pass, without a graph through the layers): the
-planners after a skipped layer read different states, so the rate of the sampled paths (0.75 on
-MRPC) says little about the rate at inference (0.88 on the same model).
+planners after a skipped layer read other states than on the sampled paths.
 
-The first planner reads the [CLS] embedding, which is the same for every input, so its decision
-is a constant of the model. ``first_layer = "mean"`` lets it read the mean-pooled embeddings
-instead, and ``"always"`` always runs layer 1; ``"cls"`` (the paper's rule) is the default.
-With ``"mean"`` an input whose layer 1 is bypassed keeps its embeddings, whose [CLS] row is the
-same for every input, so it bypasses every later layer too and gets one constant answer.
+The [CLS] embedding is the same for every input, so with [CLS] pooling the first planner's
+decision is a constant of the model; with mean pooling it reads the mean of the embeddings, which
+differ per input. ``first_layer = "always"`` always runs layer 1 instead. ``"mean"`` reads the
+mean-pooled embeddings whatever ``pooling`` says, as models trained before ``pooling`` existed do.
 
-The [CLS] states of different inputs share a large common component, so a zero-initialised
+The pooled states of different inputs share a large common component, so a zero-initialised
 linear planner trained with Adam mostly learns that component's direction, which acts like a
 second bias: every input gets the same decision. ``planner_input = "standardized"`` feeds each
 planner its input standardised per feature with running statistics of the training batches
 (``RunningStandardizer``), so the weights only see what differs between inputs and the bias
-alone carries the rate. ``"raw"`` (the paper) is the default.
+alone carries the rate. ``"raw"`` is the paper's.
 
-REINFORCE needs a baseline. ``rl_baseline = "batch"`` (default) subtracts the batch's mean reward
-per layer, which mostly compares easy inputs with hard ones. ``"greedy"`` subtracts the reward the
-same input gets on its inference-rule path (self-critical training, Rennie et al. 2017): a
-sampled skip is rewarded only when it costs that input less than it saves, which is the signal
-for input-dependent paths. It costs one extra forward pass without gradients per batch.
+REINFORCE needs a baseline. ``rl_baseline = "batch"`` subtracts the batch's mean reward per layer,
+which mostly compares easy inputs with hard ones. ``"greedy"`` subtracts the reward the same input
+gets on its inference-rule path (self-critical training, Rennie et al. 2017): a sampled skip is
+rewarded only when it costs that input less than it saves, which is the signal for
+input-dependent paths. It costs one extra forward pass without gradients per batch.
 """
 
 from __future__ import annotations
@@ -46,12 +45,13 @@ from torch.nn import functional as F
 from core.backbone import Encoder
 from core.heads import PooledHead, as_fp32, head_output, task_loss
 from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, option
+from core.pooling import MEAN, pool
 
 
 @dataclass
 class DPBERTConfig(MethodConfig):
     target_skip_rate: float = option(0.4, "t: the fraction of layers to bypass", low=0.0, high=1.0)
-    rate_weight: float = option(1.0, "lambda2: weight of the rate penalty", low=0.0)
+    rate_weight: float = option(10.0, "lambda2: weight of the rate penalty (the paper's 1 leaves the rate far above 1 - t)", low=0.0)
     policy_weight: float = option(1.0, "lambda1: weight of the policy-gradient loss (rl stage)", low=0.0)
     reward_loss_weight: float = option(5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0)
     rate_penalty: str = option(
@@ -60,18 +60,19 @@ class DPBERTConfig(MethodConfig):
         choices=("hard", "mean"),
     )
     first_layer: str = option(
-        "cls",
-        "layer 1's decision: cls = planner on the [CLS] embedding (paper, the same for every input), mean = planner on the mean-pooled embeddings, always = always run",
-        choices=("cls", "mean", "always"),
+        "planner",
+        "layer 1's decision: planner = a planner on the pooled embeddings, like every layer (paper), always = always run, "
+        "mean = a planner on the mean-pooled embeddings whatever the pooling (models trained before pooling existed)",
+        choices=("planner", "always", "mean"),
     )
     planner_input: str = option(
-        "raw",
-        "what a planner reads: raw = the [CLS] (or pooled) state (paper), standardized = that state standardised per feature (running batch statistics)",
+        "standardized",
+        "what a planner reads: raw = the pooled state (paper), standardized = that state standardised per feature (running batch statistics)",
         choices=("raw", "standardized"),
     )
-    planner_bias: float = option(2.0, "initial planner bias (2: run every layer at first, like the full model)")
+    planner_bias: float = option(1.0, "initial planner bias (1: run every layer at first, like the full model, but not saturated)")
     rl_baseline: str = option(
-        "batch",
+        "greedy",
         "REINFORCE baseline (rl stage): batch = the batch's mean reward per layer, greedy = the same input's reward on its inference-rule path (self-critical)",
         choices=("batch", "greedy"),
     )
@@ -82,7 +83,7 @@ class RunningStandardizer(nn.Module):
 
     Unlike BatchNorm it never normalises with the batch's own statistics: those differ from the
     running ones (dropout, sampled paths), and a planner trained on one sees other numbers at
-    inference (MRPC: 74 % of layers run in training mode, 88 % at inference, same weights).
+    inference.
     """
 
     def __init__(self, size: int, momentum: float = 0.1, eps: float = 1e-5):
@@ -166,18 +167,19 @@ class DPBERT(Method):
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())
 
-    def planner_logit(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def planner_state(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """What the planner of ``layer`` reads: the pooled state entering it (``pooled``, if the caller has it)."""
+        if layer == 0 and self.config.first_layer == MEAN:
+            return pool(hidden, mask, MEAN)
+        return pool(hidden, mask, self.pooling) if pooled is None else pooled
+
+    def planner_logit(self, layer: int, state: torch.Tensor) -> torch.Tensor | None:
         """The planner's logit for running ``layer`` (None where the layer always runs)."""
         if layer == 0 and self.config.first_layer == "always":
             return None
-        if layer == 0 and self.config.first_layer == "mean":
-            weights = mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)
-            summary = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
-        else:
-            summary = hidden[:, 0]
         if self.config.planner_input == "standardized":
-            summary = self.planner_norms[layer](summary)
-        return as_fp32(self.planners[layer](summary).squeeze(-1))
+            state = self.planner_norms[layer](state)
+        return as_fp32(self.planners[layer](state).squeeze(-1))
 
     @staticmethod
     def runs(logit: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -188,8 +190,10 @@ class DPBERT(Method):
             return logit > math.inf
         return logit > math.log(threshold / (1 - threshold))
 
-    def plan(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        logit = self.planner_logit(layer, hidden, mask)
+    def plan(
+        self, layer: int, pooled: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings
+    ) -> tuple[torch.Tensor | None, Report]:
+        logit = self.planner_logit(layer, self.planner_state(layer, hidden, mask, pooled))
         if logit is None:  # layer 1 always runs: as a planner certain to run it
             return None, {"planner_logit": torch.full((hidden.shape[0],), math.inf, device=hidden.device)}
         return self.runs(logit, self.threshold(settings)) if settings.early_exit else None, {"planner_logit": logit}
@@ -197,8 +201,8 @@ class DPBERT(Method):
     def layer_values(self, layer: int, report: Report) -> Report:
         return {"planner_prob": torch.sigmoid(report["planner_logit"])}
 
-    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
-        return head_output(self.head.logits(cls))
+    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
+        return head_output(self.head.logits(pooled))
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         """``relaxed``: h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.
@@ -228,7 +232,7 @@ class DPBERT(Method):
             executed = (executed > 0.5).to(executed.dtype) + executed - executed.detach()
         rate = executed.mean()
         rate_penalty = config.rate_weight * (rate - (1 - config.target_skip_rate)) ** 2
-        per_row_loss = task_loss(self.head(hidden[:, 0]), batch.labels, reduction="none")
+        per_row_loss = task_loss(self.head(pool(hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none")
         stats = {"execute_rate": rate.item()}
         loss = per_row_loss.mean() + rate_penalty
         if actions:
@@ -236,7 +240,7 @@ class DPBERT(Method):
             reward = self.reward(taken, per_row_loss.detach())
             if config.rl_baseline == "greedy":
                 with torch.no_grad():
-                    rule_loss = task_loss(self.head(rule_hidden[:, 0]), batch.labels, reduction="none")
+                    rule_loss = task_loss(self.head(pool(rule_hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none")
                     advantage = reward - self.reward(torch.stack(rule_actions, 1), rule_loss)
             else:
                 advantage = reward - reward.mean(0, keepdim=True)
@@ -255,7 +259,7 @@ class DPBERT(Method):
         """h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}; the planners' probabilities per layer."""
         probabilities = []
         for layer in range(self.num_layers):
-            logit = self.planner_logit(layer, hidden, mask)
+            logit = self.planner_logit(layer, self.planner_state(layer, hidden, mask))
             if logit is None:  # layer 1 always runs
                 hidden = encoder.run_layer(layer, hidden, full_mask)
                 probabilities.append(hidden.new_ones(hidden.shape[0]))
@@ -278,7 +282,7 @@ class DPBERT(Method):
         probabilities, actions, log_probs = [], [], []
         layer_grad = encoder_grad and torch.is_grad_enabled()
         for layer in range(self.num_layers):
-            logit = self.planner_logit(layer, hidden.detach(), mask)
+            logit = self.planner_logit(layer, self.planner_state(layer, hidden.detach(), mask))
             if logit is None:  # layer 1 always runs
                 with torch.set_grad_enabled(layer_grad):
                     hidden = encoder.run_layer(layer, hidden, full_mask)

@@ -13,6 +13,7 @@ class FullModel(Method):
     name = "full"
     title = "Full model"
     summary = "the fine-tuned model, every layer (the baseline)"
+    decides_every_layer = False
     stages = (Stage("finetune", starts_from="backbone", trains_encoder=True, help="fine-tune the backbone with the task head"),)
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config=None):
@@ -22,10 +23,10 @@ class FullModel(Method):
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())
 
-    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
-        return head_output(self.head.logits(cls))
+    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
+        return head_output(self.head.logits(pooled))
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.head(run_all_layers(encoder, batch)[-1])
+        logits = self.head(run_all_layers(encoder, batch, self.pooling)[-1])
         loss = task_loss(logits, batch.labels)
         return loss, {"loss": loss.item()}

@@ -1,6 +1,6 @@
 """PABEE (Zhou et al., NeurIPS 2020, "BERT Loses Patience"): exit when enough consecutive off-ramps agree.
 
-An off-ramp (pooler + classifier, as DeeBERT's) follows every layer. A counter of consecutive
+An off-ramp (pooler + classifier on the pooled state, as DeeBERT's) follows every layer. A counter of consecutive
 agreements grows by one when a layer's off-ramp predicts the same class as the previous layer's
 (for regression: a score within ``regression_tolerance`` of the previous one) and drops to 0
 otherwise; the input exits, with the current off-ramp's answer, as soon as the counter reaches
@@ -14,27 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from core.backbone import Encoder
-from core.heads import PooledHead, head_output, task_loss
-from core.methods.base import (
-    Knob,
-    LayerChart,
-    LayerField,
-    Method,
-    MethodConfig,
-    PaperClaim,
-    Report,
-    RunSettings,
-    Series,
-    Stage,
-    State,
-    TrainBatch,
-    option,
-    run_all_layers,
-)
-from core.methods.deebert import first_exit
+from core.heads import PooledHead, head_output
+from core.methods.base import Knob, LayerChart, LayerField, MethodConfig, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, option
+from core.methods.offramps import OffRampMethod, first_exit
 
 
 @dataclass
@@ -42,7 +26,7 @@ class PABEEConfig(MethodConfig):
     regression_tolerance: float = option(0.1, "regression: consecutive off-ramp scores agree when they differ by less than this", low=0.0)
 
 
-class PABEE(Method):
+class PABEE(OffRampMethod):
     name = "pabee"
     title = "PABEE"
     paper = "Zhou et al., NeurIPS 2020"
@@ -52,8 +36,6 @@ class PABEE(Method):
     )
     summary = "an off-ramp after every layer; exit when t consecutive off-ramps agree"
     Config = PABEEConfig
-    exits_early = True
-    sweeps_in_one_pass = True
     stages = (Stage("joint", starts_from="full", trains_encoder=True, help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j"),)
     layer_fields = (
         LayerField("prediction", "off-ramp prediction", kind="class"),
@@ -67,10 +49,6 @@ class PABEE(Method):
         knob_rule="patience t",
         caption="The counter grows while each off-ramp agrees with the one before; the input exits when it reaches the patience t.",
     )
-
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: PABEEConfig | None = None):
-        super().__init__(hidden_size, num_layers, num_outputs, config)
-        self.ramps = nn.ModuleList(self.new_head() for _ in range(num_layers))
 
     @property
     def knob(self) -> Knob:
@@ -101,8 +79,8 @@ class PABEE(Method):
             previous = torch.full((batch_size,), float("nan"), device=device)
         return {"previous": previous, "agreeing": torch.zeros(batch_size, device=device)}
 
-    def after_layer(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        logits = self.ramps[layer].logits(hidden[:, 0])
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+        logits = self.ramp_logits(layer, pooled)
         if self.num_outputs > 1:
             current = logits.argmax(-1)
             agree = current == state["previous"]
@@ -114,7 +92,7 @@ class PABEE(Method):
         stop = agreeing >= self.threshold(settings) if settings.early_exit else None
         return stop, {"prediction": current, "agreeing": agreeing}
 
-    def answer(self, cls: torch.Tensor, state: State) -> torch.Tensor:
+    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
         return head_output(state["logits"])
 
     def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
@@ -122,7 +100,7 @@ class PABEE(Method):
 
     def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
         """The paper's weighted average of the off-ramp losses: deeper off-ramps weigh more (weight j for layer j)."""
-        losses = torch.stack([task_loss(self.ramps[i](cls), batch.labels) for i, cls in enumerate(run_all_layers(encoder, batch))])
+        losses, stats = self.ramp_losses(encoder, batch)
         weights = torch.arange(1, len(losses) + 1, dtype=losses.dtype, device=losses.device)
         loss = (weights * losses).sum() / weights.sum()
-        return loss, {"loss": loss.item(), **{f"ramp{i + 1}": value.item() for i, value in enumerate(losses)}}
+        return loss, {"loss": loss.item(), **stats}
