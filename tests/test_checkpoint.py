@@ -168,7 +168,7 @@ def test_methods_share_their_tasks_full_model_instead_of_copying_it(make_model, 
     """DeeBERT (encoder frozen) stores no encoder weight, DACT (encoder trained) only LoRA adapters; both point at ../full."""
     import shutil
 
-    from training.recipes import starting_model
+    from training.stages import starting_model
 
     full = fully_tuned(make_model)
     full.config.trained = True

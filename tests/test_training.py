@@ -19,7 +19,7 @@ from training.calibration import Goal, choose
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate, sweep
 from training.metrics import glue_metrics
-from training.recipes import TrainingObjective, starting_model, trainable_parameters
+from training.stages import TrainingObjective, starting_model, trainable_parameters
 
 ROWS = [
     ("a gorgeous , witty , seductive movie .", "the film is charming .", "1"),

@@ -40,7 +40,7 @@ from core.methods import METHODS, MethodConfig
 from core.tasks import get_task
 from training.data import DEFAULT_DATA_DIR, VALIDATION, carve_validation, load_split
 from training.evaluate import evaluate
-from training.recipes import TrainingObjective, starting_model, trainable_parameters
+from training.stages import TrainingObjective, starting_model, trainable_parameters
 
 
 def option_flag(field_name: str) -> str:
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="glue_data folder (default: %(default)s; env GLUE_DIR)")
     parser.add_argument("--from-hub", action="store_true", help="load GLUE from the Hugging Face hub instead of --data-dir")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--finetune", choices=["lora", "full"], default="lora", help="how stage 1 tunes the encoder")
+    parser.add_argument("--finetune", choices=["lora", "full"], help="how the stage tunes the encoder (default: the stage's)")
     parser.add_argument(
         "--freeze-embeddings",
         action=argparse.BooleanOptionalAction,
@@ -100,13 +100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["fit", "train", "dev"],
         help="rows to train on: fit = the GLUE train file minus the held-out validation rows (default)",
     )
-    parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--lora-rank", type=int)
+    parser.add_argument("--epochs", type=float)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate (adapters and heads)")
-    parser.add_argument("--encoder-lr", type=float, help="learning rate of the encoder's own weights with --finetune full (default: --lr / 10)")
-    parser.add_argument("--warmup", type=float, default=0.06, help="fraction of steps for linear warm-up")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="learning rate (adapters and heads)")
+    parser.add_argument(
+        "--encoder-lr", type=float, help="learning rate of the encoder's own weights with --finetune full (default: the stage's, else --lr / 10)"
+    )
+    parser.add_argument("--warmup", type=float, help="fraction of steps for linear warm-up")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--train-limit", type=int, help="use only the first N training rows (smoke runs)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev rows")
@@ -128,7 +130,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     if method_name:
         config_options(parser.add_argument_group(f"{METHODS[method_name].title} settings (recorded in config.json)"), METHODS[method_name].Config)
-    return parser.parse_args(argv)
+    parser.epilog = (
+        (parser.epilog or "")
+        + "\nTraining settings not given come from the stage (core/methods/<method>.py, Stage.training), else: "
+        + ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in TRAINING_DEFAULTS.items())
+    )
+    return with_stage_defaults(parser.parse_args(argv))
+
+
+TRAINING_DEFAULTS = {"finetune": "lora", "lora_rank": 16, "epochs": 3.0, "batch_size": 32, "lr": 5e-4, "encoder_lr": None, "warmup": 0.06}
+
+
+def with_stage_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the training settings the command line left out from the stage's own (what ships), then from ``TRAINING_DEFAULTS``."""
+    stage = METHODS[args.method].stage(args.stage)
+    for key, default in TRAINING_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, stage.training.get(key, default))
+    return args
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -287,7 +306,10 @@ def train(args: argparse.Namespace) -> dict:
     if validation_set is not None:
         model.config.training["validation_split"] = VALIDATION.to_dict(len(whole_train))
         validation = evaluate(model, validation_set)
-        model.config.training["validation_metrics"] = {key: validation[key] for key in ("metric_name", "metric", "avg_layers", "examples")}
+        # every metric of the task (MRPC: accuracy and F1 both), so variants can be compared the way the targets compare them
+        model.config.training["validation_metrics"] = {
+            key: value for key, value in validation.items() if isinstance(value, (int, float, str)) and key not in ("task", "method", "threshold")
+        }
     model.config.metrics = result
     if accelerator.is_main_process:
         save_checkpoint(model, out)

@@ -106,12 +106,18 @@ class Knob:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage of a method's recipe."""
+    """One training stage of a method's recipe, with the training settings it ships with.
+
+    ``training`` holds ``training.train`` options (``lr``, ``epochs``, ``batch_size``, ``warmup``,
+    ``finetune``, ``lora_rank``, ``encoder_lr``) that this stage uses unless the command line or
+    a recipe file sets them, so a plain ``training.train --method M --stage S`` trains what ships.
+    """
 
     name: str
     starts_from: str  # "backbone": fresh heads; "full": the task's trained full model; "previous": this method's previous stage
     trains_encoder: bool  # False: the encoder (and its adapters) stay frozen
     help: str
+    training: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

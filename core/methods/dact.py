@@ -36,6 +36,7 @@ from core.methods.base import (
     option,
     run_all_layers,
 )
+from core.methods.presets import LORA_JOINT
 
 
 @dataclass
@@ -66,7 +67,15 @@ class DACT(Method):
     supports_regression = False
     exits_early = True
     variants_are_operating_points = True
-    stages = (Stage("joint", starts_from="full", trains_encoder=True, help="train encoder, classifiers and halting units on -log a_L[y] + tau * sum h"),)
+    stages = (
+        Stage(
+            "joint",
+            starts_from="full",
+            trains_encoder=True,
+            help="train encoder, classifiers and halting units on -log a_L[y] + tau * sum h",
+            training=LORA_JOINT,
+        ),
+    )
     layer_fields = (
         LayerField("prediction", "this layer's classifier", kind="class"),
         LayerField("halting_prob", "halting probability h_n"),

@@ -19,6 +19,7 @@ from core.backbone import Encoder
 from core.heads import PooledHead
 from core.methods.base import Knob, LayerChart, LayerField, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch
 from core.methods.offramps import OffRampMethod, first_exit
+from core.methods.presets import HEADS_ONLY
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,7 @@ class DeeBERT(OffRampMethod):
     paper_claim = PaperClaim("up to ~40% less inference time with minimal quality loss (BERT-base, GLUE)")
     summary = "an off-ramp after every layer; exit when its entropy is below a threshold S"
     supports_regression = False
-    stages = (Stage("ramps", starts_from="full", trains_encoder=False, help="freeze the full model, train off-ramps 1..L-1"),)
+    stages = (Stage("ramps", starts_from="full", trains_encoder=False, help="freeze the full model, train off-ramps 1..L-1", training=HEADS_ONLY),)
     layer_fields = (
         LayerField("prediction", "off-ramp prediction", kind="class"),
         LayerField("entropy", "off-ramp entropy (nats)", help="the input exits at the first off-ramp whose entropy is below S"),

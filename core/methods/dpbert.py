@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from core.backbone import Encoder
 from core.heads import PooledHead, as_fp32, head_output, task_loss
 from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, option
+from core.methods.presets import HEADS_ONLY, LORA_JOINT
 from core.pooling import MEAN, pool
 
 
@@ -111,11 +112,27 @@ class DPBERT(Method):
     summary = "a planner before every layer runs or bypasses it (any subset of layers)"
     Config = DPBERTConfig
     stages = (
-        Stage("relaxed", starts_from="full", trains_encoder=False, help="backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h"),
         Stage(
-            "rl", starts_from="previous", trains_encoder=True, help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners"
+            "relaxed",
+            starts_from="full",
+            trains_encoder=False,
+            help="backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h",
+            training=HEADS_ONLY,
         ),
-        Stage("soft", starts_from="full", trains_encoder=True, help="ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL"),
+        Stage(
+            "rl",
+            starts_from="previous",
+            trains_encoder=True,
+            help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners",
+            training=LORA_JOINT,
+        ),
+        Stage(
+            "soft",
+            starts_from="full",
+            trains_encoder=True,
+            help="ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL",
+            training=LORA_JOINT,
+        ),
     )
     layer_fields = (LayerField("planner_prob", "planner probability of running the layer", help="the layer runs when it is above the threshold"),)
     layer_chart = LayerChart(

@@ -14,7 +14,15 @@ class FullModel(Method):
     title = "Full model"
     summary = "the fine-tuned model, every layer (the baseline)"
     decides_every_layer = False
-    stages = (Stage("finetune", starts_from="backbone", trains_encoder=True, help="fine-tune the backbone with the task head"),)
+    stages = (
+        Stage(
+            "finetune",
+            starts_from="backbone",
+            trains_encoder=True,
+            help="fine-tune the backbone's layers in full with the task head (embeddings frozen)",
+            training={"finetune": "full", "warmup": 0.1, "epochs": 5.0, "lr": 5e-5, "encoder_lr": 5e-5, "batch_size": 16},
+        ),
+    )
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config=None):
         super().__init__(hidden_size, num_layers, num_outputs, config)

@@ -19,6 +19,7 @@ from core.backbone import Encoder
 from core.heads import PooledHead, head_output
 from core.methods.base import Knob, LayerChart, LayerField, MethodConfig, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, option
 from core.methods.offramps import OffRampMethod, first_exit
+from core.methods.presets import LORA_JOINT
 
 
 @dataclass
@@ -36,7 +37,9 @@ class PABEE(OffRampMethod):
     )
     summary = "an off-ramp after every layer; exit when t consecutive off-ramps agree"
     Config = PABEEConfig
-    stages = (Stage("joint", starts_from="full", trains_encoder=True, help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j"),)
+    stages = (
+        Stage("joint", starts_from="full", trains_encoder=True, help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j", training=LORA_JOINT),
+    )
     layer_fields = (
         LayerField("prediction", "off-ramp prediction", kind="class"),
         LayerField("agreeing", "consecutive agreeing off-ramps", help="the input exits when this reaches the patience t"),
