@@ -5,13 +5,15 @@
 Widgets and their wiring only: models, the comparison and its HTML come from interpret.compare and
 interpret.render, charts, attributions, the query log and reports from the rest of interpret/.
 Every method-specific widget (a knob slider, a per-layer chart) is made by looping over
-``core.methods.METHODS``. Handlers live on ``DemoHandlers`` so tests can call them as plain
-functions. Query log: ``ADAPTIVE_BERT_QUERY_DB`` (a file), ``ADAPTIVE_BERT_DATA_DIR`` (a folder
-for lasting data, e.g. a Space's /data) and ``ADAPTIVE_BERT_QUERY_LOG=off``; models run on
-``ADAPTIVE_BERT_DEVICE`` (default: the best available). Visitors never see the server's paths:
+``core.methods.METHODS``. Handlers live on ``DemoHandlers`` and answer ``{widget: value}`` for
+the widgets they change (``DemoComponents`` names them), so tests call them as plain functions
+and read their answers by widget, never by position. Query log: ``ADAPTIVE_BERT_QUERY_DB`` (a
+file), ``ADAPTIVE_BERT_DATA_DIR`` (a folder for lasting data, e.g. a Space's /data) and
+``ADAPTIVE_BERT_QUERY_LOG=off``; models run on ``ADAPTIVE_BERT_DEVICE`` (default: the best available). Visitors never see the server's paths:
 those, and the errors that name them, go to the server log.
 
 Links: ``?example=N`` runs example N; ``?usage=TASK`` opens the Layer usage tab on TASK's dev set.
+Opening that tab shows what the query log holds at that moment, or says that it is empty or off.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -75,21 +78,82 @@ def method_choices(methods) -> list[tuple[str, str]]:
     return [(method_title(method), method) for method in methods]
 
 
+@dataclass(frozen=True)
+class DemoComponents:
+    """The widgets the handlers answer to: every handler returns ``{widget: value}`` for the widgets it changes, and leaves the rest."""
+
+    task: gr.Dropdown
+    text: gr.Textbox
+    text_pair: gr.Textbox
+    methods: gr.CheckboxGroup
+    knobs: dict[str, gr.Slider]  # per method in ``DemoHandlers.knob_methods``
+    message: gr.HTML
+    cards: gr.HTML
+    path_chart: gr.Plot
+    method_charts: dict[str, gr.Plot]  # per method in ``CHART_METHODS``
+    traces_json: gr.JSON
+    traces_state: gr.State
+    log_status: gr.Markdown
+    attribution: gr.HighlightedText
+    attribution_note: gr.HTML
+    tabs: gr.Tabs
+    dev_task: gr.Dropdown
+    dev_chart: gr.Plot
+    dev_note: gr.HTML
+    log_view: gr.Column  # holds the logged-queries chart and summary: hidden while there is nothing to show
+    log_chart: gr.Plot
+    log_summary: gr.Dataframe
+    log_note: gr.HTML
+    export_files: gr.File
+
+    @property
+    def compare_outputs(self) -> list[gr.blocks.Block]:
+        """What ``compare`` changes, in the order the ``/compare`` endpoint returns it (README, "Demo"; the API leaves out the state)."""
+        return [self.message, self.cards, self.path_chart, *self.method_charts.values(), self.traces_json, self.traces_state, self.log_status]
+
+    @property
+    def logged_usage_outputs(self) -> list[gr.blocks.Block]:
+        """What ``logged_layer_usage`` changes; the ``/logged_layer_usage`` endpoint returns the chart, summary and note (no layout)."""
+        return [self.log_chart, self.log_summary, self.log_note, self.log_view]
+
+
+def shown(value) -> dict:
+    """A chart drawn and made visible."""
+    return gr.update(value=value, visible=True)
+
+
+def hidden() -> dict:
+    """A chart emptied and hidden, so the page shows no empty box."""
+    return gr.update(value=None, visible=False)
+
+
 class DemoHandlers:
-    """Every event handler of the demo, as plain methods over a model cache and a query log."""
+    """Every event handler of the demo, as plain methods over a model cache and a query log; ``build_demo`` hands them their widgets."""
 
     def __init__(self, models: ModelCache, query_log: QueryLog, export_root: Path | None = None):
         self.models = models
         self.query_log = query_log
         self.export_root = Path(export_root or tempfile.gettempdir()) / EXPORTS_FOLDER
         self._dev_usage: dict[tuple[str, str], pd.DataFrame] = {}
+        self._components: DemoComponents | None = None
+
+    @property
+    def components(self) -> DemoComponents:
+        """The widgets the handlers' answers are keyed by."""
+        if self._components is None:
+            raise RuntimeError("the handlers have no widgets yet: build_demo(handlers) lays them out and hands them over")
+        return self._components
+
+    def attach(self, components: DemoComponents) -> None:
+        """Answer to these widgets (``build_demo`` calls it once it has laid them out)."""
+        self._components = components
 
     @cached_property
     def knob_methods(self) -> list[str]:
         """The methods with a knob slider, in ``METHODS`` order: ``compare`` takes their values in this order."""
         return knob_methods(self.models, DEMO_TASKS)
 
-    def api_compare(self) -> Callable[..., tuple]:
+    def api_compare(self) -> Callable[..., dict]:
         """``compare`` for the API: every knob a keyword parameter (``<method>_threshold``) defaulting to None, so a call that
         leaves one out runs the task's checkpoint default (not the value a page slider happens to hold)."""
         knobs = [inspect.Parameter(f"{method}_threshold", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for method in self.knob_methods]
@@ -101,7 +165,7 @@ class DemoHandlers:
             + knobs
         )
 
-        def compare_api(*args, **kwargs) -> tuple:
+        def compare_api(*args, **kwargs) -> dict:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             return self.compare(*bound.arguments.values())
@@ -116,53 +180,63 @@ class DemoHandlers:
         return f"{knob_settings(self.models, task, method)['label']} (leave empty: the task's checkpoint default)"
 
     # --- main view -------------------------------------------------------------------------
-    def task_changed(self, task: str) -> tuple:
+    def task_changed(self, task: str) -> dict:
         """Show the second box only for pair tasks (emptied for single-sentence ones), offer the task's methods, and set each
         knob slider to the task's range and default."""
-        methods = methods_for(task)
+        ui, methods = self.components, methods_for(task)
         pair = get_task(task).pair
-        sliders = [gr.update(**knob_settings(self.models, task, method)) for method in self.knob_methods]
-        return gr.update(visible=pair) if pair else gr.update(visible=False, value=""), gr.update(choices=method_choices(methods), value=methods), *sliders
+        return {
+            ui.text_pair: gr.update(visible=True) if pair else gr.update(visible=False, value=""),
+            ui.methods: gr.update(choices=method_choices(methods), value=methods),
+            **{ui.knobs[method]: gr.update(**knob_settings(self.models, task, method)) for method in self.knob_methods},
+        }
 
-    def compare(
-        self, task: str, text: str | None, text_pair: str | None, methods: list[str] | None, precision: str | None, *knob_values: float | None
-    ) -> tuple:
+    def compare(self, task: str, text: str | None, text_pair: str | None, methods: list[str] | None, precision: str | None, *knob_values: float | None) -> dict:
         """Run every chosen method on the input at ``precision`` (None: fp32), with the knob values in ``knob_methods`` order
         (None: the task's default).
 
-        Returns, in the order of ``compare_outputs`` in ``build_demo``: the message, the result cards, the layer-path
-        chart, one per-layer chart per method in ``CHART_METHODS`` (shown only for the methods that ran), the traces as
-        JSON, the traces for attributions, and the log status.
+        Answers every widget of ``DemoComponents.compare_outputs``: the message, the result cards, the layer-path chart, the
+        per-layer charts (shown only for the methods that ran), the traces as JSON and for attributions, and the log status.
         """
+        ui = self.components
         try:
             knobs = dict(zip(self.knob_methods, knob_values))
             result = compare_methods(self.models, task, text, text_pair, methods or [], knobs, precision=precision or FP32)
         except UserError as error:
-            hidden = gr.update(value=None, visible=False)
-            return (message_html([str(error)], []), "", hidden, *[hidden] * len(CHART_METHODS), [], {}, self.query_log.status)
+            return {
+                ui.message: message_html([str(error)], []),
+                ui.cards: "",
+                ui.path_chart: hidden(),
+                **{chart: hidden() for chart in ui.method_charts.values()},
+                ui.traces_json: [],
+                ui.traces_state: {},
+                ui.log_status: self.query_log.status,
+            }
         self.query_log.record(result.task, result.text, result.text_pair, result.settings(), result.traces, result.trained)
-        charts = [None if (trace := result.trace(method)) is None else method_chart(trace) for method in CHART_METHODS]
-        return (
-            message_html([], result.notes),
-            results_html(result.traces, result.trained, result.baseline_latency_ms, result.runs, result.fp32_baseline_latency_ms),
-            gr.update(value=layer_path_chart(result.traces), visible=True),
-            *[gr.update(value=chart, visible=chart is not None) for chart in charts],
-            [trace.to_dict() for trace in result.traces],
-            {trace.method: trace for trace in result.traces},
-            self.query_log.status,
-        )
+        traces = {method: result.trace(method) for method in CHART_METHODS}
+        return {
+            ui.message: message_html([], result.notes),
+            ui.cards: results_html(result.traces, result.trained, result.baseline_latency_ms, result.runs, result.fp32_baseline_latency_ms),
+            ui.path_chart: shown(layer_path_chart(result.traces)),
+            **{chart: hidden() if traces[method] is None else shown(method_chart(traces[method])) for method, chart in ui.method_charts.items()},
+            ui.traces_json: [trace.to_dict() for trace in result.traces],
+            ui.traces_state: {trace.method: trace for trace in result.traces},
+            ui.log_status: self.query_log.status,
+        }
 
-    def explain(self, method: str | None, traces: dict | None) -> tuple:
+    def explain(self, method: str | None, traces: dict | None) -> dict:
         """Token attributions for one method's last answer, along the path it took."""
+        ui = self.components
         trace = (traces or {}).get(method or "")
         if trace is None:
-            return [], message_html(["run a comparison first, then pick one of its methods"], [])
+            return {ui.attribution: [], ui.attribution_note: message_html(["run a comparison first, then pick one of its methods"], [])}
         result = attribute(self.models.get(trace.task, trace.method), trace)
-        return result.tokens, message_html([], [attribution_caption(trace, result)])
+        return {ui.attribution: result.tokens, ui.attribution_note: message_html([], [attribution_caption(trace, result)])}
 
     # --- layer usage -----------------------------------------------------------------------
-    def dev_layer_usage(self, task: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+    def dev_layer_usage(self, task: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict:
         """Layer-frequency histogram on the task's dev set: recorded at training time, or computed once and cached."""
+        ui = self.components
         frames, notes = [], []
         for method in methods_for(task):
             model = self.models.get(task, method)
@@ -179,9 +253,9 @@ class DemoHandlers:
                 usage = self._dev_usage[key]
             frames.append(usage)
         if not frames:
-            return None, message_html([], notes or ["no dev-set layer usage available"])
+            return {ui.dev_chart: None, ui.dev_note: message_html([], notes or ["no dev-set layer usage available"])}
         chart = layer_frequency_chart(pd.concat(frames, ignore_index=True), f"{get_task(task).name}: layer usage on the dev set")
-        return chart, message_html([], notes)
+        return {ui.dev_chart: chart, ui.dev_note: message_html([], notes)}
 
     def _logged_rows(self, task: str, method: str | None, since: str) -> list[dict]:
         """The logged results matching the filters; a UserError only for what the visitor typed (never naming a path)."""
@@ -195,21 +269,34 @@ class DemoHandlers:
             logger.warning("reading the query log: %s", error)
             raise UserError("the query log cannot be read right now (the server log says why)") from None
 
-    def logged_layer_usage(self, task: str, method: str, since: str) -> tuple:
-        """Layer-frequency histogram and summary over the logged queries, filtered by task, method and time."""
+    def logged_layer_usage(self, task: str, method: str | None, since: str | None) -> dict:
+        """Layer-frequency histogram and summary over the logged queries, filtered by task, method and time; where there is
+        nothing to show, both are hidden and the note says why (the log is off, empty, or nothing matches the filters)."""
+        ui = self.components
         if not self.query_log.enabled:
-            return None, None, message_html([], [self.query_log.status])
+            return self._no_logged_usage(message_html([], [self.query_log.status]))
         try:
-            rows = self._logged_rows(task, method, since)
+            rows = self._logged_rows(task, method, since or "")
         except UserError as error:
-            return None, None, message_html([str(error)], [])
+            return self._no_logged_usage(message_html([str(error)], []))
         if not rows:
-            return None, summary_table(rows), message_html([], ["no logged queries match these filters"])
+            filtered = task != ANY or method not in (None, ANY) or bool((since or "").strip())
+            return self._no_logged_usage(message_html([], ["no logged queries match these filters" if filtered else "no queries logged yet"]))
         charts = [
             layer_frequency_chart(usage, f"{name}: layer usage over {usage['inputs'].max()} logged queries per method")
             for name, usage in usage_by_task(rows).items()
         ]
-        return stacked(charts), summary_table(rows), message_html([], [f"{len(rows)} logged results (one per query and method)"])
+        return {
+            ui.log_chart: stacked(charts),
+            ui.log_summary: summary_table(rows),
+            ui.log_note: message_html([], [f"{len(rows)} logged results (one per query and method)"]),
+            ui.log_view: gr.update(visible=True),
+        }
+
+    def _no_logged_usage(self, note: str) -> dict:
+        """No chart, an empty summary (its real headers, for API callers) and the view holding both hidden: the note says why."""
+        ui = self.components
+        return {ui.log_chart: None, ui.log_summary: summary_table([]), ui.log_note: note, ui.log_view: gr.update(visible=False)}
 
     def prune_exports(self, keep: int) -> None:
         """Delete report folders older than ``EXPORT_MAX_AGE_S`` and all but the newest ``keep`` (Gradio serves its own copies)."""
@@ -221,54 +308,54 @@ class DemoHandlers:
             if rank >= keep or now - folder.stat().st_mtime > EXPORT_MAX_AGE_S:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def export(self, task: str, since: str) -> tuple:
+    def export(self, task: str, since: str) -> dict:
         """Write the layer-usage report (CSV, JSON, HTML) for the logged queries into a fresh folder and offer it for download."""
+        ui = self.components
         if not self.query_log.enabled:
-            return None, message_html([], [self.query_log.status])
+            return {ui.export_files: None, ui.log_note: message_html([], [self.query_log.status])}
         try:
             parse_since(since)
             task_name = None if task == ANY else get_task(task).name
         except UserError as error:
-            return None, message_html([str(error)], [])
+            return {ui.export_files: None, ui.log_note: message_html([str(error)], [])}
         if not self.query_log.path.is_file():
-            return None, message_html([], ["no queries logged yet: nothing to export"])
+            return {ui.export_files: None, ui.log_note: message_html([], ["no queries logged yet: nothing to export"])}
         try:
             self.prune_exports(keep=EXPORTS_KEPT - 1)  # with the new one, at most EXPORTS_KEPT
             self.export_root.mkdir(parents=True, exist_ok=True)
             files = export_report(self.query_log.path, tempfile.mkdtemp(prefix="report-", dir=self.export_root), task=task_name, since=since)
         except (UserError, OSError) as error:
             logger.warning("export: %s", error)
-            return None, message_html(["the report could not be written (the server log says why)"], [])
-        return [str(path) for path in files.paths()], message_html([], [f"report written: {files.rows} result rows"])
+            return {ui.export_files: None, ui.log_note: message_html(["the report could not be written (the server log says why)"], [])}
+        return {ui.export_files: [str(path) for path in files.paths()], ui.log_note: message_html([], [f"report written: {files.rows} result rows"])}
 
     # --- page load -------------------------------------------------------------------------
-    def open_page(self, request: gr.Request) -> tuple:
+    def open_page(self, request: gr.Request) -> dict:
         """Links that show a result when the page opens: ``?example=N`` fills in example N (1-based) and runs it;
-        ``?usage=TASK`` opens the Layer usage tab with TASK's dev-set chart.
-
-        Returns the task, text and second sentence, what ``compare`` returns, then the selected tab, the dev-set task,
-        chart and note.
-        """
+        ``?usage=TASK`` opens the Layer usage tab with TASK's dev-set chart and the logged queries' usage. The log status
+        is refreshed either way; widgets no link asks for are left as they are."""
+        ui = self.components
         rows = example_rows()
         params = request.query_params if request is not None else {}
         wanted, usage_task = params.get("example", ""), params.get("usage", "")
-        untouched_usage = (gr.update(), gr.update(), gr.update(), gr.update())
+        answer = {ui.log_status: self.query_log.status}  # the example runs first, so the logged usage below includes it
+        if wanted.isdigit() and 1 <= int(wanted) <= len(rows):
+            task, text, text_pair = rows[int(wanted) - 1]
+            answer |= {ui.task: task, ui.text: text, ui.text_pair: text_pair}
+            answer |= self.compare(task, text, text_pair, methods_for(task), FP32, *[None] * len(self.knob_methods))
+        elif wanted:
+            answer[ui.message] = message_html([f"there is no example {wanted!r}: use 1 to {len(rows)}"], [])
         if usage_task:
+            answer |= {ui.tabs: gr.Tabs(selected=USAGE_TAB)} | self.logged_layer_usage(ANY, ANY, "")
             try:
                 name = get_task(usage_task).name
                 if name not in DEMO_TASKS:
                     raise UserError(f"the demo shows {', '.join(DEMO_TASKS)}, not {name}")
             except UserError as error:
-                usage = (gr.Tabs(selected=USAGE_TAB), gr.update(), None, message_html([str(error)], []))
+                answer |= {ui.dev_chart: None, ui.dev_note: message_html([str(error)], [])}
             else:
-                usage = (gr.Tabs(selected=USAGE_TAB), name, *self.dev_layer_usage(name))
-        else:
-            usage = untouched_usage
-        if wanted.isdigit() and 1 <= int(wanted) <= len(rows):
-            task, text, text_pair = rows[int(wanted) - 1]
-            return (task, text, text_pair, *self.compare(task, text, text_pair, methods_for(task), FP32, *[None] * len(self.knob_methods)), *usage)
-        message = message_html([f"there is no example {wanted!r}: use 1 to {len(rows)}"], []) if wanted else gr.update()
-        return (*[gr.update()] * 3, message, *[gr.update()] * (4 + len(CHART_METHODS)), self.query_log.status, *usage)
+                answer |= {ui.dev_task: name} | self.dev_layer_usage(name)
+        return answer
 
 
 def build_demo(handlers: DemoHandlers) -> gr.Blocks:
@@ -291,35 +378,37 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                         )
                         run = gr.Button("Compare", variant="primary", elem_id="compare-button")
                     with gr.Column(scale=2):
-                        knobs = [gr.Slider(**knob_settings(handlers.models, task_name, method), elem_id=f"knob-{method}") for method in handlers.knob_methods]
+                        knobs = {
+                            method: gr.Slider(**knob_settings(handlers.models, task_name, method), elem_id=f"knob-{method}") for method in handlers.knob_methods
+                        }
                         gr.Examples(example_rows(), inputs=[task, text, text_pair], label="Examples", examples_per_page=5)
                 message = gr.HTML(label="Message", elem_id="message")
-                results = gr.HTML(label="Results", elem_id="results")
+                cards = gr.HTML(label="Results", elem_id="results")
                 # charts stay hidden until a comparison draws them, and a method that did not run shows no empty box
-                path_plot = gr.Plot(label="Layer path", show_label=False, visible=False, elem_id="chart-path")
-                plots = []
+                path_chart = gr.Plot(label="Layer path", show_label=False, visible=False, elem_id="chart-path")
+                method_charts = {}
                 for start in range(0, len(CHART_METHODS), PLOTS_PER_ROW):
                     with gr.Row():
                         for method in CHART_METHODS[start : start + PLOTS_PER_ROW]:
-                            plots.append(gr.Plot(label=METHODS[method].layer_chart.title, show_label=False, visible=False, elem_id=f"chart-{method}"))
+                            method_charts[method] = gr.Plot(label=METHODS[method].layer_chart.title, show_label=False, visible=False, elem_id=f"chart-{method}")
                 with gr.Accordion("Attributions: which tokens drove the answer", open=False):
                     explained_method = gr.Dropdown(method_choices(METHODS), value=BASELINE, label="Method to explain")
                     explain_button = gr.Button("Explain")
                     attribution = gr.HighlightedText(label="Token attributions", show_legend=False)
-                    attribution_message = gr.HTML(label="Attribution note")
+                    attribution_note = gr.HTML(label="Attribution note")
                 with gr.Accordion("Traces (JSON)", open=False):
                     traces_json = gr.JSON(label="traces")
                 traces_state = gr.State({})
                 # the API's knob parameters: hidden, empty by default, so an API call that leaves one out runs the task's checkpoint default
                 api_knobs = [gr.Number(value=None, label=handlers.api_knob_label(method), visible=False) for method in handlers.knob_methods]
                 api_compare = gr.Button("Compare (API)", visible=False)
-            with gr.Tab("Layer usage", id=USAGE_TAB):
+            with gr.Tab("Layer usage", id=USAGE_TAB) as usage_tab:
                 gr.Markdown("### Dev set\nHow often each layer runs on the task's dev set (recorded at training time, or computed here once).")
                 with gr.Row():
                     dev_task = gr.Dropdown(list(DEMO_TASKS), value=task_name, label="Task")
                     dev_button = gr.Button("Show dev-set layer usage")
-                dev_plot = gr.Plot(label="Dev-set layer usage", show_label=False, elem_id="chart-dev-usage")
-                dev_message = gr.HTML(label="Dev-set note")
+                dev_chart = gr.Plot(label="Dev-set layer usage", show_label=False, elem_id="chart-dev-usage")
+                dev_note = gr.HTML(label="Dev-set note")
                 gr.Markdown("### Logged queries")
                 with gr.Row():
                     log_task = gr.Dropdown([ANY, *DEMO_TASKS], value=ANY, label="Task")
@@ -328,22 +417,50 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                 with gr.Row():
                     log_button = gr.Button("Show logged layer usage")
                     export_button = gr.Button("Export report (CSV, JSON, HTML)")
-                log_plot = gr.Plot(label="Logged layer usage", show_label=False, elem_id="chart-logged-usage")
-                log_table = gr.Dataframe(label="Summary", interactive=False)
-                log_message = gr.HTML(label="Log note")
+                # filled in when the tab opens; hidden while the log has nothing to show, and the note says why
+                with gr.Column(visible=False) as log_view:
+                    log_chart = gr.Plot(label="Logged layer usage", show_label=False, elem_id="chart-logged-usage")
+                    log_summary = gr.Dataframe(label="Summary", interactive=False, elem_id="logged-summary")
+                log_note = gr.HTML(label="Log note", elem_id="log-note")
                 export_files = gr.File(label="Report files", file_count="multiple", interactive=False)
 
-        compare_outputs = [message, results, path_plot, *plots, traces_json, traces_state, log_status]
-        compare_inputs = [task, text, text_pair, methods, precision, *knobs]
-        # page-open and task-change events answer over plain HTTP (queue=False): quick, and a headless browser's
+        ui = DemoComponents(
+            task=task,
+            text=text,
+            text_pair=text_pair,
+            methods=methods,
+            knobs=knobs,
+            message=message,
+            cards=cards,
+            path_chart=path_chart,
+            method_charts=method_charts,
+            traces_json=traces_json,
+            traces_state=traces_state,
+            log_status=log_status,
+            attribution=attribution,
+            attribution_note=attribution_note,
+            tabs=tabs,
+            dev_task=dev_task,
+            dev_chart=dev_chart,
+            dev_note=dev_note,
+            log_view=log_view,
+            log_chart=log_chart,
+            log_summary=log_summary,
+            log_note=log_note,
+            export_files=export_files,
+        )
+        handlers.attach(ui)
+        compare_inputs = [task, text, text_pair, methods, precision, *knobs.values()]
+        log_filters = [log_task, log_method, log_since]
+        # page-open, task-change and tab-open events answer over plain HTTP (queue=False): quick, and a headless browser's
         # virtual clock waits for them, so a ?example=N link renders its result
-        task.change(handlers.task_changed, task, [text_pair, methods, *knobs], api_visibility="private", queue=False)
-        page_triggers = [run.click, text.submit, text_pair.submit, precision.change, *[knob.release for knob in knobs]]
+        task.change(handlers.task_changed, task, [text_pair, methods, *knobs.values()], api_visibility="private", queue=False)
+        page_triggers = [run.click, text.submit, text_pair.submit, precision.change, *[knob.release for knob in knobs.values()]]
         gr.on(
             page_triggers,
             handlers.compare,
             compare_inputs,
-            compare_outputs,
+            ui.compare_outputs,
             api_name="compare_in_page",  # named, so the public endpoint below keeps the name "compare"
             api_visibility="private",
             concurrency_limit=CONCURRENT_QUERIES,
@@ -351,15 +468,19 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
         )
         api_precision = gr.Textbox(value=None, label="Precision: fp32, bf16 or int8 (leave empty: fp32)", visible=False)
         api_compare.click(
-            handlers.api_compare(), [task, text, text_pair, methods, api_precision, *api_knobs], compare_outputs, api_name="compare", concurrency_id="compare"
+            handlers.api_compare(),
+            [task, text, text_pair, methods, api_precision, *api_knobs],
+            ui.compare_outputs,
+            api_name="compare",
+            concurrency_id="compare",
         )
-        explain_button.click(handlers.explain, [explained_method, traces_state], [attribution, attribution_message], api_name="explain")
-        dev_button.click(handlers.dev_layer_usage, dev_task, [dev_plot, dev_message], api_name="dev_layer_usage", concurrency_limit=1)
-        log_button.click(handlers.logged_layer_usage, [log_task, log_method, log_since], [log_plot, log_table, log_message], api_name="logged_layer_usage")
-        export_button.click(handlers.export, [log_task, log_since], [export_files, log_message], api_name="export_report")
-        demo.load(
-            handlers.open_page, None, [task, text, text_pair, *compare_outputs, tabs, dev_task, dev_plot, dev_message], api_visibility="private", queue=False
-        )
+        explain_button.click(handlers.explain, [explained_method, traces_state], [attribution, attribution_note], api_name="explain")
+        dev_button.click(handlers.dev_layer_usage, dev_task, [dev_chart, dev_note], api_name="dev_layer_usage", concurrency_limit=1)
+        log_button.click(handlers.logged_layer_usage, log_filters, ui.logged_usage_outputs, api_name="logged_layer_usage")
+        usage_tab.select(handlers.logged_layer_usage, log_filters, ui.logged_usage_outputs, api_visibility="private", queue=False)
+        export_button.click(handlers.export, [log_task, log_since], [export_files, log_note], api_name="export_report")
+        page_outputs = [task, text, text_pair, *ui.compare_outputs, tabs, dev_task, dev_chart, dev_note, *ui.logged_usage_outputs]
+        demo.load(handlers.open_page, None, page_outputs, api_visibility="private", queue=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENT_QUERIES)
     return demo
 

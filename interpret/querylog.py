@@ -1,10 +1,9 @@
 """The query log: every question asked in the demo, and per method what it answered and which layers ran.
 
-Two tables in one SQLite file, written with ``sqlite-utils``:
-
-- ``queries``: id, time (UTC, ISO 8601), task, text, text_pair, methods (JSON list), settings (JSON)
-- ``results``: one row per query and method: prediction, probabilities, layers executed and
-  skipped, exit layer, latency, checkpoint, ... (``query_id`` points at ``queries.id``)
+Two tables in one SQLite file, written with ``sqlite-utils``: ``queries`` (one row per question)
+and ``results`` (one row per query and method; ``query_id`` points at ``queries.id``). Their
+columns are declared once, in ``QUERY_COLUMNS`` and ``RESULT_COLUMNS``: the tables are created,
+rows written and read back, and JSON columns encoded and decoded from those two mappings.
 
 All writes go through one writer thread with its own connection, so many requests at once
 never contend for the write lock inside the app; the file is in WAL mode so readers (reports,
@@ -27,7 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -45,26 +44,57 @@ logger = logging.getLogger("adaptive_bert.querylog")
 OFF_VALUES = {"off", "0", "false", "no"}
 BUSY_TIMEOUT_S = 30.0  # other processes (a report being written) may hold the lock briefly
 
-QUERY_COLUMNS = {"id": int, "time": str, "task": str, "text": str, "text_pair": str, "methods": str, "settings": str}
-RESULT_COLUMNS = {
-    "id": int,
-    "query_id": int,
-    "method": str,
-    "prediction": str,
-    "probabilities": str,
-    "layers_executed": str,
-    "layers_skipped": str,
-    "exit_layer": int,
-    "num_layers": int,
-    "latency_ms": float,
-    "expected_speedup": float,
-    "threshold": float,
-    "early_exit": int,
-    "truncated": int,
-    "checkpoint": str,
-    "trained": int,
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the log: its type as ``sqlite-utils`` creates it, what it holds (``description``), and whether it is kept as JSON text."""
+
+    type: type
+    description: str
+    json: bool = False
+
+
+QUERY_COLUMNS = {
+    "id": Column(int, "the query's number (primary key)"),
+    "time": Column(str, "when it was asked: UTC, ISO 8601"),
+    "task": Column(str, "the task's name, e.g. MRPC"),
+    "text": Column(str, "the text as the models read it"),
+    "text_pair": Column(str, "the second sentence, for pair tasks"),
+    "methods": Column(str, "the methods compared, in the order chosen", json=True),
+    "settings": Column(str, "the run settings: thresholds per method, early exit, precision", json=True),
 }
-JSON_COLUMNS = ("methods", "settings", "probabilities", "layers_executed", "layers_skipped")
+RESULT_COLUMNS = {
+    "id": Column(int, "the result's number (primary key)"),
+    "query_id": Column(int, "the query it answers (queries.id)"),
+    "method": Column(str, "the method's name"),
+    "prediction": Column(str, "the answer: a label, or the score to four decimals"),
+    "probabilities": Column(str, "class probabilities (empty for regression)", json=True),
+    "layers_executed": Column(str, "the layers that ran, 1-based", json=True),
+    "layers_skipped": Column(str, "the layers a planner bypassed", json=True),
+    "exit_layer": Column(int, "the layer after which the input left early; empty if it went to the end"),
+    "num_layers": Column(int, "the model's layer count"),
+    "latency_ms": Column(float, "the median latency of the runs, in milliseconds"),
+    "expected_speedup": Column(float, "the speed-up its layer count allows"),
+    "threshold": Column(float, "the knob value it ran with (empty for methods without one)"),
+    "early_exit": Column(int, "whether early exit was on"),
+    "truncated": Column(int, "whether the input was cut to the model's token limit"),
+    "checkpoint": Column(str, "the checkpoint folder, relative to the project"),
+    "trained": Column(int, "whether the method's heads were trained"),
+}
+TABLES = {"queries": QUERY_COLUMNS, "results": RESULT_COLUMNS}
+TRACE_FIELDS = {field.name for field in fields(Trace)}  # result columns named like a trace field are copied from the trace
+READ_COLUMNS = {"query_id": ("results", RESULT_COLUMNS["query_id"])} | {
+    name: (table, column) for table, columns in TABLES.items() for name, column in columns.items() if name not in ("id", "query_id")
+}  # a row of read_results: every declared column but the row ids, as name -> (table, column)
+
+
+def column_types(columns: dict[str, Column]) -> dict[str, type]:
+    return {name: column.type for name, column in columns.items()}
+
+
+def stored(columns: dict[str, Column], values: dict) -> dict:
+    """A row as written: a value for every declared column but the row's own id (a missing one is a KeyError), JSON columns encoded."""
+    return {name: json.dumps(values[name]) if column.json else values[name] for name, column in columns.items() if name != "id"}
 
 
 def connect(path: str | Path) -> sqlite_utils.Database:
@@ -72,8 +102,8 @@ def connect(path: str | Path) -> sqlite_utils.Database:
     connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     db = sqlite_utils.Database(connection)
     db.enable_wal()
-    db["queries"].create(QUERY_COLUMNS, pk="id", if_not_exists=True)
-    db["results"].create(RESULT_COLUMNS, pk="id", foreign_keys=[("query_id", "queries", "id")], if_not_exists=True)
+    db["queries"].create(column_types(QUERY_COLUMNS), pk="id", if_not_exists=True)
+    db["results"].create(column_types(RESULT_COLUMNS), pk="id", foreign_keys=[("query_id", "queries", "id")], if_not_exists=True)
     db["queries"].create_index(["time"], if_not_exists=True)
     db["results"].create_index(["query_id"], if_not_exists=True)
     return db
@@ -193,31 +223,19 @@ def _insert(db: sqlite_utils.Database, task: str, text: str, text_pair: str | No
             "task": task,
             "text": text,
             "text_pair": text_pair,
-            "methods": json.dumps([trace.method for trace in traces]),
-            "settings": json.dumps(settings),
+            "methods": [trace.method for trace in traces],
+            "settings": settings,
         }
-        query_id = db["queries"].insert(query).last_pk
-        db["results"].insert_all(
-            {
-                "query_id": query_id,
-                "method": trace.method,
-                "prediction": trace.prediction if isinstance(trace.prediction, str) else f"{trace.prediction:.4f}",
-                "probabilities": json.dumps(trace.probabilities),
-                "layers_executed": json.dumps(trace.layers_executed),
-                "layers_skipped": json.dumps(trace.layers_skipped),
-                "exit_layer": trace.exit_layer,
-                "num_layers": trace.num_layers,
-                "latency_ms": trace.latency_ms,
-                "expected_speedup": trace.expected_speedup,
-                "threshold": trace.threshold,
-                "early_exit": trace.early_exit,
-                "truncated": trace.truncated,
-                "checkpoint": trace.checkpoint,
-                "trained": trained.get(trace.method, False),
-            }
-            for trace in traces
-        )
+        query_id = db["queries"].insert(stored(QUERY_COLUMNS, query)).last_pk
+        db["results"].insert_all(stored(RESULT_COLUMNS, result_values(query_id, trace, trained)) for trace in traces)
     return query_id
+
+
+def result_values(query_id: int, trace: Trace, trained: dict[str, bool]) -> dict:
+    """One result row before encoding: every column named like a trace field is copied from it, the others are filled in here."""
+    copied = {name: getattr(trace, name) for name in RESULT_COLUMNS if name in TRACE_FIELDS}
+    prediction = trace.prediction if isinstance(trace.prediction, str) else f"{trace.prediction:.4f}"
+    return copied | {"query_id": query_id, "prediction": prediction, "trained": trained.get(trace.method, False)}
 
 
 RELATIVE_TIME = re.compile(r"^(\d+)\s*([hdw])$")
@@ -253,15 +271,8 @@ def read_results(path: str | Path, task: str | None = None, method: str | None =
         conditions.append("queries.time >= ?")
         params.append(since.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
     where = f"where {' and '.join(conditions)}" if conditions else ""
-    sql = f"""
-        select results.query_id, queries.time, queries.task, queries.text, queries.text_pair, queries.settings,
-               results.method, results.prediction, results.probabilities, results.layers_executed, results.layers_skipped,
-               results.exit_layer, results.num_layers, results.latency_ms, results.expected_speedup, results.threshold,
-               results.early_exit, results.truncated, results.checkpoint, results.trained
-        from results join queries on queries.id = results.query_id
-        {where}
-        order by queries.id, results.id
-    """
+    selected = ", ".join(f"{table}.{name}" for name, (table, _) in READ_COLUMNS.items())
+    sql = f"select {selected} from results join queries on queries.id = results.query_id {where} order by queries.id, results.id"
     try:
         db = sqlite_utils.Database(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S))
         try:
@@ -270,8 +281,9 @@ def read_results(path: str | Path, task: str | None = None, method: str | None =
             db.close()
     except sqlite3.Error as error:
         raise UserError(f"cannot read the query log {path}: {error}") from error
+    decoded = [name for name, (_, column) in READ_COLUMNS.items() if column.json]
     for row in rows:
-        for column in JSON_COLUMNS:
-            if column in row and row[column] is not None:
-                row[column] = json.loads(row[column])
+        for name in decoded:
+            if row[name] is not None:
+                row[name] = json.loads(row[name])
     return rows

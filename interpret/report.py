@@ -25,7 +25,7 @@ from core.csvsafe import write_csv
 from core.errors import UserError, command_line
 from core.tasks import get_task
 from interpret.charts import layer_frequency_chart, method_title
-from interpret.querylog import parse_since, read_results
+from interpret.querylog import READ_COLUMNS, parse_since, read_results
 from interpret.usage import usage_by_task
 
 CSV_FILE, JSON_FILE, HTML_FILE = "queries.csv", "queries.json", "report.html"
@@ -99,7 +99,7 @@ def export_report(db: str | Path, out_dir: str | Path, task: str | None = None, 
         out.mkdir(parents=True, exist_ok=True)
         files = ReportFiles(out / CSV_FILE, out / JSON_FILE, out / HTML_FILE, len(rows))
         flat = [{key: json.dumps(value) if isinstance(value, (list, dict)) else value for key, value in row.items()} for row in rows]
-        write_csv(pd.DataFrame(flat, columns=list(rows[0]) if rows else None), files.csv)
+        write_csv(pd.DataFrame(flat, columns=list(READ_COLUMNS)), files.csv)
         files.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         filters = f"task {task_name or 'any'}, since {since or 'the beginning'}"
         files.html.write_text(render_html(rows, filters), encoding="utf-8")

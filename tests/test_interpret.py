@@ -17,7 +17,7 @@ from core.methods import METHODS
 from core.trace import LayerStep
 from interpret import charts
 from interpret.attributions import PAIR_SEPARATOR, attribute, encode, replay
-from interpret.querylog import QueryLog, parse_since, read_results
+from interpret.querylog import QUERY_COLUMNS, RESULT_COLUMNS, QueryLog, parse_since, read_results
 from interpret.report import CSV_FILE, HTML_FILE, JSON_FILE, export_report, summary_table
 from interpret.report import main as report_main
 from interpret.usage import dev_set_usage, layer_usage, precomputed_usage
@@ -228,9 +228,17 @@ def test_query_log_writes_one_row_per_method_in_wal_mode(tmp_path, varied_traces
     rows = read_results(tmp_path / "q.db")
     assert len(rows) == 1
     assert rows[0]["text"] == awkward and rows[0]["layers_executed"] == traces[0].layers_executed
-    assert rows[0]["settings"] == {"thresholds": {"dpbert": 0.5}}
+    assert rows[0]["settings"] == {"thresholds": {"dpbert": 0.5}} and rows[0]["methods"] == ["dpbert"]
     with sqlite3.connect(tmp_path / "q.db") as connection:
         assert connection.execute("pragma journal_mode").fetchone()[0] == "wal"
+        connection.row_factory = sqlite3.Row
+        for table, declared in (("queries", QUERY_COLUMNS), ("results", RESULT_COLUMNS)):
+            written = dict(connection.execute(f"select * from {table}").fetchone())
+            assert list(written) == list(declared), f"{table} has exactly the declared columns, in order"
+            nullable = {"exit_layer", "checkpoint"}  # no early exit on this input, no checkpoint for untrained heads
+            assert [name for name, value in written.items() if value is None and name not in nullable] == [], f"a {table} row fills every column"
+    shared = {"id", "query_id"}
+    assert set(rows[0]) == {"query_id"} | (set(QUERY_COLUMNS) - shared) | (set(RESULT_COLUMNS) - shared), "a read row holds every declared column"
 
 
 def test_query_log_keeps_every_row_from_many_threads(tmp_path, varied_traces):
@@ -294,6 +302,7 @@ def test_report_command_writes_csv_json_and_a_self_contained_page(logged_db, tmp
     rows = json.loads((out / JSON_FILE).read_text())
     assert len(rows) == 3 and {row["task"] for row in rows} == {"MRPC"}
     assert len((out / CSV_FILE).read_text().strip().splitlines()) == 1 + 3
+    assert (out / CSV_FILE).read_text().splitlines()[0].split(",") == list(rows[0]), "the CSV and the JSON hold the same columns"
     page = (out / HTML_FILE).read_text()
     assert "<svg" in page and "<script" not in page and 'src="http' not in page
     assert "DeeBERT" in page and "STS-B" not in page
@@ -304,7 +313,8 @@ def test_report_summary_and_filters(logged_db, tmp_path):
     assert files.rows == 5
     table = summary_table(read_results(logged_db)).set_index("task")
     assert table.loc["MRPC", "queries"] == 3 and table.loc["STS-B", "method"] == "DPBERT"
-    assert export_report(logged_db, tmp_path / "none", since="2999-01-01").rows == 0
+    empty = export_report(logged_db, tmp_path / "none", since="2999-01-01")
+    assert empty.rows == 0 and empty.csv.read_text().splitlines()[0].split(",") == list(read_results(logged_db)[0]), "an empty CSV still has its header"
 
 
 def test_report_command_explains_bad_arguments(tmp_path, capsys):
