@@ -197,3 +197,24 @@ def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart |
 def stacked(charts: list[alt.TopLevelMixin]) -> alt.TopLevelMixin:
     """Several charts one above the other (one per task), or the single chart itself."""
     return charts[0] if len(charts) == 1 else alt.vconcat(*charts)
+
+
+def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:
+    """What each layer knows (``training.probe``): a linear probe's dev metric per layer, [CLS] against mean pooling, per model."""
+    data = chart_data(probes.assign(layer=probes["layer"].astype(int)))
+    lines = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:O", title="after layer (0: embeddings)"),
+            y=alt.Y("metric:Q", title=f"probe's dev {data['metric_name'].iloc[0]}", scale=alt.Scale(zero=False)),
+            color=alt.Color("pooling:N", title="pooled state", scale=alt.Scale(domain=["cls", "mean"], range=["#ea580c", "#2563eb"])),
+            strokeDash=alt.StrokeDash("model:N", title="model"),
+            tooltip=["model", "pooling", "layer", alt.Tooltip("metric:Q", format=".3f")],
+        )
+    )
+    layers = [lines]
+    if data["majority_share"].notna().any():
+        majority = float(data["majority_share"].dropna().iloc[0])
+        layers.append(alt.Chart(pd.DataFrame({"majority": [majority]})).mark_rule(color="#9ca3af", strokeDash=[4, 4]).encode(y="majority:Q"))
+    return alt.layer(*layers).properties(title=f"{task}: what each layer knows (linear probe; grey: the majority answer)", width=WIDTH, height=220)
