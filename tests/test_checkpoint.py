@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import WEIGHTS_FILE, add_lora, load_checkpoint, read_config, save_checkpoint, write_operating_point
+from core.backbone import load_bert
+from core.checkpoint import SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, read_config, save_checkpoint, write_operating_point
 from core.errors import UserError
+from core.lora import add_lora, plain_state_dict
 from core.methods import METHODS
 from tests.conftest import SECOND, SENTENCES, randomise
 
@@ -116,6 +118,35 @@ def test_config_written_before_typed_method_configs_is_migrated(saved):
     assert load_checkpoint(saved).method.config == METHODS[config.method].Config.from_dict(config.method_config)
 
 
+def test_shipped_checkpoints_hold_exactly_what_their_files_spell_out():
+    """The shipped MRPC full model is the backbone plus int8 differences times their row scales; DACT on it adds alpha/rank * B @ A."""
+    full_folder, dact_folder = SHIPPED_DIR / "mrpc" / "full", SHIPPED_DIR / "mrpc" / "dact"
+    full, dact = load_checkpoint(full_folder), load_checkpoint(dact_folder)
+    stored = {name: value for path in sorted(full_folder.glob("encoder-*.safetensors")) for name, value in load_file(path).items()}
+    expected = load_bert(full.config.backbone).state_dict()
+    for name, value in stored.items():
+        if name.endswith(".int8"):
+            weight = name[len("delta.") : -len(".int8")]
+            expected[weight] = expected[weight] + value.float() * stored[f"delta.{weight}.scale"][:, None]
+        elif name.startswith("encoder."):
+            expected[name[len("encoder.") :]] = value
+    full_weights = full.encoder.bert.state_dict()
+    assert stored and full_weights.keys() == expected.keys()
+    assert [name for name in expected if not torch.equal(full_weights[name], expected[name])] == []
+
+    adapters = load_file(dact_folder / WEIGHTS_FILE)
+    scaling = dact.config.lora["alpha"] / dact.config.lora["rank"]
+    for name, value in adapters.items():
+        if name.endswith(".lora_A.weight"):
+            weight = name[len("encoder.") : -len(".lora_A.weight")] + ".weight"
+            expected[weight] = full_weights[weight] + scaling * adapters[name.replace("lora_A", "lora_B")] @ value
+    dact_weights = plain_state_dict(dact.encoder.bert)
+    assert dact_weights.keys() == expected.keys() and any(not torch.equal(expected[name], full_weights[name]) for name in expected)
+    assert [name for name in expected if not torch.allclose(dact_weights[name], expected[name], atol=1e-6)] == []
+    heads = {name[len("method.") :]: value for name, value in adapters.items() if name.startswith("method.")}
+    assert heads and all(torch.equal(dact.method.state_dict()[name], value) for name, value in heads.items())
+
+
 def test_unknown_method_setting_in_config_is_refused(saved):
     path = saved / "config.json"
     data = json.loads(path.read_text())
@@ -144,7 +175,7 @@ def fully_tuned(make_model, method: str = "full"):
 
 
 def test_delta_checkpoint_rebuilds_a_fully_tuned_encoder_from_int8_differences(make_model, tmp_path):
-    from core.checkpoint import SHARD_BYTES
+    from core.delta import SHARD_BYTES
 
     model = fully_tuned(make_model)
     expected = model.predict(SENTENCES, SECOND)
@@ -187,7 +218,7 @@ def test_methods_share_their_tasks_full_model_instead_of_copying_it(make_model, 
     stored = load_file(folder / WEIGHTS_FILE)
     encoder_keys = [name for name in stored if name.startswith("encoder.")]
     assert all("lora_" in name for name in encoder_keys) and (bool(encoder_keys) == (method == "dact"))
-    from core.checkpoint import merge_lora
+    from core.lora import merge_lora
 
     merge_lora(model.encoder)
     expected = model.eval().predict(SENTENCES, SECOND, early_exit=False)
