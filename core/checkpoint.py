@@ -92,23 +92,6 @@ def write_operating_point(folder: str | Path, threshold: float | None, metrics: 
     return config
 
 
-def _migrate(data: dict) -> dict:
-    """Bring a config.json written by an earlier version up to date (the shipped checkpoints predate typed configs)."""
-    if "method_hyperparameters" not in data:
-        return data
-    data = dict(data)
-    method_config = dict(data.pop("method_hyperparameters") or {})
-    if data.get("method") in METHODS:
-        method_config = METHODS[data["method"]].legacy_config(method_config, data.get("training") or {})
-    data["method_config"] = method_config
-    metrics = dict(data.get("metrics") or {})
-    rule = metrics.pop("operating_point", None)
-    if rule and rule != "all layers":
-        data["operating_point"] = {"rule": rule, "chosen_on": "dev"}
-    data["metrics"] = metrics
-    return data
-
-
 def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     if not Path(folder).is_dir():
@@ -122,10 +105,12 @@ def read_config(folder: str | Path) -> ModelConfig:
     known = {field.name for field in fields(ModelConfig)}
     if not isinstance(data, dict) or not {"method", "task", "labels", "pair"} <= data.keys():
         raise UserError(f"{path} is not a checkpoint config: it needs at least the keys method, task, labels and pair")
-    data = _migrate(data)
     unknown = set(data) - known
     if unknown:
-        raise UserError(f"{path} has unknown keys {sorted(unknown)}; was it written by a newer version?")
+        raise UserError(
+            f"{path} has keys this version does not know ({', '.join(sorted(unknown))}): it was written by an older or newer version; "
+            "re-create the checkpoint with this one (training.train, then training.publish)"
+        )
     config = ModelConfig(**data)
     if config.method not in METHODS:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")

@@ -103,19 +103,15 @@ def test_weights_that_do_not_fit_the_config_are_reported(saved):
         load_checkpoint(saved)
 
 
-def test_config_written_before_typed_method_configs_is_migrated(saved):
-    """Shipped checkpoints of the first release kept method_hyperparameters and training-only settings; they still load."""
+def test_config_of_an_older_layout_is_refused_in_one_line_saying_what_to_do(saved):
+    """A config.json from before typed method configs (method_hyperparameters) names the key and how to get a loadable checkpoint."""
     path = saved / "config.json"
     data = json.loads(path.read_text())
-    data.pop("method_config")
-    data["method_hyperparameters"] = {}
-    data["training"] = {"tau": 0.05, "target_skip_rate": 0.35}
-    data["metrics"] = {"metric": 0.5, "operating_point": "fastest operating point keeping 98% of the full model's dev metric"}
+    data["method_hyperparameters"] = data.pop("method_config")
     path.write_text(json.dumps(data))
-    config = read_config(saved)
-    assert config.operating_point == {"rule": "fastest operating point keeping 98% of the full model's dev metric", "chosen_on": "dev"}
-    assert "operating_point" not in config.metrics
-    assert load_checkpoint(saved).method.config == METHODS[config.method].Config.from_dict(config.method_config)
+    with pytest.raises(UserError, match=r"method_hyperparameters.*re-create the checkpoint") as caught:
+        load_checkpoint(saved)
+    assert "\n" not in str(caught.value)
 
 
 def test_shipped_checkpoints_hold_exactly_what_their_files_spell_out():
