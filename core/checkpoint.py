@@ -4,14 +4,15 @@ A checkpoint stores only what differs from what it builds on: the method's heads
 halting units), plus, for the encoder, one of
 
 - ``base``: nothing (the backbone as published, or the encoder of ``base_checkpoint``);
-- ``lora``: LoRA adapters (a few MB) on top of that;
-- ``delta``: every changed weight as its difference from the backbone, int8 with one scale per
-  row, in shards of at most 8 MB (a fine-tuned 6-layer MiniLM: about 10 MB), so a fully
-  fine-tuned model fits where files must stay under 10 MB;
+- ``lora``: LoRA adapters (a few MB, core/lora.py) on top of that;
+- ``delta``: every changed weight as its int8 difference from the backbone, in ``encoder-*``
+  shards (core/delta.py), so a fully fine-tuned model fits where files must stay under 10 MB;
 - ``full``: every weight in fp32 (for training runs; rebuilt from the BERT config in config.json).
 
 ``base_checkpoint`` (a folder relative to this one, e.g. ``../full``) lets the methods of a task
-share that task's fine-tuned full model instead of each carrying a copy.
+share that task's fine-tuned full model instead of each carrying a copy. This module owns the
+folder: config.json, the safetensors files, loading the base checkpoints a folder builds on, and
+finding the checkpoints shipped in assets/.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
+from core.delta import apply_delta, quantised_delta, shards
 from core.errors import UserError
+from core.lora import adapter_state_dict, load_adapters, merge_lora, plain_state_dict
 from core.methods import METHODS
 from core.model import AdaptiveModel, ModelConfig, build_model
 
@@ -37,63 +38,8 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SHARD_PATTERN = "encoder-*.safetensors"
-SHARD_BYTES = 8 * 2**20
 ENCODER_FORMATS = ("base", "lora", "delta", "full")
 MAX_BASE_DEPTH = 4  # base checkpoints of base checkpoints: a loop is a broken folder, not a model
-# the linear layers inside the transformer layers (not the pooler, which the heads replace)
-LORA_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-
-
-def add_lora(encoder: Encoder, rank: int = 16, alpha: int = 32, dropout: float = 0.05) -> dict:
-    """Put LoRA adapters on the encoder's layers (their base weights frozen); return the settings to save."""
-    settings = {"rank": rank, "alpha": alpha, "dropout": dropout}
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS)
-    inject_adapter_in_model(config, encoder.bert)
-    return settings
-
-
-def merge_lora(encoder: Encoder) -> None:
-    """Fold adapters into the base weights so inference pays nothing for them."""
-    for module in encoder.modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            module.merge()
-
-
-def plain_state_dict(bert: BertModel) -> dict[str, torch.Tensor]:
-    """The encoder's weights under plain BERT names (merged LoRA wrappers unwrapped, adapters dropped)."""
-    for module in bert.modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            raise ValueError("merge the LoRA adapters before taking plain weights")
-    return {name.replace(".base_layer", ""): value for name, value in bert.state_dict().items() if "lora_" not in name}
-
-
-def quantised_delta(bert: BertModel, backbone: str) -> dict[str, torch.Tensor]:
-    """The weights that differ from the published backbone: matrices as int8 differences with a scale per row, the rest as they are."""
-    reference = load_bert(backbone).state_dict()
-    tensors = {}
-    for name, value in plain_state_dict(bert).items():
-        difference = value.detach().float().cpu() - reference[name].float()  # the model may be on a GPU; the reference is on the CPU
-        if not difference.any():
-            continue
-        if value.dim() == 2:
-            scale = difference.abs().amax(1).clamp_min(1e-12) / 127
-            tensors[f"delta.{name}.int8"] = (difference / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
-            tensors[f"delta.{name}.scale"] = scale
-        else:
-            tensors[f"encoder.{name}"] = value.detach().float().cpu()
-    return tensors
-
-
-def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    shards, size = [{}], 0
-    for name, value in tensors.items():
-        nbytes = value.numel() * value.element_size()
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append({})
-            size = 0
-        shards[-1][name] = value
-        size += nbytes
-    return shards
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -112,14 +58,14 @@ def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
     weights = {f"method.{name}": value for name, value in model.method.state_dict().items()}
     bert = model.encoder.bert
     if config.encoder_weights == "lora":
-        weights.update({f"encoder.{name}": value for name, value in get_peft_model_state_dict(bert).items()})
+        weights.update({f"encoder.{name}": value for name, value in adapter_state_dict(bert).items()})
     elif config.encoder_weights == "full":
         weights.update({f"encoder.{name}": value for name, value in plain_state_dict(bert).items()})
         config.backbone_config = bert.config.to_dict()
     elif config.encoder_weights == "delta":
         if model.base_folder is not None:
             raise UserError("a delta checkpoint stores its whole encoder against the backbone; it cannot also build on a base checkpoint")
-        for number, shard in enumerate(_shards(quantised_delta(bert, config.backbone)), start=1):
+        for number, shard in enumerate(shards(quantised_delta(bert, config.backbone)), start=1):
             _save(shard, folder / f"encoder-{number:05d}.safetensors")
     config.base_checkpoint = None if model.base_folder is None else os.path.relpath(model.base_folder, folder.resolve())
     config.method_config = model.method.config.to_dict()
@@ -146,23 +92,6 @@ def write_operating_point(folder: str | Path, threshold: float | None, metrics: 
     return config
 
 
-def _migrate(data: dict) -> dict:
-    """Bring a config.json written by an earlier version up to date (the shipped checkpoints predate typed configs)."""
-    if "method_hyperparameters" not in data:
-        return data
-    data = dict(data)
-    method_config = dict(data.pop("method_hyperparameters") or {})
-    if data.get("method") in METHODS:
-        method_config = METHODS[data["method"]].legacy_config(method_config, data.get("training") or {})
-    data["method_config"] = method_config
-    metrics = dict(data.get("metrics") or {})
-    rule = metrics.pop("operating_point", None)
-    if rule and rule != "all layers":
-        data["operating_point"] = {"rule": rule, "chosen_on": "dev"}
-    data["metrics"] = metrics
-    return data
-
-
 def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     if not Path(folder).is_dir():
@@ -176,10 +105,12 @@ def read_config(folder: str | Path) -> ModelConfig:
     known = {field.name for field in fields(ModelConfig)}
     if not isinstance(data, dict) or not {"method", "task", "labels", "pair"} <= data.keys():
         raise UserError(f"{path} is not a checkpoint config: it needs at least the keys method, task, labels and pair")
-    data = _migrate(data)
     unknown = set(data) - known
     if unknown:
-        raise UserError(f"{path} has unknown keys {sorted(unknown)}; was it written by a newer version?")
+        raise UserError(
+            f"{path} has keys this version does not know ({', '.join(sorted(unknown))}): it was written by an older or newer version; "
+            "re-create the checkpoint with this one (training.train, then training.publish)"
+        )
     config = ModelConfig(**data)
     if config.method not in METHODS:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
@@ -200,22 +131,12 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is damaged ({error}); re-download or re-create the checkpoint") from error
 
 
-def _apply_delta(bert: BertModel, folder: Path) -> None:
-    """Add the int8 differences (and set the other changed weights) of a ``delta`` checkpoint to the backbone."""
-    shards = sorted(folder.glob(SHARD_PATTERN))
-    if not shards:
+def _read_delta(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a ``delta`` checkpoint's encoder shards."""
+    paths = sorted(folder.glob(SHARD_PATTERN))
+    if not paths:
         raise UserError(f"{folder} has no {SHARD_PATTERN} files, which a delta checkpoint keeps its encoder in: re-create the checkpoint")
-    tensors = {name: value for path in shards for name, value in _read_weights(path).items()}
-    parameters = bert.state_dict()
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("delta.") and key.endswith(".int8"):
-                name = key[len("delta.") : -len(".int8")]
-                parameters[name].add_(value.float() * tensors[f"delta.{name}.scale"].unsqueeze(1))
-            elif key.startswith("encoder."):
-                parameters[key[len("encoder.") :]].copy_(value)
-            elif not key.endswith(".scale"):
-                raise KeyError(key)
+    return {name: value for path in paths for name, value in _read_weights(path).items()}
 
 
 def _does_not_fit(weights_path: Path, config: ModelConfig, error: Exception) -> UserError:
@@ -243,15 +164,11 @@ def _load_encoder(folder: Path, config: ModelConfig, weights: dict[str, torch.Te
     encoder = Encoder(bert)
     try:
         if config.encoder_weights == "lora":
-            add_lora(encoder, **(config.lora or {}))
-            result = set_peft_model_state_dict(bert, encoder_weights)
-            missing = [name for name in result.missing_keys if "lora_" in name]
-            if missing or result.unexpected_keys:
-                raise RuntimeError(f"adapter weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+            load_adapters(encoder, config.lora or {}, encoder_weights)
         elif config.encoder_weights == "full":
             bert.load_state_dict(encoder_weights, strict=True)
         elif config.encoder_weights == "delta":
-            _apply_delta(bert, folder)
+            apply_delta(bert, _read_delta(folder))
     except (RuntimeError, KeyError) as error:
         raise _does_not_fit(folder / WEIGHTS_FILE, config, error) from error
     if merge_adapters:

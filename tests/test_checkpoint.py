@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import WEIGHTS_FILE, add_lora, load_checkpoint, read_config, save_checkpoint, write_operating_point
+from core.backbone import load_bert
+from core.checkpoint import SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, read_config, save_checkpoint, write_operating_point
 from core.errors import UserError
+from core.lora import add_lora, plain_state_dict
 from core.methods import METHODS
 from tests.conftest import SECOND, SENTENCES, randomise
 
@@ -101,19 +103,44 @@ def test_weights_that_do_not_fit_the_config_are_reported(saved):
         load_checkpoint(saved)
 
 
-def test_config_written_before_typed_method_configs_is_migrated(saved):
-    """Shipped checkpoints of the first release kept method_hyperparameters and training-only settings; they still load."""
+def test_config_of_an_older_layout_is_refused_in_one_line_saying_what_to_do(saved):
+    """A config.json from before typed method configs (method_hyperparameters) names the key and how to get a loadable checkpoint."""
     path = saved / "config.json"
     data = json.loads(path.read_text())
-    data.pop("method_config")
-    data["method_hyperparameters"] = {}
-    data["training"] = {"tau": 0.05, "target_skip_rate": 0.35}
-    data["metrics"] = {"metric": 0.5, "operating_point": "fastest operating point keeping 98% of the full model's dev metric"}
+    data["method_hyperparameters"] = data.pop("method_config")
     path.write_text(json.dumps(data))
-    config = read_config(saved)
-    assert config.operating_point == {"rule": "fastest operating point keeping 98% of the full model's dev metric", "chosen_on": "dev"}
-    assert "operating_point" not in config.metrics
-    assert load_checkpoint(saved).method.config == METHODS[config.method].Config.from_dict(config.method_config)
+    with pytest.raises(UserError, match=r"method_hyperparameters.*re-create the checkpoint") as caught:
+        load_checkpoint(saved)
+    assert "\n" not in str(caught.value)
+
+
+def test_shipped_checkpoints_hold_exactly_what_their_files_spell_out():
+    """The shipped MRPC full model is the backbone plus int8 differences times their row scales; DACT on it adds alpha/rank * B @ A."""
+    full_folder, dact_folder = SHIPPED_DIR / "mrpc" / "full", SHIPPED_DIR / "mrpc" / "dact"
+    full, dact = load_checkpoint(full_folder), load_checkpoint(dact_folder)
+    stored = {name: value for path in sorted(full_folder.glob("encoder-*.safetensors")) for name, value in load_file(path).items()}
+    expected = load_bert(full.config.backbone).state_dict()
+    for name, value in stored.items():
+        if name.endswith(".int8"):
+            weight = name[len("delta.") : -len(".int8")]
+            expected[weight] = expected[weight] + value.float() * stored[f"delta.{weight}.scale"][:, None]
+        elif name.startswith("encoder."):
+            expected[name[len("encoder.") :]] = value
+    full_weights = full.encoder.bert.state_dict()
+    assert stored and full_weights.keys() == expected.keys()
+    assert [name for name in expected if not torch.equal(full_weights[name], expected[name])] == []
+
+    adapters = load_file(dact_folder / WEIGHTS_FILE)
+    scaling = dact.config.lora["alpha"] / dact.config.lora["rank"]
+    for name, value in adapters.items():
+        if name.endswith(".lora_A.weight"):
+            weight = name[len("encoder.") : -len(".lora_A.weight")] + ".weight"
+            expected[weight] = full_weights[weight] + scaling * adapters[name.replace("lora_A", "lora_B")] @ value
+    dact_weights = plain_state_dict(dact.encoder.bert)
+    assert dact_weights.keys() == expected.keys() and any(not torch.equal(expected[name], full_weights[name]) for name in expected)
+    assert [name for name in expected if not torch.allclose(dact_weights[name], expected[name], atol=1e-6)] == []
+    heads = {name[len("method.") :]: value for name, value in adapters.items() if name.startswith("method.")}
+    assert heads and all(torch.equal(dact.method.state_dict()[name], value) for name, value in heads.items())
 
 
 def test_unknown_method_setting_in_config_is_refused(saved):
@@ -144,7 +171,7 @@ def fully_tuned(make_model, method: str = "full"):
 
 
 def test_delta_checkpoint_rebuilds_a_fully_tuned_encoder_from_int8_differences(make_model, tmp_path):
-    from core.checkpoint import SHARD_BYTES
+    from core.delta import SHARD_BYTES
 
     model = fully_tuned(make_model)
     expected = model.predict(SENTENCES, SECOND)
@@ -187,7 +214,7 @@ def test_methods_share_their_tasks_full_model_instead_of_copying_it(make_model, 
     stored = load_file(folder / WEIGHTS_FILE)
     encoder_keys = [name for name in stored if name.startswith("encoder.")]
     assert all("lora_" in name for name in encoder_keys) and (bool(encoder_keys) == (method == "dact"))
-    from core.checkpoint import merge_lora
+    from core.lora import merge_lora
 
     merge_lora(model.encoder)
     expected = model.eval().predict(SENTENCES, SECOND, early_exit=False)

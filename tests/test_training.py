@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import add_lora, load_checkpoint, read_config, save_checkpoint
+from core.checkpoint import load_checkpoint, read_config, save_checkpoint
 from core.errors import UserError
+from core.lora import add_lora
 from core.methods import METHODS
 from core.methods.base import TrainBatch
 from training import train as train_module

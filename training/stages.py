@@ -14,8 +14,9 @@ from pathlib import Path
 from torch import nn
 
 from core.backbone import resolve_backbone
-from core.checkpoint import add_lora, encoder_holder, load_checkpoint
+from core.checkpoint import encoder_holder, load_checkpoint
 from core.errors import UserError
+from core.lora import add_lora
 from core.methods import BASELINE, MethodConfig, Stage, TrainBatch, get_method
 from core.model import AdaptiveModel, build_model
 from core.pooling import resolve_pooling

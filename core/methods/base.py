@@ -212,11 +212,6 @@ class Method(nn.Module):
         self.num_outputs = num_outputs
 
     @classmethod
-    def legacy_config(cls, hyperparameters: dict, training: dict) -> dict:
-        """The config of a checkpoint written before typed configs (hyper-parameters and training arguments apart)."""
-        return hyperparameters
-
-    @classmethod
     def supports(cls, regression: bool) -> bool:
         return cls.supports_regression or not regression
 

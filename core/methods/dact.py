@@ -107,10 +107,6 @@ class DACT(Method):
             for unit in self.halting:
                 unit.bias.fill_(self.config.halting_bias)
 
-    @classmethod
-    def legacy_config(cls, hyperparameters: dict, training: dict) -> dict:
-        return hyperparameters | ({"tau": training["tau"]} if "tau" in training else {})
-
     def start_from_full(self, full_head: PooledHead) -> None:
         for classifier in self.classifiers:
             classifier.load_state_dict(full_head.state_dict())

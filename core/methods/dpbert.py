@@ -171,16 +171,6 @@ class DPBERT(Method):
     def default_threshold(self) -> float:
         return 0.5
 
-    @classmethod
-    def legacy_config(cls, hyperparameters: dict, training: dict) -> dict:
-        """First-release checkpoints: the paper's mean-probability rate and [CLS] first planner; beta was called loss_weight."""
-        renamed = {"target_skip_rate": "target_skip_rate", "rate_weight": "rate_weight", "loss_weight": "reward_loss_weight"}
-        return (
-            hyperparameters
-            | {new: training[old] for old, new in renamed.items() if old in training}
-            | {"rate_penalty": "mean", "first_layer": "cls", "policy_weight": 1.0}
-        )
-
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())
 
