@@ -324,6 +324,27 @@ def test_dpbert_hard_rate_penalty_pushes_planners_across_the_inference_threshold
     assert grads["hard"] - grads["mean"] > 1e-3, "descending the hard-rate loss must lower the planner biases"
 
 
+def test_dpbert_rate_multiplier_rises_while_the_rate_is_too_high_and_then_prices_it(stage_one, tiny_backbone):
+    """Dual ascent: every step above 1 - t raises the multiplier, and a higher multiplier pushes the planner biases down harder."""
+    model = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_weight=0.0, rate_multiplier_step=0.5)
+    with torch.no_grad():
+        for planner in model.method.planners:
+            planner.weight.zero_()
+            planner.bias.fill_(3.0)  # s = 0.95: every layer runs, far above 1 - t = 0.6
+    model.train()
+    batch, stage = TrainBatch(**batch_of(model)), model.method.stage("relaxed")
+    pushes = []
+    for _ in range(3):
+        for planner in model.method.planners:
+            planner.bias.grad = None
+        loss, stats = model.method.training_loss(model.encoder, batch, stage)
+        loss.backward()
+        pushes.append(sum(planner.bias.grad.item() for planner in model.method.planners))
+    assert stats["rate_multiplier"] == pytest.approx(3 * 0.5 * 0.4, abs=1e-4), "the multiplier grows by step * excess each step"
+    assert pushes[2] > pushes[1] > pushes[0], "descending the loss lowers the biases ever more strongly while the rate stays too high"
+    assert "rate_multiplier" not in model.method.state_dict(), "training state, not part of a saved model"
+
+
 def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chosen_on_validation(glue_dir, tiny_backbone, tmp_path, monkeypatch):
     """The whole ship path on a tiny model: train, publish into a temporary assets folder, load what was shipped."""
     from training import publish

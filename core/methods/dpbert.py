@@ -10,7 +10,10 @@ gives ``target_skip_rate`` t (the fraction of layers bypassed) and the penalty i
 lambda2 * (rate - (1 - t))^2. ``rate_penalty = "mean"`` is the paper's rate (the mean planner
 probability); ``"hard"`` penalises the rate at the inference rule 1(s > 0.5), with a
 straight-through gradient, so that the trained model executes 1 - t of its layers at threshold
-0.5 instead of needing a threshold tuned afterwards. In the ``rl`` stage that rate is measured on
+0.5 instead of needing a threshold tuned afterwards. The squared penalty alone gives way to the
+task loss (the rl stage's reward drifts the rate up), so a Lagrange multiplier prices the excess
+too and rises by ``rate_multiplier_step`` * (rate - (1 - t)) every step while the rate is above its
+target (dual ascent; it falls back toward 0 below it). In the ``rl`` stage that rate is measured on
 the inference rule's own path (one more forward pass, without a graph through the layers): the
 planners after a skipped layer read other states than on the sampled paths.
 
@@ -70,6 +73,11 @@ class DPBERTConfig(MethodConfig):
         "standardized",
         "what a planner reads: raw = the pooled state (paper), standardized = that state standardised per feature (running batch statistics)",
         choices=("raw", "standardized"),
+    )
+    rate_multiplier_step: float = option(
+        0.1,
+        "dual ascent on the rate: a multiplier that grows by this times (rate - (1 - t)) every step and prices the excess rate (0: off)",
+        low=0.0,
     )
     planner_bias: float = option(1.0, "initial planner bias (1: run every layer at first, like the full model, but not saturated)")
     rl_baseline: str = option(
@@ -151,6 +159,8 @@ class DPBERT(Method):
         if self.config.planner_input == "standardized":
             self.planner_norms = nn.ModuleList(RunningStandardizer(hidden_size) for _ in range(num_layers))
         self.head = self.new_head()
+        # the dual variable of the rate constraint: training state (resumed with the run), not part of the model
+        self.register_buffer("rate_multiplier", torch.zeros(()), persistent=False)
         with torch.no_grad():  # start by executing every layer, like the stage-1 model
             for planner in self.planners:
                 planner.weight.zero_()
@@ -238,9 +248,13 @@ class DPBERT(Method):
         if config.rate_penalty == "hard":  # the inference rule's rate, with the probabilities' gradient
             executed = (executed > 0.5).to(executed.dtype) + executed - executed.detach()
         rate = executed.mean()
-        rate_penalty = config.rate_weight * (rate - (1 - config.target_skip_rate)) ** 2
+        excess = rate - (1 - config.target_skip_rate)
+        rate_penalty = config.rate_weight * excess**2 + self.rate_multiplier.clone() * excess  # this step's price; updated below
+        if self.training and config.rate_multiplier_step:  # dual ascent: the price of executing too much rises until the rate holds
+            with torch.no_grad():
+                self.rate_multiplier.add_(config.rate_multiplier_step * excess.detach()).clamp_(min=0.0)
         per_row_loss = task_loss(self.head(pool(hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none")
-        stats = {"execute_rate": rate.item()}
+        stats = {"execute_rate": rate.item(), "rate_multiplier": self.rate_multiplier.item()}
         loss = per_row_loss.mean() + rate_penalty
         if actions:
             taken = torch.stack(actions, 1)
