@@ -37,8 +37,9 @@ from core.methods import BASELINE, METHODS
 from core.precision import DESCRIPTIONS, FP32, PRECISIONS
 from core.tasks import get_task
 from interpret.attributions import attribute
-from interpret.charts import layer_frequency_chart, layer_path_chart, method_chart, method_title, stacked
+from interpret.charts import layer_frequency_chart, layer_path_chart, method_chart, method_title, probe_chart, stacked
 from interpret.compare import CHART_METHODS, ModelCache, compare_methods, knob_methods, knob_settings, methods_for
+from interpret.probes import probe_results
 from interpret.querylog import QueryLog, parse_since, read_results
 from interpret.render import attribution_caption, intro_markdown, message_html, results_html
 from interpret.report import export_report, summary_table
@@ -99,6 +100,7 @@ class DemoComponents:
     tabs: gr.Tabs
     dev_task: gr.Dropdown
     dev_chart: gr.Plot
+    probe_chart: gr.Plot  # what each layer knows (a linear probe per layer), where the task has one committed
     dev_note: gr.HTML
     log_view: gr.Column  # holds the logged-queries chart and summary: hidden while there is nothing to show
     log_chart: gr.Plot
@@ -252,10 +254,12 @@ class DemoHandlers:
                         continue
                 usage = self._dev_usage[key]
             frames.append(usage)
+        probes = probe_results(get_task(task).name)
+        probe = {ui.probe_chart: hidden() if probes is None else shown(probe_chart(probes, get_task(task).name))}
         if not frames:
-            return {ui.dev_chart: None, ui.dev_note: message_html([], notes or ["no dev-set layer usage available"])}
+            return {ui.dev_chart: None, ui.dev_note: message_html([], notes or ["no dev-set layer usage available"])} | probe
         chart = layer_frequency_chart(pd.concat(frames, ignore_index=True), f"{get_task(task).name}: layer usage on the dev set")
-        return {ui.dev_chart: chart, ui.dev_note: message_html([], notes)}
+        return {ui.dev_chart: chart, ui.dev_note: message_html([], notes)} | probe
 
     def _logged_rows(self, task: str, method: str | None, since: str) -> list[dict]:
         """The logged results matching the filters; a UserError only for what the visitor typed (never naming a path)."""
@@ -407,7 +411,9 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                 with gr.Row():
                     dev_task = gr.Dropdown(list(DEMO_TASKS), value=task_name, label="Task")
                     dev_button = gr.Button("Show dev-set layer usage")
-                dev_chart = gr.Plot(label="Dev-set layer usage", show_label=False, elem_id="chart-dev-usage")
+                with gr.Row():
+                    dev_chart = gr.Plot(label="Dev-set layer usage", show_label=False, elem_id="chart-dev-usage")
+                    probe_chart_plot = gr.Plot(label="What each layer knows", show_label=False, visible=False, elem_id="chart-probe")
                 dev_note = gr.HTML(label="Dev-set note")
                 gr.Markdown("### Logged queries")
                 with gr.Row():
@@ -442,6 +448,7 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             tabs=tabs,
             dev_task=dev_task,
             dev_chart=dev_chart,
+            probe_chart=probe_chart_plot,
             dev_note=dev_note,
             log_view=log_view,
             log_chart=log_chart,
@@ -475,11 +482,11 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             concurrency_id="compare",
         )
         explain_button.click(handlers.explain, [explained_method, traces_state], [attribution, attribution_note], api_name="explain")
-        dev_button.click(handlers.dev_layer_usage, dev_task, [dev_chart, dev_note], api_name="dev_layer_usage", concurrency_limit=1)
+        dev_button.click(handlers.dev_layer_usage, dev_task, [dev_chart, dev_note, probe_chart_plot], api_name="dev_layer_usage", concurrency_limit=1)
         log_button.click(handlers.logged_layer_usage, log_filters, ui.logged_usage_outputs, api_name="logged_layer_usage")
         usage_tab.select(handlers.logged_layer_usage, log_filters, ui.logged_usage_outputs, api_visibility="private", queue=False)
         export_button.click(handlers.export, [log_task, log_since], [export_files, log_note], api_name="export_report")
-        page_outputs = [task, text, text_pair, *ui.compare_outputs, tabs, dev_task, dev_chart, dev_note, *ui.logged_usage_outputs]
+        page_outputs = [task, text, text_pair, *ui.compare_outputs, tabs, dev_task, dev_chart, dev_note, probe_chart_plot, *ui.logged_usage_outputs]
         demo.load(handlers.open_page, None, page_outputs, api_visibility="private", queue=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENT_QUERIES)
     return demo

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 import httpx
+import pandas as pd
 import pytest
 import torch
 from gradio_client import Client
@@ -383,6 +384,25 @@ def test_dev_layer_usage_uses_the_recorded_frequencies(handlers):
     assert sorted({row["executed"] for row in bars}) == sorted(DEV_METRICS["layer_frequency"])
 
 
+def test_dev_layer_usage_shows_what_each_layer_knows_where_a_probe_was_committed(handlers, tmp_path, monkeypatch):
+    from interpret import probes
+
+    ui = handlers.components
+    monkeypatch.setattr(probes, "PROBES_DIR", tmp_path)
+    assert visible(handlers.dev_layer_usage("MRPC")[ui.probe_chart]) is False, "no probe committed: no empty chart"
+    (tmp_path / "mrpc-probe").mkdir()
+    rows = [
+        {"model": "backbone", "layer": layer, "pooling": pooling, "metric_name": "accuracy", "metric": 0.6 + 0.01 * layer, "majority_share": 0.68}
+        for layer in range(5)
+        for pooling in ("cls", "mean")
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "mrpc-probe" / "results.csv", index=False)
+    shown_chart = handlers.dev_layer_usage("MRPC")[ui.probe_chart]
+    assert visible(shown_chart) is True
+    plotted = [row for rows in value(shown_chart).to_dict()["datasets"].values() for row in rows if "pooling" in row]
+    assert {(row["pooling"], row["layer"]) for row in plotted} == {(row["pooling"], row["layer"]) for row in rows}
+
+
 def test_logged_layer_usage_filters_and_export_writes_the_report(handlers):
     ui = handlers.components
     compare(handlers)
@@ -675,7 +695,7 @@ def test_api_every_chart_is_strict_json(client, server, task):
     out = api_answer(ui.compare_outputs, client.predict(task, "the cat sat on the mat", pair, methods_for(task), api_name="/compare"))
     plots = [value(out[ui.path_chart]), *[chart for chart in charts(ui, out).values() if chart is not None]]
     assert len(plots) == 1 + len(set(methods_for(task)) & set(CHART_METHODS))
-    plots.append(api_answer([ui.dev_chart, ui.dev_note], client.predict(task, api_name="/dev_layer_usage"))[ui.dev_chart])
+    plots.append(api_answer([ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict(task, api_name="/dev_layer_usage"))[ui.dev_chart])
     plots.append(api_answer(ui.logged_usage_outputs, client.predict(task, "any", "", api_name="/logged_layer_usage"))[ui.log_chart])
     for plot in plots:
         assert plot["type"] == "altair" and strict_json(plot["plot"])["datasets"]
@@ -684,7 +704,7 @@ def test_api_every_chart_is_strict_json(client, server, task):
 def test_api_layer_usage_and_export(client, server):
     ui = server.handlers.components
     client.predict("SST-2", "a fine film", "", ["full", "deebert"], "int8", *knob_values(server.handlers, KNOBS), api_name="/compare")
-    chart = api_answer([ui.dev_chart, ui.dev_note], client.predict("SST-2", api_name="/dev_layer_usage"))[ui.dev_chart]
+    chart = api_answer([ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict("SST-2", api_name="/dev_layer_usage"))[ui.dev_chart]
     assert chart["type"] == "altair" and "dev set" in chart["plot"]
     summary = api_answer(ui.logged_usage_outputs, client.predict("SST-2", "deebert", "1h", api_name="/logged_layer_usage"))[ui.log_summary]
     assert summary["data"] and summary["headers"] == SUMMARY_COLUMNS and all(row[1] == "DeeBERT" for row in summary["data"])
