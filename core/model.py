@@ -5,17 +5,20 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer
 from core.engine import BatchResult, LayerRecord, run_batch
 from core.errors import UserError
 from core.methods import Method, MethodConfig, RunSettings, get_method
+from core.outcome import Outcome, RanBatch
 from core.precision import FP32, apply_precision, check_device, check_precision
 from core.tasks import get_task
 from core.trace import LayerStep, Trace
@@ -126,6 +129,29 @@ class AdaptiveModel(nn.Module):
             encoded = self.tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
+    def run_batches(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int, progress: bool = False) -> Iterator[RanBatch]:
+        """The inputs, checked, through the engine ``batch_size`` at a time, grouped by length so batches carry little padding.
+
+        Each batch's outcome is moved to the CPU in one transfer (traces and counts read many
+        single values); ``progress`` shows a tqdm bar over the batches.
+        """
+        self.check_inputs(texts, pairs)
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        self.eval()
+        device = self.device
+        lengths = self.token_counts(texts, pairs)
+        for chosen in tqdm(length_sorted_batches(lengths, batch_size), disable=not progress, desc=self.config.method, leave=False):
+            batch_texts = [texts[i] for i in chosen]
+            batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
+            encoded = {name: value.to(device) for name, value in self.tokenize(batch_texts, batch_pairs).items()}
+            began = time.perf_counter()
+            result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
+            latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
+            yield RanBatch(chosen, on_cpu(result), latency_ms, [lengths[i] > self.max_length for i in chosen])
+
     def predict(
         self,
         texts: list[str] | str,
@@ -135,34 +161,21 @@ class AdaptiveModel(nn.Module):
         early_exit: bool = True,
         batch_size: int = 32,
     ) -> list[Trace]:
-        """Run the method on every input, ``batch_size`` at a time, and return one trace per input.
-
-        Inputs are grouped by length so batches carry little padding; traces come back in input order.
-        """
+        """Run the method on every input, ``batch_size`` at a time, and return one trace per input, in input order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else (None if pairs is None else list(pairs))
-        self.check_inputs(texts, pairs)
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, not {batch_size}")
         settings = self.settings(threshold, early_exit)
-        self.eval()
-        device = self.device
-        lengths = self.token_counts(texts, pairs)
         traces: list[Trace | None] = [None] * len(texts)
-        for chosen in length_sorted_batches(lengths, batch_size):
-            batch_texts = [texts[i] for i in chosen]
-            batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
-            encoded = {name: value.to(device) for name, value in self.tokenize(batch_texts, batch_pairs).items()}
-            began = time.perf_counter()
-            result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
-            latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
-            result = on_cpu(result)  # one transfer per batch; the traces read many single values
-            truncated = [lengths[i] > self.max_length for i in chosen]
-            for index, trace in zip(chosen, self._traces(result, settings, latency_ms, batch_texts, batch_pairs, truncated)):
+        for batch in self.run_batches(texts, pairs, settings, batch_size):
+            batch_texts = [texts[i] for i in batch.rows]
+            batch_pairs = None if pairs is None else [pairs[i] for i in batch.rows]
+            for index, trace in zip(batch.rows, self._traces(batch.result, settings, batch.latency_ms, batch_texts, batch_pairs, batch.truncated)):
                 traces[index] = trace
         return traces
+
+    def run_inputs(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int = 32, progress: bool = False) -> Outcome:
+        """The engine's tables for every input, run as ``predict`` runs them, in input order (``settings`` from ``self.settings``)."""
+        return Outcome.gather(list(self.run_batches(texts, pairs, settings, batch_size, progress)), self.method, settings)
 
     def _label(self, index: int) -> str:
         return self.config.labels[index]
