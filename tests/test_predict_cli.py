@@ -174,3 +174,44 @@ def test_every_method_runs_on_a_pair_with_the_default_backbone(method):
     trace = json.loads(done.stdout)
     assert trace["method"] == method and trace["num_layers"] == 6 and trace["prediction"] in trace["probabilities"]
     assert "Traceback" not in done.stderr
+
+
+class CountingTokenizer:
+    """A tokenizer that counts how often it is asked to tokenize; everything else is the wrapped one's."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_each_input_is_tokenized_once_and_an_over_long_one_is_cut_to_the_limit_and_flagged(make_model, monkeypatch):
+    import core.model
+
+    model = make_model("deebert")
+    long = " ".join(["word"] * 3 * model.max_length)
+    texts, pairs = ["short", long, "a bit longer than short", "x"], ["p", "q", long, "y " * (model.max_length - 5)]
+    counting = model.tokenizer = CountingTokenizer(model.tokenizer)
+    engine_inputs = []
+
+    def run_batch(encoder, method, input_ids, attention_mask, token_type_ids, settings):
+        engine_inputs.append({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+        return batch_run(encoder, method, input_ids, attention_mask, token_type_ids, settings)
+
+    batch_run = core.model.run_batch
+    monkeypatch.setattr(core.model, "run_batch", run_batch)
+    traces = model.predict(texts, pairs, batch_size=2)
+    assert counting.calls == 1 and len(engine_inputs) == 2, "one tokenizer call for all the inputs, then two batches"
+    assert [trace.truncated for trace in traces] == [False, True, True, False]
+    engine_inputs.clear()
+    model.predict(texts, pairs, batch_size=len(texts))
+    lengths = [len(ids) for ids in counting.tokenizer(texts, pairs, truncation=True, max_length=model.max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    expected = model.tokenize([texts[i] for i in order], [pairs[i] for i in order])
+    assert expected["input_ids"].shape[1] == model.max_length
+    assert all(torch.equal(engine_inputs[0][name], expected[name]) for name in expected), "the engine reads what one truncating, padding call gives"
