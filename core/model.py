@@ -1,4 +1,8 @@
-"""An adaptive model: tokenizer + encoder + one method, with input checks and trace building."""
+"""An adaptive model: tokenizer + encoder + one method. It checks and tokenizes inputs and runs them through the engine.
+
+What comes out is the engine's batches: ``predict`` hands them to core/trace.py for traces,
+``run_inputs`` gathers them into tensors in input order (core/outcome.py) for counting.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from core.methods import Method, MethodConfig, RunSettings, get_method
 from core.outcome import Outcome, RanBatch
 from core.precision import FP32, apply_precision, check_device, check_precision
 from core.tasks import get_task
-from core.trace import LayerStep, Trace
+from core.trace import Trace, build_traces
 
 
 @dataclass
@@ -180,95 +184,13 @@ class AdaptiveModel(nn.Module):
         for batch in self.run_batches(texts, pairs, settings, batch_size):
             batch_texts = [texts[i] for i in batch.rows]
             batch_pairs = None if pairs is None else [pairs[i] for i in batch.rows]
-            for index, trace in zip(batch.rows, self._traces(batch.result, settings, batch.latency_ms, batch_texts, batch_pairs, batch.truncated)):
+            for index, trace in zip(batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs)):
                 traces[index] = trace
         return traces
 
     def run_inputs(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int = 32, progress: bool = False) -> Outcome:
         """The engine's tables for every input, run as ``predict`` runs them, in input order (``settings`` from ``self.settings``)."""
         return Outcome.gather(list(self.run_batches(texts, pairs, settings, batch_size, progress)), self.method, settings)
-
-    def _label(self, index: int) -> str:
-        return self.config.labels[index]
-
-    def _field_value(self, kind: str, value: torch.Tensor) -> str | float | dict[str, float]:
-        """A reported tensor value as the trace shows it: a label, per-class probabilities, or a number."""
-        if kind == "class" and self.config.labels is not None:
-            return self._label(int(value))
-        if kind == "distribution":
-            return {label: float(p) for label, p in zip(self.config.labels, value.tolist())}
-        return float(value)
-
-    def _traces(
-        self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]
-    ) -> list[Trace]:
-        kinds = {item.name: item.kind for item in self.method.layer_fields}
-        tables = (result.executed(), result.reached(), result.reports(self.method), kinds)
-        return [
-            self._trace(result, tables, row, settings, latency_ms, len(texts), texts[row], None if pairs is None else pairs[row], truncated[row])
-            for row in range(len(texts))
-        ]
-
-    def _trace(
-        self,
-        result: BatchResult,
-        tables: tuple,
-        row: int,
-        settings: RunSettings,
-        latency_ms: float,
-        batch_size: int,
-        text: str,
-        text_pair: str | None,
-        truncated: bool,
-    ) -> Trace:
-        num_layers = self.num_layers
-        executed_table, reached_table, reports, kinds = tables
-        executed = executed_table[row].tolist()
-        reached = reached_table[row].tolist()
-        output = result.outputs[row]
-        if self.config.labels is None:
-            prediction: str | float = float(output)
-            probabilities: dict[str, float] = {}
-        else:
-            probabilities = {label: float(p) for label, p in zip(self.config.labels, output.tolist())}
-            prediction = self._label(int(output.argmax()))
-        steps = [self._layer_step(reports[layer], kinds, row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
-        layers_executed = [layer + 1 for layer in range(num_layers) if executed[layer]]
-        exit_layer = int(result.exit_layer[row])
-        return Trace(
-            method=self.config.method,
-            task=self.config.task,
-            num_layers=num_layers,
-            prediction=prediction,
-            probabilities=probabilities,
-            layers_executed=layers_executed,
-            layers_skipped=[layer + 1 for layer in range(num_layers) if reached[layer] and not executed[layer]],
-            layers_not_reached=[layer + 1 for layer in range(num_layers) if not reached[layer]],
-            exit_layer=exit_layer or None,
-            expected_speedup=num_layers / max(len(layers_executed), 1),
-            latency_ms=latency_ms,
-            threshold=settings.threshold,
-            early_exit=settings.early_exit,
-            text=text,
-            text_pair=text_pair,
-            truncated=truncated,
-            batch_size=batch_size,
-            checkpoint=self.source,
-            precision=self.precision,
-            per_layer=steps,
-        )
-
-    def _layer_step(self, report: dict[str, torch.Tensor], kinds: dict[str, str], row: int, layer: int, executed: bool, reached: bool) -> LayerStep:
-        step = LayerStep(layer=layer + 1, executed=executed, reached=reached)
-        if not reached:
-            return step
-        for name, values in report.items():
-            value = self._field_value(kinds.get(name, "number"), values[row])
-            if name == "prediction":
-                step.prediction = value
-            else:
-                step.values[name] = value
-        return step
 
 
 def on_cpu(result: BatchResult) -> BatchResult:
