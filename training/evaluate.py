@@ -126,8 +126,9 @@ SWEEP_COLUMNS = [
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:
     """A CSV of the sweep (with each point's per-layer run and exit shares) and an Altair chart of metric against average layers."""
-    import altair as alt
     import pandas as pd
+
+    from interpret.charts import metric_lines  # Altair: imported only when a chart is written
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [{key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS} for r in results]
@@ -137,17 +138,9 @@ def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -
     points = table[plotted].assign(kind="sweep")
     if reference is not None:
         points = pd.concat([points, pd.DataFrame([{**{key: reference[key] for key in plotted}, "kind": "full model"}])])
-    chart = (
-        alt.Chart(points)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("avg_layers:Q", title="average layers executed"),
-            y=alt.Y("metric:Q", title=results[0]["metric_name"], scale=alt.Scale(zero=False)),
-            color=alt.Color("kind:N", title=None),
-            tooltip=plotted,
-        )
-        .properties(title=f"{results[0]['task']} · {results[0]['method']}: {results[0]['metric_name']} vs layers", width=480, height=300)
-    )
+    first = results[0]
+    title = f"{first['task']} · {first['method']}: {first['metric_name']} vs layers"
+    chart = metric_lines(points, "avg_layers", "metric", title, series="kind", axis_titles=("average layers executed", first["metric_name"]))
     chart.save(str(out / "sweep.html"))
 
 

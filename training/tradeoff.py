@@ -86,18 +86,12 @@ def per_layer_rows(model: AdaptiveModel, dataset) -> list[dict]:
 
 def write(rows: list[dict], out: Path, title: str, x: str, y: str) -> None:
     """The rows as CSV and an Altair chart (HTML and PNG)."""
-    import altair as alt
+    from interpret.charts import metric_lines  # Altair: imported only when a chart is written
 
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
     write_csv(frame, out / "results.csv")
-    colour = alt.Color("label:N", title="setting") if "label" in frame else alt.value("#2563eb")
-    chart = (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(x=alt.X(f"{x}:Q", scale=alt.Scale(zero=False)), y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)), color=colour, tooltip=list(frame.columns))
-        .properties(title=title, width=480, height=300)
-    )
+    chart = metric_lines(frame, x, y, title, series="label" if "label" in frame else None, series_title="setting")
     chart.save(str(out / "chart.html"))
     chart.save(str(out / "chart.png"))
 
