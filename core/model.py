@@ -137,6 +137,11 @@ class AdaptiveModel(nn.Module):
             encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, verbose=False)
         return dict(encoded), [bool(encoding.overflowing) for encoding in encoded.encodings]
 
+    def pad_batch(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
+        """The token lists (from ``encode``) of the inputs at ``rows`` as one padded batch of CPU tensors."""
+        with self._tokenizer_lock:
+            return self.tokenizer.pad({name: [values[i] for i in rows] for name, values in tokens.items()}, return_tensors="pt")
+
     def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
         """Untruncated lengths in tokens (the benchmark groups the inputs it times by them)."""
         with self._tokenizer_lock:
@@ -157,9 +162,7 @@ class AdaptiveModel(nn.Module):
         tokens, truncated = self.encode(texts, pairs)
         lengths = [len(ids) for ids in tokens["input_ids"]]
         for chosen in tqdm(length_sorted_batches(lengths, batch_size), disable=not progress, desc=self.config.method, leave=False):
-            with self._tokenizer_lock:
-                padded = self.tokenizer.pad({name: [values[i] for i in chosen] for name, values in tokens.items()}, return_tensors="pt")
-            encoded = {name: value.to(device) for name, value in padded.items()}
+            encoded = {name: value.to(device) for name, value in self.pad_batch(tokens, chosen).items()}
             began = time.perf_counter()
             result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
             if device.type == "cuda":
