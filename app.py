@@ -43,7 +43,7 @@ from interpret.probes import probe_results
 from interpret.querylog import QueryLog, parse_since, read_results
 from interpret.render import attribution_caption, intro_markdown, message_html, results_html
 from interpret.report import export_report, summary_table
-from interpret.usage import dev_set_usage, precomputed_usage, usage_by_task
+from interpret.usage import precomputed_usage, usage_by_task
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_FILE = HERE / "assets" / "examples.json"
@@ -136,7 +136,6 @@ class DemoHandlers:
         self.models = models
         self.query_log = query_log
         self.export_root = Path(export_root or tempfile.gettempdir()) / EXPORTS_FOLDER
-        self._dev_usage: dict[tuple[str, str], pd.DataFrame] = {}
         self._components: DemoComponents | None = None
 
     @property
@@ -237,22 +236,14 @@ class DemoHandlers:
 
     # --- layer usage -----------------------------------------------------------------------
     def dev_layer_usage(self, task: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict:
-        """Layer-frequency histogram on the task's dev set: recorded at training time, or computed once and cached."""
+        """Layer-frequency histogram on the task's dev set, as each checkpoint recorded it, and the task's committed probe chart."""
         ui = self.components
         frames, notes = [], []
         for method in methods_for(task):
-            model = self.models.get(task, method)
-            usage = precomputed_usage(model)
+            usage = precomputed_usage(self.models.get(task, method))
             if usage is None:
-                key = (get_task(task).name, method)
-                if key not in self._dev_usage:
-                    try:
-                        self._dev_usage[key] = dev_set_usage(model)
-                    except UserError as error:  # the server's paths stay in the server log
-                        logger.warning("dev-set usage of %s on %s: %s", method, task, error)
-                        notes.append(f"{method_title(method)}: no dev-set usage was recorded with its checkpoint, and the dev set is not on this server.")
-                        continue
-                usage = self._dev_usage[key]
+                notes.append(f"{method_title(method)}: its checkpoint records no dev-set layer usage (untrained heads, or never calibrated).")
+                continue
             frames.append(usage)
         probes = probe_results(get_task(task).name)
         probe = {ui.probe_chart: hidden() if probes is None else shown(probe_chart(probes, get_task(task).name))}
@@ -407,7 +398,9 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                 api_knobs = [gr.Number(value=None, label=handlers.api_knob_label(method), visible=False) for method in handlers.knob_methods]
                 api_compare = gr.Button("Compare (API)", visible=False)
             with gr.Tab("Layer usage", id=USAGE_TAB) as usage_tab:
-                gr.Markdown("### Dev set\nHow often each layer runs on the task's dev set (recorded at training time, or computed here once).")
+                gr.Markdown(
+                    "### Dev set\nHow often each layer runs on the task's dev set (recorded when the checkpoint was published), and what each layer knows: a linear probe on the [CLS] state and on the mean of the token states after every layer."
+                )
                 with gr.Row():
                     dev_task = gr.Dropdown(list(DEMO_TASKS), value=task_name, label="Task")
                     dev_button = gr.Button("Show dev-set layer usage")

@@ -1,25 +1,32 @@
-"""An adaptive model: tokenizer + encoder + one method, with input checks and trace building."""
+"""An adaptive model: tokenizer + encoder + one method. It checks and tokenizes inputs and runs them through the engine.
+
+What comes out is the engine's batches: ``predict`` hands them to core/trace.py for traces,
+``run_inputs`` gathers them into tensors in input order (core/outcome.py) for counting.
+"""
 
 from __future__ import annotations
 
 import copy
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer, resolve_backbone
 from core.engine import BatchResult, LayerRecord, run_batch
 from core.errors import UserError
 from core.methods import Method, MethodConfig, RunSettings, get_method
+from core.outcome import Outcome, RanBatch
 from core.pooling import resolve_pooling
 from core.precision import FP32, apply_precision, check_device, check_precision
 from core.tasks import get_task
-from core.trace import LayerStep, Trace
+from core.trace import Trace, build_traces
 
 
 @dataclass
@@ -121,11 +128,48 @@ class AdaptiveModel(nn.Module):
         with self._tokenizer_lock:
             return self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> tuple[dict[str, list[list[int]]], list[bool]]:
+        """Every input tokenized once and cut to ``max_length``: its unpadded token lists, and whether it was cut.
+
+        The cut is read off the tokenizer's own encodings (the Rust ``tokenizers`` backend that
+        BERT's tokenizer has keeps what truncation removed), so no input is tokenized twice.
+        """
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, verbose=False)
+        return dict(encoded), [bool(encoding.overflowing) for encoding in encoded.encodings]
+
+    def pad_batch(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
+        """The token lists (from ``encode``) of the inputs at ``rows`` as one padded batch of CPU tensors."""
+        with self._tokenizer_lock:
+            return self.tokenizer.pad({name: [values[i] for i in rows] for name, values in tokens.items()}, return_tensors="pt")
+
     def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
-        """Untruncated lengths in tokens, to tell the user when an input was cut."""
+        """Untruncated lengths in tokens (the benchmark groups the inputs it times by them)."""
         with self._tokenizer_lock:
             encoded = self.tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
+
+    def run_batches(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int, progress: bool = False) -> Iterator[RanBatch]:
+        """The inputs, checked, through the engine ``batch_size`` at a time, grouped by length so batches carry little padding.
+
+        Each batch's outcome is moved to the CPU in one transfer (traces and counts read many
+        single values); ``progress`` shows a tqdm bar over the batches.
+        """
+        self.check_inputs(texts, pairs)
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        self.eval()
+        device = self.device
+        tokens, truncated = self.encode(texts, pairs)
+        lengths = [len(ids) for ids in tokens["input_ids"]]
+        for chosen in tqdm(length_sorted_batches(lengths, batch_size), disable=not progress, desc=self.config.method, leave=False):
+            encoded = {name: value.to(device) for name, value in self.pad_batch(tokens, chosen).items()}
+            began = time.perf_counter()
+            result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
+            latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
+            yield RanBatch(chosen, on_cpu(result), latency_ms, [truncated[i] for i in chosen])
 
     def predict(
         self,
@@ -136,116 +180,21 @@ class AdaptiveModel(nn.Module):
         early_exit: bool = True,
         batch_size: int = 32,
     ) -> list[Trace]:
-        """Run the method on every input, ``batch_size`` at a time, and return one trace per input.
-
-        Inputs are grouped by length so batches carry little padding; traces come back in input order.
-        """
+        """Run the method on every input, ``batch_size`` at a time, and return one trace per input, in input order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else (None if pairs is None else list(pairs))
-        self.check_inputs(texts, pairs)
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, not {batch_size}")
         settings = self.settings(threshold, early_exit)
-        self.eval()
-        device = self.device
-        lengths = self.token_counts(texts, pairs)
         traces: list[Trace | None] = [None] * len(texts)
-        for chosen in length_sorted_batches(lengths, batch_size):
-            batch_texts = [texts[i] for i in chosen]
-            batch_pairs = None if pairs is None else [pairs[i] for i in chosen]
-            encoded = {name: value.to(device) for name, value in self.tokenize(batch_texts, batch_pairs).items()}
-            began = time.perf_counter()
-            result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
-            latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
-            result = on_cpu(result)  # one transfer per batch; the traces read many single values
-            truncated = [lengths[i] > self.max_length for i in chosen]
-            for index, trace in zip(chosen, self._traces(result, settings, latency_ms, batch_texts, batch_pairs, truncated)):
+        for batch in self.run_batches(texts, pairs, settings, batch_size):
+            batch_texts = [texts[i] for i in batch.rows]
+            batch_pairs = None if pairs is None else [pairs[i] for i in batch.rows]
+            for index, trace in zip(batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs)):
                 traces[index] = trace
         return traces
 
-    def _label(self, index: int) -> str:
-        return self.config.labels[index]
-
-    def _field_value(self, kind: str, value: torch.Tensor) -> str | float | dict[str, float]:
-        """A reported tensor value as the trace shows it: a label, per-class probabilities, or a number."""
-        if kind == "class" and self.config.labels is not None:
-            return self._label(int(value))
-        if kind == "distribution":
-            return {label: float(p) for label, p in zip(self.config.labels, value.tolist())}
-        return float(value)
-
-    def _traces(
-        self, result: BatchResult, settings: RunSettings, latency_ms: float, texts: list[str], pairs: list[str] | None, truncated: list[bool]
-    ) -> list[Trace]:
-        kinds = {item.name: item.kind for item in self.method.layer_fields}
-        tables = (result.executed(), result.reached(), result.reports(self.method), kinds)
-        return [
-            self._trace(result, tables, row, settings, latency_ms, len(texts), texts[row], None if pairs is None else pairs[row], truncated[row])
-            for row in range(len(texts))
-        ]
-
-    def _trace(
-        self,
-        result: BatchResult,
-        tables: tuple,
-        row: int,
-        settings: RunSettings,
-        latency_ms: float,
-        batch_size: int,
-        text: str,
-        text_pair: str | None,
-        truncated: bool,
-    ) -> Trace:
-        num_layers = self.num_layers
-        executed_table, reached_table, reports, kinds = tables
-        executed = executed_table[row].tolist()
-        reached = reached_table[row].tolist()
-        output = result.outputs[row]
-        if self.config.labels is None:
-            prediction: str | float = float(output)
-            probabilities: dict[str, float] = {}
-        else:
-            probabilities = {label: float(p) for label, p in zip(self.config.labels, output.tolist())}
-            prediction = self._label(int(output.argmax()))
-        steps = [self._layer_step(reports[layer], kinds, row, layer, executed[layer], reached[layer]) for layer in range(num_layers)]
-        layers_executed = [layer + 1 for layer in range(num_layers) if executed[layer]]
-        exit_layer = int(result.exit_layer[row])
-        return Trace(
-            method=self.config.method,
-            task=self.config.task,
-            num_layers=num_layers,
-            prediction=prediction,
-            probabilities=probabilities,
-            layers_executed=layers_executed,
-            layers_skipped=[layer + 1 for layer in range(num_layers) if reached[layer] and not executed[layer]],
-            layers_not_reached=[layer + 1 for layer in range(num_layers) if not reached[layer]],
-            exit_layer=exit_layer or None,
-            expected_speedup=num_layers / max(len(layers_executed), 1),
-            latency_ms=latency_ms,
-            threshold=settings.threshold,
-            early_exit=settings.early_exit,
-            text=text,
-            text_pair=text_pair,
-            truncated=truncated,
-            batch_size=batch_size,
-            checkpoint=self.source,
-            precision=self.precision,
-            per_layer=steps,
-        )
-
-    def _layer_step(self, report: dict[str, torch.Tensor], kinds: dict[str, str], row: int, layer: int, executed: bool, reached: bool) -> LayerStep:
-        step = LayerStep(layer=layer + 1, executed=executed, reached=reached)
-        if not reached:
-            return step
-        for name, values in report.items():
-            value = self._field_value(kinds.get(name, "number"), values[row])
-            if name == "prediction":
-                step.prediction = value
-            else:
-                step.values[name] = value
-        return step
+    def run_inputs(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int = 32, progress: bool = False) -> Outcome:
+        """The engine's tables for every input, run as ``predict`` runs them, in input order (``settings`` from ``self.settings``)."""
+        return Outcome.gather(list(self.run_batches(texts, pairs, settings, batch_size, progress)), self.method, settings)
 
 
 def on_cpu(result: BatchResult) -> BatchResult:

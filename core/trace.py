@@ -1,9 +1,22 @@
-"""The per-input trace: everything the UI, the query log and the reports read about one prediction."""
+"""The per-input trace: everything the UI, the query log and the reports read about one prediction.
+
+Traces are built here from a batch the engine ran (``build_traces``): labels instead of class
+indices, plain floats instead of tensors, 1-based layer lists. They are for people and logs;
+counting (evaluation, calibration, sweeps) reads the engine's tensors (core/outcome.py).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the model runs the batches that traces are built from, so it imports this module
+    import torch
+
+    from core.methods import RunSettings
+    from core.model import AdaptiveModel
+    from core.outcome import RanBatch
 
 
 @dataclass
@@ -51,3 +64,72 @@ class Trace:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+def build_traces(model: AdaptiveModel, batch: RanBatch, settings: RunSettings, texts: list[str], pairs: list[str] | None) -> list[Trace]:
+    """One trace per row of a batch ``model`` ran with ``settings``; ``texts`` and ``pairs`` are the batch's inputs, in its row order."""
+    result = batch.result
+    kinds = {item.name: item.kind for item in model.method.layer_fields}
+    executed, reached, reports = result.executed().tolist(), result.reached().tolist(), result.reports(model.method)
+    labels, num_layers = model.config.labels, model.num_layers
+    traces = []
+    for row, text in enumerate(texts):
+        output = result.outputs[row]
+        if labels is None:
+            prediction: str | float = float(output)
+            probabilities: dict[str, float] = {}
+        else:
+            probabilities = {label: float(p) for label, p in zip(labels, output.tolist())}
+            prediction = labels[int(output.argmax())]
+        ran, got_to = executed[row], reached[row]
+        layers_executed = [layer + 1 for layer in range(num_layers) if ran[layer]]
+        traces.append(
+            Trace(
+                method=model.config.method,
+                task=model.config.task,
+                num_layers=num_layers,
+                prediction=prediction,
+                probabilities=probabilities,
+                layers_executed=layers_executed,
+                layers_skipped=[layer + 1 for layer in range(num_layers) if got_to[layer] and not ran[layer]],
+                layers_not_reached=[layer + 1 for layer in range(num_layers) if not got_to[layer]],
+                exit_layer=int(result.exit_layer[row]) or None,
+                expected_speedup=num_layers / max(len(layers_executed), 1),
+                latency_ms=batch.latency_ms,
+                threshold=settings.threshold,
+                early_exit=settings.early_exit,
+                text=text,
+                text_pair=None if pairs is None else pairs[row],
+                truncated=batch.truncated[row],
+                batch_size=len(texts),
+                checkpoint=model.source,
+                precision=model.precision,
+                per_layer=[_layer_step(reports[layer], kinds, labels, row, layer, ran[layer], got_to[layer]) for layer in range(num_layers)],
+            )
+        )
+    return traces
+
+
+def _layer_step(
+    report: dict[str, torch.Tensor], kinds: dict[str, str], labels: list[str] | None, row: int, layer: int, executed: bool, reached: bool
+) -> LayerStep:
+    """One row's step at one layer: the layer's own prediction apart, its other fields under their names."""
+    step = LayerStep(layer=layer + 1, executed=executed, reached=reached)
+    if not reached:
+        return step
+    for name, values in report.items():
+        value = _field_value(kinds.get(name, "number"), labels, values[row])
+        if name == "prediction":
+            step.prediction = value
+        else:
+            step.values[name] = value
+    return step
+
+
+def _field_value(kind: str, labels: list[str] | None, value: torch.Tensor) -> str | float | dict[str, float]:
+    """A reported tensor value as the trace shows it: a label, per-class probabilities, or a number."""
+    if kind == "class" and labels is not None:
+        return labels[int(value)]
+    if kind == "distribution":
+        return {label: float(p) for label, p in zip(labels, value.tolist())}
+    return float(value)

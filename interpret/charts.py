@@ -1,9 +1,10 @@
-"""Altair charts of what a method did on one input, and of layer usage over many inputs.
+"""Every Altair chart of the project: what a method did on one input, layer usage over many, and the trade-off figures.
 
-They read only traces (and layer-usage tables from ``interpret.usage``), so the demo, the
-report and a notebook draw the same pictures. Every chart's data is strict JSON: a missing or
-non-finite number becomes null (a browser's JSON parser refuses ``NaN``, and the chart would
-stay empty).
+The per-input and usage charts read only traces (and layer-usage tables from ``interpret.usage``),
+so the demo, the report and a notebook draw the same pictures; their data is strict JSON: a
+missing or non-finite number becomes null (a browser's JSON parser refuses ``NaN``, and the
+chart would stay empty). The trade-off charts (``metric_lines``, ``speedup_chart``) draw the
+tables the evaluation, trade-off and benchmark commands write beside them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import altair as alt
 import pandas as pd
 
-from core.methods import METHODS
+from core.methods import BASELINE, METHODS
 from core.tasks import get_task
 from core.trace import Trace
 
@@ -197,6 +198,56 @@ def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart |
 def stacked(charts: list[alt.TopLevelMixin]) -> alt.TopLevelMixin:
     """Several charts one above the other (one per task), or the single chart itself."""
     return charts[0] if len(charts) == 1 else alt.vconcat(*charts)
+
+
+def metric_lines(
+    frame: pd.DataFrame, x: str, y: str, title: str, series: str | None = None, series_title: str | None = None, axis_titles: tuple[str, str] | None = None
+) -> alt.Chart:
+    """``y`` against ``x`` as lines with points, one line per value of the ``series`` column (one blue line without); every column in the tooltip."""
+    x_title, y_title = axis_titles or (x, y)
+    colour = alt.Color(f"{series}:N", title=series_title) if series else alt.value("#2563eb")
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
+            y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)),
+            color=colour,
+            tooltip=list(frame.columns),
+        )
+        .properties(title=title, width=480, height=300)
+    )
+
+
+def speedup_chart(points: pd.DataFrame, speed: str, speed_title: str, tooltip: list[str], keep_rules: pd.DataFrame | None, title: str) -> alt.LayerChart:
+    """Metric against measured speed-up (log scale) for benchmark rows.
+
+    One line per method and precision (the ``series`` column) with the shipped points as diamonds;
+    the full model's rows as squares labelled by their ``reference`` column; ``keep_rules`` (columns
+    ``metric`` and ``label``) as dashed horizontal rules.
+    """
+    x = alt.X(f"{speed}:Q", title=speed_title, scale=alt.Scale(type="log"))
+    y = alt.Y("metric:Q", title=str(points["metric_name"].iloc[0]), scale=alt.Scale(zero=False))
+    base = alt.Chart(points[points["method"] != BASELINE]).encode(
+        x=x,
+        y=y,
+        color=alt.Color("method:N", sort=list(METHODS)),
+        strokeDash=alt.StrokeDash("precision:N", title="precision"),
+        detail="series:N",
+        tooltip=tooltip,
+    )
+    layers = [
+        base.mark_line(point=True).encode(order="threshold:Q"),
+        base.transform_filter(alt.datum.operating_point == "shipped").mark_point(size=160, filled=True, shape="diamond"),
+    ]
+    reference = alt.Chart(points[points["method"] == BASELINE]).encode(x=x, y=y, tooltip=tooltip)
+    layers += [
+        reference.mark_point(size=120, filled=True, color="black", shape="square"),
+        reference.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="reference:N"),
+    ]
+    if keep_rules is not None:
+        layers.append(alt.Chart(keep_rules).mark_rule(strokeDash=[4, 4], color="gray").encode(y="metric:Q", tooltip=["label"]))
+    return alt.layer(*layers).properties(title=title, width=560, height=340)
 
 
 def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:

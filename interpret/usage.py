@@ -1,7 +1,9 @@
 """How often each layer runs and where inputs leave: from traces, from logged queries, or from a dev set.
 
 Everything here returns the same long table (one row per method and layer) so one chart and one
-report serve all three sources.
+report serve all three sources. A dev set's usage is the one its checkpoint records: evaluation
+counts it from the engine's tensors when a checkpoint is trained, calibrated or published, and
+the demo reads that record instead of running a dev set it may not have.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def layer_usage(records: Iterable[Mapping]) -> pd.DataFrame:
     """Per method and layer: the fraction of inputs that executed the layer and that exited early right after it.
 
     ``records`` are trace dicts (``Trace.to_dict()``) or query-log rows: each needs ``method``,
-    ``num_layers``, ``layers_executed`` and ``exit_layer``. As in ``training.evaluate``, inputs
+    ``num_layers``, ``layers_executed`` and ``exit_layer``. As in evaluation, inputs
     that ran to the end are not exits; ``exited`` is filled only for methods where some input
     exited early.
     """
@@ -56,7 +58,7 @@ def usage_by_task(records: list[Mapping]) -> dict[str, pd.DataFrame]:
 
 
 def precomputed_usage(model: AdaptiveModel) -> pd.DataFrame | None:
-    """The dev-set usage recorded at training time (``metrics['layer_frequency']``, ``['exit_frequency']``), if any."""
+    """The dev-set usage recorded with the checkpoint (``metrics['layer_frequency']``, ``['exit_frequency']``), if any."""
     metrics = model.config.metrics or {}
     executed = metrics.get("layer_frequency")
     if not isinstance(executed, list) or len(executed) != model.num_layers:
@@ -73,12 +75,3 @@ def precomputed_usage(model: AdaptiveModel) -> pd.DataFrame | None:
             columns=USAGE_COLUMNS,
         )
     )
-
-
-def dev_set_usage(model: AdaptiveModel) -> pd.DataFrame:
-    """Run the model over its task's dev set and count layer use (a tqdm bar shows progress; ``gr.Progress(track_tqdm=True)`` picks it up)."""
-    from training.data import load_split  # datasets and scikit-learn: imported only when a dev set is asked for
-    from training.evaluate import run_traces
-
-    traces = run_traces(model, load_split(model.config.task, "dev"), progress=True)
-    return layer_usage(trace.to_dict() for trace in traces)

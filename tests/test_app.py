@@ -587,7 +587,7 @@ def test_visitors_never_see_the_server_paths(tiny_backbone, tmp_path, monkeypatc
         shown += [visitor.logged_layer_usage("any", "any", "last tuesday")[ui.log_note]]
         for text in shown:
             assert str(tmp_path) not in text and "/tmp" not in text, text
-        assert "PABEE: no dev-set usage was recorded" in shown[-2]
+        assert "PABEE: its checkpoint records no dev-set layer usage" in shown[-2]
     (tmp_path / "queries.db").write_bytes(b"not a database at all" * 100)
     damaged = built(DemoHandlers(ModelCache(load), QueryLog(tmp_path / "other.db"), export_root=tmp_path))
     damaged.query_log.path = tmp_path / "queries.db"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import sqlite3
 import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
-from datasets import Dataset
 
 from core.errors import UserError
 from core.methods import METHODS
@@ -20,7 +22,7 @@ from interpret.attributions import PAIR_SEPARATOR, attribute, encode, replay
 from interpret.querylog import QUERY_COLUMNS, RESULT_COLUMNS, QueryLog, parse_since, read_results
 from interpret.report import CSV_FILE, HTML_FILE, JSON_FILE, export_report, summary_table
 from interpret.report import main as report_main
-from interpret.usage import dev_set_usage, layer_usage, precomputed_usage
+from interpret.usage import layer_usage, precomputed_usage
 from tests.conftest import SECOND, SENTENCES, randomise
 
 # thresholds and head scales that make the tiny random models exit early / bypass layers on some inputs
@@ -203,18 +205,52 @@ def test_precomputed_usage_reads_training_metrics(make_model):
     assert usage["executed"].tolist() == [1.0, 0.8, 0.5, 0.2] and usage["exited"].tolist() == [0.2, 0.3, 0.3, 0.2]
 
 
-def test_dev_set_usage_runs_the_whole_dev_split(make_model, monkeypatch):
-    import training.data
+ROOT = Path(__file__).resolve().parent.parent
 
-    texts = SENTENCES * 5
-    dev = Dataset.from_dict({"text": texts, "text_pair": SECOND * 5, "label": [0, 1] * 20})
-    monkeypatch.setattr(training.data, "load_split", lambda task, split: dev if (task, split) == ("MRPC", "dev") else None)
-    model = randomise(make_model("dpbert"), seed=4, scale=3.0)
-    usage = dev_set_usage(model)
-    assert set(usage["inputs"]) == {len(texts)}
-    traces = model.predict(texts, SECOND * 5)
-    expected = [sum(layer in trace.layers_executed for trace in traces) / len(texts) for layer in range(1, 5)]
-    assert usage["executed"].tolist() == expected and 0.0 in expected  # some layer is bypassed
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level packages a source file imports, anywhere in it (inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_nothing_in_interpret_or_the_demo_imports_training():
+    for path in [*sorted((ROOT / "interpret").glob("*.py")), ROOT / "app.py"]:
+        assert "training" not in imported_packages(path), path.name
+
+
+def test_only_interpret_charts_imports_altair():
+    sources = [path for folder in ("core", "core/methods", "training", "interpret") for path in sorted((ROOT / folder).glob("*.py"))] + [ROOT / "app.py"]
+    assert [path.relative_to(ROOT).as_posix() for path in sources if "altair" in imported_packages(path)] == ["interpret/charts.py"]
+
+
+def test_metric_lines_draw_one_line_per_series_with_every_column_in_the_tooltip():
+    frame = pd.DataFrame({"avg_layers": [2.0, 3.0, 4.0], "metric": [0.7, 0.8, 0.85], "kind": ["sweep", "sweep", "full model"]})
+    spec = charts.metric_lines(frame, "avg_layers", "metric", "a sweep", series="kind", axis_titles=("average layers", "f1")).to_dict()
+    assert spec["encoding"]["color"]["field"] == "kind" and spec["encoding"]["x"]["title"] == "average layers"
+    assert [item["field"] for item in spec["encoding"]["tooltip"]] == ["avg_layers", "metric", "kind"]
+    single = charts.metric_lines(frame.drop(columns="kind"), "avg_layers", "metric", "one line").to_dict()
+    assert single["encoding"]["color"] == {"value": "#2563eb"} and single["encoding"]["y"]["title"] == "metric"
+
+
+def test_speedup_chart_draws_methods_as_lines_and_the_full_model_as_labelled_squares():
+    points = pd.DataFrame(
+        [
+            {"method": "deebert", "precision": "fp32", "series": "deebert fp32", "threshold": 0.1, "operating_point": "sweep", "metric": 0.85},
+            {"method": "deebert", "precision": "fp32", "series": "deebert fp32", "threshold": 0.3, "operating_point": "shipped", "metric": 0.8},
+            {"method": "full", "precision": "int8", "series": "full int8", "threshold": None, "operating_point": "full", "metric": 0.86},
+        ]
+    ).assign(metric_name="f1", measured_speedup=[1.2, 1.8, 2.0], reference=["full fp32", "full fp32", "full int8"])
+    rules = pd.DataFrame({"metric": [0.84], "label": ["98% of full"]})
+    spec = charts.speedup_chart(points, "measured_speedup", "speed-up (batch 1)", ["method", "metric"], rules, "MRPC").to_dict()
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
+    assert marks == ["line", "point", "point", "text", "rule"] and spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"
+    assert len(charts.speedup_chart(points, "measured_speedup", "speed-up", ["method"], None, "MRPC").to_dict()["layer"]) == 4
 
 
 # --- query log ----------------------------------------------------------------------------

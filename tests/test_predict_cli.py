@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import subprocess
 import sys
 
@@ -10,9 +12,12 @@ import pytest
 import torch
 
 from core.checkpoint import save_checkpoint
+from core.engine import BatchResult, LayerRecord
 from core.heads import PooledHead
-from core.methods import METHODS
+from core.methods import METHODS, RunSettings
+from core.outcome import RanBatch
 from core.predict import main
+from core.trace import build_traces
 from tests.conftest import randomise
 
 
@@ -174,3 +179,91 @@ def test_every_method_runs_on_a_pair_with_the_default_backbone(method):
     trace = json.loads(done.stdout)
     assert trace["method"] == method and trace["num_layers"] == 6 and trace["prediction"] in trace["probabilities"]
     assert "Traceback" not in done.stderr
+
+
+class CountingTokenizer:
+    """A tokenizer that counts how often it is asked to tokenize; everything else is the wrapped one's."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_each_input_is_tokenized_once_and_an_over_long_one_is_cut_to_the_limit_and_flagged(make_model, monkeypatch):
+    import core.model
+
+    model = make_model("deebert")
+    long = " ".join(["word"] * 3 * model.max_length)
+    texts, pairs = ["short", long, "a bit longer than short", "x"], ["p", "q", long, "y " * (model.max_length - 5)]
+    counting = model.tokenizer = CountingTokenizer(model.tokenizer)
+    engine_inputs = []
+
+    def run_batch(encoder, method, input_ids, attention_mask, token_type_ids, settings):
+        engine_inputs.append({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+        return batch_run(encoder, method, input_ids, attention_mask, token_type_ids, settings)
+
+    batch_run = core.model.run_batch
+    monkeypatch.setattr(core.model, "run_batch", run_batch)
+    traces = model.predict(texts, pairs, batch_size=2)
+    assert counting.calls == 1 and len(engine_inputs) == 2, "one tokenizer call for all the inputs, then two batches"
+    assert [trace.truncated for trace in traces] == [False, True, True, False]
+    engine_inputs.clear()
+    model.predict(texts, pairs, batch_size=len(texts))
+    lengths = [len(ids) for ids in counting.tokenizer(texts, pairs, truncation=True, max_length=model.max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    expected = model.tokenize([texts[i] for i in order], [pairs[i] for i in order])
+    assert expected["input_ids"].shape[1] == model.max_length
+    assert all(torch.equal(engine_inputs[0][name], expected[name]) for name in expected), "the engine reads what one truncating, padding call gives"
+
+
+def fixed_batches() -> dict[tuple[str, str], BatchResult]:
+    """Engine outcomes of two rows written out by hand (exact binary fractions, so their JSON is the same on every machine).
+
+    DeeBERT: row 1 exits after layer 2. DPBERT: row 2 bypasses layer 3; once classifying, once scoring.
+    """
+    deebert = BatchResult(
+        outputs=torch.tensor([[0.75, 0.25], [0.125, 0.875]]),
+        exit_layer=torch.tensor([2, 0]),
+        layers=[
+            LayerRecord(torch.tensor([0, 1]), None, {"probs": torch.tensor([[0.5, 0.5], [0.25, 0.75]]), "entropy": torch.tensor([0.6875, 0.5625])}),
+            LayerRecord(torch.tensor([0, 1]), None, {"probs": torch.tensor([[0.75, 0.25], [0.375, 0.625]]), "entropy": torch.tensor([0.25, 0.625])}),
+            LayerRecord(torch.tensor([1]), None, {"probs": torch.tensor([[0.25, 0.75]]), "entropy": torch.tensor([0.5])}),
+            LayerRecord(torch.tensor([1]), None, {"probs": torch.tensor([[0.125, 0.875]]), "entropy": torch.tensor([0.375])}),
+        ],
+        num_layers=4,
+    )
+    planner_logits = [(math.inf, math.inf), (0.0, math.inf), (math.inf, -math.inf), (math.inf, 0.0)]
+    runs = [None, None, torch.tensor([True, False]), None]
+
+    def dpbert(outputs: torch.Tensor) -> BatchResult:
+        layers = [LayerRecord(torch.tensor([0, 1]), ran, {"planner_logit": torch.tensor(logits)}) for logits, ran in zip(planner_logits, runs)]
+        return BatchResult(outputs=outputs, exit_layer=torch.tensor([0, 0]), layers=layers, num_layers=4)
+
+    return {
+        ("deebert", "MRPC"): deebert,
+        ("dpbert", "MRPC"): dpbert(torch.tensor([[0.625, 0.375], [0.5, 0.5]])),
+        ("dpbert", "STS-B"): dpbert(torch.tensor([3.5, -0.25])),
+    }
+
+
+# sha256 of the two traces' JSON lines, as the traces were before trace building moved out of the model
+TRACE_JSON_SHA256 = {
+    ("deebert", "MRPC"): "2813771faf60b3cb8f2cb0e840c616185703ef4a6e0463fb8f927b08966575e4",
+    ("dpbert", "MRPC"): "e09b33642f4c2663174b64bab4e5ba3096df95738b33b79bfa3e1734bc3f6a6a",
+    ("dpbert", "STS-B"): "4ee8dfdd54c17784a199c97e9f75287f1956e3160b8f5a1dacfde75dea8b9f80",
+}
+
+
+@pytest.mark.parametrize("method, task", list(TRACE_JSON_SHA256))
+def test_trace_json_of_a_fixed_batch_is_unchanged(make_model, method, task):
+    batch = RanBatch([0, 1], fixed_batches()[method, task], latency_ms=2.5, truncated=[False, True])
+    traces = build_traces(make_model(method, task), batch, RunSettings(threshold=0.5), ["first text", "second text"], ["first pair", "second pair"])
+    lines = [trace.to_json() for trace in traces]
+    assert json.loads(lines[0])["text"] == "first text" and json.loads(lines[1])["truncated"]
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == TRACE_JSON_SHA256[method, task], lines

@@ -47,10 +47,10 @@ def test_predict_sends_its_inputs_to_the_model_device(make_model, monkeypatch):
     """On a GPU the tokenizer's CPU tensors must follow the weights: here the model says it lives on another device."""
     model = randomise(make_model("deebert"), seed=1)
     expected = model.predict(SENTENCES[:3], SECOND[:3], threshold=0.6)
-    seen, tokenized, real_run, real_tokenize = [], [], core.model.run_batch, model.tokenize
+    seen, tokenized, real_run, real_pad = [], [], core.model.run_batch, model.pad_batch
 
-    def keep(texts, pairs=None):  # the tokenizer's CPU tensors, kept so the spy can run the real batch (meta tensors hold no data)
-        tokenized.append(real_tokenize(texts, pairs))
+    def keep(tokens, rows):  # the padded CPU tensors, kept so the spy can run the real batch (meta tensors hold no data)
+        tokenized.append(real_pad(tokens, rows))
         return tokenized[-1]
 
     def spy(encoder, method, input_ids, attention_mask, token_type_ids, settings):
@@ -58,7 +58,7 @@ def test_predict_sends_its_inputs_to_the_model_device(make_model, monkeypatch):
         batch = tokenized.pop(0)
         return real_run(encoder, method, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], settings)
 
-    monkeypatch.setattr(model, "tokenize", keep)
+    monkeypatch.setattr(model, "pad_batch", keep)
     monkeypatch.setattr(core.model, "run_batch", spy)
     monkeypatch.setattr(type(model), "device", property(lambda self: META))
     traces = model.predict(SENTENCES[:3], SECOND[:3], threshold=0.6, batch_size=2)

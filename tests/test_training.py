@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 
 from core.checkpoint import load_checkpoint, read_config, save_checkpoint
@@ -19,7 +21,7 @@ from training import train as train_module
 from training.calibration import Goal, choose
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate, sweep
-from training.metrics import glue_metrics
+from training.metrics import MAIN_METRIC, glue_metrics
 from training.stages import TrainingObjective, starting_model, trainable_parameters
 
 ROWS = [
@@ -245,6 +247,40 @@ def test_one_pass_sweep_equals_separate_runs(make_model, glue_dir, method, thres
             assert point[key] == pytest.approx(single[key]), key
         assert point["exit_frequency"] == pytest.approx(single["exit_frequency"])
     assert len({r["avg_layers"] for r in swept}) > 1
+
+
+def trace_summary(model, dataset, threshold=None) -> dict:
+    """An operating point counted from ``predict``'s traces: labels mapped back to indices, layers read off the layer lists."""
+    traces = model.predict(list(dataset["text"]), list(dataset["text_pair"]) if model.config.pair else None, threshold=threshold, batch_size=64)
+    predictions = [trace.prediction if model.config.labels is None else model.config.labels.index(trace.prediction) for trace in traces]
+    count, layers = len(traces), range(1, model.num_layers + 1)
+    top_path, top_count = Counter(tuple(trace.layers_executed) for trace in traces).most_common(1)[0]
+    return {
+        "predictions": predictions,
+        "metric": glue_metrics(model.config.task, predictions, list(dataset["label"]))[MAIN_METRIC[model.config.task]],
+        "avg_layers": sum(len(trace.layers_executed) for trace in traces) / count,
+        "layer_frequency": [sum(layer in trace.layers_executed for trace in traces) / count for layer in layers],
+        "exit_frequency": [sum(trace.exit_layer == layer for trace in traces) / count for layer in layers],
+        "top_path": list(top_path),
+        "top_path_share": top_count / count,
+    }
+
+
+@pytest.mark.parametrize("method, task", [(method, "MRPC") for method in METHODS] + [("dpbert", "STS-B")])
+def test_evaluation_of_the_engine_tensors_counts_what_the_traces_show(make_model, method, task):
+    from tests.conftest import SECOND, SENTENCES
+    from tests.test_engine import configured
+
+    model, threshold = configured(lambda name, **settings: make_model(name, task, **settings), method)
+    labels = [0.5 * i for i in range(len(SENTENCES) * 3)] if model.config.labels is None else [i % 3 % 2 for i in range(len(SENTENCES) * 3)]
+    dataset = Dataset.from_dict({"text": SENTENCES * 3, "text_pair": SECOND * 3, "label": labels})
+    result = evaluate(model, dataset, threshold, with_predictions=True)
+    expected = trace_summary(model, dataset, threshold)
+    if not model.method.exits_early:
+        assert "exit_frequency" not in result and not any(expected.pop("exit_frequency"))
+    assert {key: result[key] for key in expected} == expected
+    if method != "full":
+        assert expected["top_path_share"] < 1, "the inputs should take different paths"
 
 
 def test_calibration_takes_the_fastest_point_that_keeps_the_metric_or_the_best_reaching_a_speedup():

@@ -249,57 +249,36 @@ def write_rows(rows: list[dict], path: Path) -> None:
 
 def write_chart(rows: list[dict], out: Path) -> None:
     """Metric against measured speed-up over the fp32 full model: one line per method and precision, the reference rows as labelled points."""
-    import altair as alt
     import pandas as pd
+
+    from interpret.charts import speedup_chart  # Altair: imported only when a chart is written
 
     measured = pd.DataFrame([row for row in rows if row["source"] == MEASURED])
     for column, default in (("precision", "fp32"), ("runtime", ENGINE)):
         measured[column] = measured[column].fillna(default) if column in measured else default
     speed = "measured_speedup" if "measured_speedup" in measured and measured["measured_speedup"].notna().any() else "batched_speedup"
-    title = "speed-up over the fp32 full model" + (" (batch 1)" if speed == "measured_speedup" else f" (batch {int(measured['batch_size'].iloc[0])})")
+    speed_title = "speed-up over the fp32 full model" + (" (batch 1)" if speed == "measured_speedup" else f" (batch {int(measured['batch_size'].iloc[0])})")
     points = measured.dropna(subset=["metric", speed]).assign(
         threshold=lambda frame: frame["threshold"].astype(float),
         series=lambda frame: frame["method"] + " " + frame["precision"],
         reference=lambda frame: frame["runtime"].map(lambda runtime: "full" if runtime == ENGINE else "ORT") + " " + frame["precision"],
     )
     expected, layers = ("expected_speedup", "avg_layers") if speed == "measured_speedup" else ("batched_expected_speedup", "dev_avg_layers")
-    x = alt.X(f"{speed}:Q", title=title, scale=alt.Scale(type="log"))
-    y = alt.Y("metric:Q", title=str(measured["metric_name"].iloc[0]), scale=alt.Scale(zero=False))
     tooltip = ["method", "precision", "runtime", "threshold", "operating_point", "metric", "metric_pct_of_full", "agreement", speed, expected, layers]
-    tooltip = [column for column in tooltip if column in points]
-    adaptive = points[points["method"] != BASELINE]
-    base = alt.Chart(adaptive).encode(
-        x=x,
-        y=y,
-        color=alt.Color("method:N", sort=list(METHODS)),
-        strokeDash=alt.StrokeDash("precision:N", title="precision"),
-        detail="series:N",
-        tooltip=tooltip,
-    )
-    layers_ = [
-        base.mark_line(point=True).encode(order="threshold:Q"),
-        base.transform_filter(alt.datum.operating_point == "shipped").mark_point(size=160, filled=True, shape="diamond"),
-    ]
-    references = points[points["method"] == BASELINE]
-    reference = alt.Chart(references).encode(x=x, y=y, tooltip=tooltip)
-    layers_ += [
-        reference.mark_point(size=120, filled=True, color="black", shape="square"),
-        reference.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="reference:N"),
-    ]
     full_metric = float(measured.loc[(measured["method"] == BASELINE) & (measured["precision"] == "fp32") & (measured["runtime"] == ENGINE), "metric"].iloc[0])
+    keep_rules = None
     if math.isfinite(full_metric) and full_metric > 0:
-        keep_lines_ = pd.DataFrame(
+        keep_rules = pd.DataFrame(
             {
                 "metric": [pct / 100 * full_metric for pct in (KEEP_TARGET, INT8_KEEP_TARGET)],
                 "label": [f"{KEEP_TARGET:g}% of full", f"{INT8_KEEP_TARGET:g}% of full"],
             }
         )
-        layers_.append(alt.Chart(keep_lines_).mark_rule(strokeDash=[4, 4], color="gray").encode(y="metric:Q", tooltip=["label"]))
-    chart = alt.layer(*layers_).properties(
-        title=f"{measured['task'].iloc[0]}: {measured['metric_name'].iloc[0]} vs speed-up (squares: the full model in this engine and in ONNX Runtime (ORT); diamonds: shipped points; dashed: 98% and 97% of full)",
-        width=560,
-        height=340,
+    title = (
+        f"{measured['task'].iloc[0]}: {measured['metric_name'].iloc[0]} vs speed-up (squares: the full model in this engine and in ONNX Runtime (ORT); "
+        "diamonds: shipped points; dashed: 98% and 97% of full)"
     )
+    chart = speedup_chart(points, speed, speed_title, [column for column in tooltip if column in points], keep_rules, title)
     chart.save(str(out / "tradeoff.html"))
     chart.save(str(out / "tradeoff.png"))
 

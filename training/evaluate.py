@@ -21,35 +21,40 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.csvsafe import write_csv
 from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
-from core.trace import Trace
+from core.outcome import Outcome
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.metrics import MAIN_METRIC, glue_metrics
 
-
-def run_traces(
-    model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, batch_size: int = 64, progress: bool = False
-) -> list[Trace]:
-    texts, pairs = list(dataset["text"]), list(dataset["text_pair"]) if model.config.pair else None
-    traces = []
-    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=f"{model.config.method} dev", leave=False):
-        chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
-        traces += model.predict(texts[start : start + batch_size], chunk_pairs, threshold=threshold, early_exit=early_exit, batch_size=batch_size)
-    return traces
+EVALUATION_BATCH_SIZE = 64
 
 
-def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: list[list[int]], exits: list[int | None], threshold: float | None) -> dict:
-    """One operating point: GLUE metrics, average layers, expected speed-up, per-layer frequencies and path spread."""
+def run(model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False) -> Outcome:
+    """The model over every row of ``dataset``: the engine's tables, in row order."""
+    pairs = list(dataset["text_pair"]) if model.config.pair else None
+    return model.run_inputs(list(dataset["text"]), pairs, model.settings(threshold, early_exit), EVALUATION_BATCH_SIZE, progress)
+
+
+def answers(model: AdaptiveModel, outputs: torch.Tensor) -> list[int] | list[float]:
+    """Each row's answer as the GLUE metrics take it: the class index, or the score for regression."""
+    return outputs.tolist() if model.config.labels is None else outputs.argmax(-1).tolist()
+
+
+def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: torch.Tensor, exit_layer: torch.Tensor, threshold: float | None) -> dict:
+    """One operating point: GLUE metrics, average layers, expected speed-up, per-layer frequencies and path spread.
+
+    ``executed`` is the [N, L] table of layers computed per input, ``exit_layer`` each input's
+    1-based early exit (0: it ran to the end).
+    """
     task, num_layers, count = model.config.task, model.num_layers, len(labels)
     metrics = glue_metrics(task, predictions, labels)
-    avg_layers = sum(map(len, executed)) / count
-    top_path, top_count = Counter(tuple(layers) for layers in executed).most_common(1)[0]
+    avg_layers = int(executed.sum()) / count
+    top_path, top_count = Counter(tuple(row) for row in executed.tolist()).most_common(1)[0]
     result = {
         "task": task,
         "method": model.config.method,
@@ -59,27 +64,23 @@ def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: l
         **metrics,
         "avg_layers": avg_layers,
         "expected_speedup": num_layers / avg_layers if avg_layers else float(num_layers),
-        "layer_frequency": [sum(layer in layers for layers in executed) / count for layer in range(1, num_layers + 1)],
-        "top_path": list(top_path),
+        "layer_frequency": [int(ran) / count for ran in executed.sum(0)],
+        "top_path": [layer + 1 for layer, ran in enumerate(top_path) if ran],
         "top_path_share": top_count / count,
         "examples": count,
     }
     if model.method.exits_early:
-        result["exit_frequency"] = [sum(exit_layer == layer for exit_layer in exits) / count for layer in range(1, num_layers + 1)]
+        result["exit_frequency"] = [int((exit_layer == layer).sum()) / count for layer in range(1, num_layers + 1)]
     return result
-
-
-def label_index(model: AdaptiveModel, prediction: str | float) -> int | float:
-    return prediction if model.config.labels is None else model.config.labels.index(prediction)
 
 
 def evaluate(
     model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False, with_predictions: bool = False
 ) -> dict:
     """One operating point's summary; ``with_predictions`` adds each input's answer (class index or score) as ``predictions``."""
-    traces = run_traces(model, dataset, threshold, early_exit, progress=progress)
-    predictions = [label_index(model, t.prediction) for t in traces]
-    result = summarise(model, list(dataset["label"]), predictions, [t.layers_executed for t in traces], [t.exit_layer for t in traces], traces[0].threshold)
+    outcome = run(model, dataset, threshold, early_exit, progress)
+    predictions = answers(model, outcome.outputs)
+    result = summarise(model, list(dataset["label"]), predictions, outcome.executed, outcome.exit_layer, outcome.settings.threshold)
     return result | {"predictions": predictions} if with_predictions else result
 
 
@@ -93,17 +94,18 @@ def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None
         model.check_threshold(threshold)
     if not model.method.sweeps_in_one_pass:
         return [evaluate(model, dataset, threshold, progress=progress, with_predictions=with_predictions) for threshold in thresholds]
-    traces = run_traces(model, dataset, early_exit=False, progress=progress)
+    outcome = run(model, dataset, early_exit=False, progress=progress)
     numbers = [item.name for item in model.method.layer_fields if item.kind == "number"]
-    values = {name: torch.tensor([[step.values[name] for step in t.per_layer] for t in traces]) for name in numbers}
-    layer_predictions = [[label_index(model, step.prediction) for step in t.per_layer] for t in traces]
+    values = {name: outcome.layer_table(name).float() for name in numbers}  # the exit rules compare in float32, whatever the precision
+    layer_predictions = outcome.layer_table("prediction")
     labels = list(dataset["label"])
+    layer_numbers = torch.arange(1, model.num_layers + 1)
     results = []
     for threshold in thresholds:
-        exit_layers = [int(layer) or None for layer in model.method.sweep_exits(values, threshold)]
-        predictions = [per_layer[(layer or model.num_layers) - 1] for per_layer, layer in zip(layer_predictions, exit_layers)]
-        executed = [list(range(1, (layer or model.num_layers) + 1)) for layer in exit_layers]
-        result = summarise(model, labels, predictions, executed, exit_layers, threshold)
+        exit_layer = model.method.sweep_exits(values, threshold)
+        answered_at = torch.where(exit_layer > 0, exit_layer, model.num_layers)
+        predictions = layer_predictions.gather(1, (answered_at - 1).unsqueeze(1)).squeeze(1).tolist()
+        result = summarise(model, labels, predictions, layer_numbers <= answered_at.unsqueeze(1), exit_layer, threshold)
         results.append(result | {"predictions": predictions} if with_predictions else result)
     return results
 
@@ -124,8 +126,9 @@ SWEEP_COLUMNS = [
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:
     """A CSV of the sweep (with each point's per-layer run and exit shares) and an Altair chart of metric against average layers."""
-    import altair as alt
     import pandas as pd
+
+    from interpret.charts import metric_lines  # Altair: imported only when a chart is written
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [{key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS} for r in results]
@@ -135,17 +138,9 @@ def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -
     points = table[plotted].assign(kind="sweep")
     if reference is not None:
         points = pd.concat([points, pd.DataFrame([{**{key: reference[key] for key in plotted}, "kind": "full model"}])])
-    chart = (
-        alt.Chart(points)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("avg_layers:Q", title="average layers executed"),
-            y=alt.Y("metric:Q", title=results[0]["metric_name"], scale=alt.Scale(zero=False)),
-            color=alt.Color("kind:N", title=None),
-            tooltip=plotted,
-        )
-        .properties(title=f"{results[0]['task']} · {results[0]['method']}: {results[0]['metric_name']} vs layers", width=480, height=300)
-    )
+    first = results[0]
+    title = f"{first['task']} · {first['method']}: {first['metric_name']} vs layers"
+    chart = metric_lines(points, "avg_layers", "metric", title, series="kind", axis_titles=("average layers executed", first["metric_name"]))
     chart.save(str(out / "sweep.html"))
 
 

@@ -11,7 +11,7 @@ per checkpoint labelled by a field of its method config (a training setting such
 or DPBERT's target skip rate). With ``--sweep`` and several checkpoints, ``equal_layers.csv``
 sets each point of the first beside the others' metric at the same average layers (DPBERT's
 RL against its soft-gate ablation, the paper's Table 2). ``--per-layer`` evaluates each layer's own prediction as if every
-input were forced to exit there (DeeBERT's Fig. 4), for methods whose traces record one.
+input were forced to exit there (DeeBERT's Fig. 4), for methods that report one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from core.csvsafe import write_csv
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from training.data import DEFAULT_DATA_DIR, load_split
-from training.evaluate import evaluate, label_index, run_traces, sweep
+from training.evaluate import evaluate, run, sweep
 from training.metrics import MAIN_METRIC, glue_metrics
 
 COLUMNS = ["checkpoint", "label", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share", "layer_frequency", "exit_frequency"]
@@ -74,11 +74,11 @@ def per_layer_rows(model: AdaptiveModel, dataset) -> list[dict]:
     """Each layer's own prediction scored as if every input exited there."""
     if not any(item.name == "prediction" for item in model.method.layer_fields):
         raise UserError(f"{model.method.title} has no per-layer prediction to score; try a method with off-ramps or per-layer classifiers")
-    traces = run_traces(model, dataset, early_exit=False, progress=True)
+    layer_predictions = run(model, dataset, early_exit=False, progress=True).layer_table("prediction")
     labels = list(dataset["label"])
     rows = []
     for layer in range(model.num_layers):
-        predictions = [label_index(model, trace.per_layer[layer].prediction) for trace in traces]
+        predictions = layer_predictions[:, layer].tolist()
         metrics = glue_metrics(model.config.task, predictions, labels)
         rows.append({"checkpoint": Path(model.source).name, "layer": layer + 1, **metrics})
     return rows
@@ -86,18 +86,12 @@ def per_layer_rows(model: AdaptiveModel, dataset) -> list[dict]:
 
 def write(rows: list[dict], out: Path, title: str, x: str, y: str) -> None:
     """The rows as CSV and an Altair chart (HTML and PNG)."""
-    import altair as alt
+    from interpret.charts import metric_lines  # Altair: imported only when a chart is written
 
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
     write_csv(frame, out / "results.csv")
-    colour = alt.Color("label:N", title="setting") if "label" in frame else alt.value("#2563eb")
-    chart = (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(x=alt.X(f"{x}:Q", scale=alt.Scale(zero=False)), y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)), color=colour, tooltip=list(frame.columns))
-        .properties(title=title, width=480, height=300)
-    )
+    chart = metric_lines(frame, x, y, title, series="label" if "label" in frame else None, series_title="setting")
     chart.save(str(out / "chart.html"))
     chart.save(str(out / "chart.png"))
 
