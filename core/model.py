@@ -17,7 +17,7 @@ from core.engine import BatchResult, LayerRecord, run_batch
 from core.errors import UserError
 from core.methods import Method, MethodConfig, RunSettings, get_method
 from core.precision import FP32, apply_precision, check_device, check_precision
-from core.tasks import get_task
+from core.tasks import TaskSpec, as_task
 from core.trace import LayerStep, Trace
 
 
@@ -266,10 +266,10 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
-    """A model with fresh (untrained) method heads on the pretrained backbone."""
+def build_model(method: str, task: str | TaskSpec, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
+    """A model with fresh (untrained) method heads on the pretrained backbone, for a GLUE task (by name) or a task of one's own."""
     method_class = get_method(method)
-    spec = get_task(task)
+    spec = as_task(task)
     if not method_class.supports(spec.is_regression):
         raise UserError(f"{method_class.title} cannot run {spec.name}: it needs class probabilities, and {spec.name} is a regression task")
     bert = load_bert(backbone)

@@ -17,6 +17,7 @@ from core.checkpoint import add_lora, encoder_holder, load_checkpoint
 from core.errors import UserError
 from core.methods import BASELINE, MethodConfig, Stage, TrainBatch, get_method
 from core.model import AdaptiveModel, build_model
+from core.tasks import TaskSpec, as_task
 
 
 class TrainingObjective(nn.Module):
@@ -35,7 +36,7 @@ class TrainingObjective(nn.Module):
 
 def starting_model(
     method: str,
-    task: str,
+    task: str | TaskSpec,
     stage: Stage,
     settings: dict,
     backbone: str,
@@ -63,8 +64,8 @@ def starting_model(
         wanted = "the stage-1 full model" if stage.starts_from == BASELINE else f"a {method} checkpoint of the stage before {stage.name}"
         raise UserError(f"{method_class.title} stage {stage.name} starts from a trained checkpoint: pass --init ({wanted})")
     previous = load_checkpoint(init, merge_adapters=False)
-    if previous.config.task != task:
-        raise UserError(f"--init {init} was trained on {previous.config.task}, not {task}")
+    if previous.config.task != as_task(task).name:
+        raise UserError(f"--init {init} was trained on {previous.config.task}, not {as_task(task).name}")
     expected = method if stage.starts_from == "previous" else BASELINE
     if previous.config.method != expected:
         raise UserError(f"--init {init} is a {previous.config.method} model; {method_class.title} stage {stage.name} starts from a {expected} model")
