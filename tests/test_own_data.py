@@ -205,6 +205,8 @@ def test_a_dev_label_unseen_in_training_and_options_that_do_not_fit_are_refused(
     assert "--text-column cannot go with --task" in capsys.readouterr().err
     assert train(tiny_backbone, tmp_path / "run", "--method", "full", *data, "--dataset-config", "x") == 2
     assert "--dataset-config cannot go with --train-file" in capsys.readouterr().err
+    assert train(tiny_backbone, tmp_path / "run", "--method", "full", *data, "--from-hub") == 2
+    assert "--from-hub cannot go with --train-file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

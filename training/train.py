@@ -199,17 +199,22 @@ class ResumeState:
         return (self.folder / "position.json").is_file()
 
 
-OWN_DATA_OPTIONS = ("text_column", "pair_column", "label_column", "regression", "task_name")
+OWN_DATA = ("train_file", "dataset")
+DATA_OPTIONS = {  # each data option, and the sources of data it goes with
+    **dict.fromkeys(("text_column", "pair_column", "label_column", "regression", "task_name"), OWN_DATA),
+    "from_hub": ("task",),
+    "dev_file": ("train_file",),
+    "dataset_config": ("dataset",),
+    "dev_split": ("dataset",),
+}
 
 
 def data_source(args: argparse.Namespace) -> DataSource | None:
     """Where a task of one's own comes from (None: a GLUE --task); options that do not go with the data given are refused."""
-    wrong = [name for name in OWN_DATA_OPTIONS if getattr(args, name)] if args.task else []
-    wrong += [name for name in ("dev_file",) if getattr(args, name) and not args.train_file]
-    wrong += [name for name in ("dataset_config", "dev_split") if getattr(args, name) and not args.dataset]
+    given = next(name for name in ("task", *OWN_DATA) if getattr(args, name))
+    wrong = [name for name, sources in DATA_OPTIONS.items() if getattr(args, name) and given not in sources]
     if wrong:
-        given = "--task" if args.task else "--train-file" if args.train_file else "--dataset"
-        raise UserError(f"{', '.join(option_flag(name) for name in wrong)} cannot go with {given}: see python -m training.train --help")
+        raise UserError(f"{', '.join(map(option_flag, wrong))} cannot go with {option_flag(given)}: see python -m training.train --help")
     if args.task:
         return None
     return DataSource(
