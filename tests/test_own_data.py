@@ -119,19 +119,23 @@ def test_json_lines_of_scored_sentence_pairs_train_predict_and_calibrate(similar
     assert read_config(similarity / "pabee").operating_point["validation"]["metric_name"] == "pearson"
 
 
-def test_a_local_datasets_folder_trains_with_its_validation_split_as_dev(tiny_backbone, tmp_path, monkeypatch):
+def test_a_local_datasets_folder_trains_with_its_validation_split_as_dev_and_its_class_names(tiny_backbone, tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "news"
+    folder = tmp_path / "weather"
     folder.mkdir()
-    rows = [{"text": f"story {row} about {'rain' if row % 2 else 'sun'}", "label": row % 2} for row in range(30)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:24]), encoding="utf-8")
-    (folder / "validation.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[24:]), encoding="utf-8")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["sun", "rain"])})
+    rows = {"text": [f"story {row} about {'rain' if row % 2 else 'sun'}" for row in range(30)], "label": [row % 2 for row in range(30)]}
+    whole = datasets.Dataset.from_dict(rows, features=features)
+    whole.select(range(24)).to_parquet(folder / "train.parquet")
+    whole.select(range(24, 30)).to_parquet(folder / "validation.parquet")
     assert train(tiny_backbone, tmp_path / "run", "--method", "full", "--dataset", str(folder)) == 0
     config = read_config(tmp_path / "run")
-    assert (config.task, config.labels) == ("news", ["0", "1"]) and config.training["data"]["source"]["dataset"] == str(folder)
-    assert config.metrics["examples"] == 6 and len(checkpoint_split(config, "validation")) == 2
+    assert (config.task, config.labels) == ("weather", ["sun", "rain"]) and config.training["data"]["source"]["dataset"] == str(folder)
+    assert config.metrics["examples"] == 6 and config.training["data"]["dev_carved"] is None
+    validation, fit = checkpoint_split(config, "validation"), checkpoint_split(config, "fit")
+    assert (len(validation), len(fit)) == (2, 22) and not {*validation["text"]} & {*fit["text"]}
 
 
 def test_the_catalog_lists_tasks_and_methods_from_their_configs(topics, similarity):
@@ -160,7 +164,7 @@ def test_classes_come_in_a_stable_order():
     assert discover_classes(Table("t", {"label": ["10", "2", "1", "2"]}), "label") == ["1", "2", "10"]  # whole numbers by value
     assert discover_classes(Table("t", {"label": ["b", "a", "c", "a"]}), "label") == ["a", "b", "c"]
     assert discover_classes(Table("t", {"label": [1, 0, 1.0]}), "label") == ["0", "1"]  # JSON numbers
-    assert discover_classes(Table("t", {"label": [0, 1]}, class_names=["neg", "pos"]), "label") == ["neg", "pos"]  # a ClassLabel's order
+    assert discover_classes(Table("t", {"label": [0, 1]}, classes={"label": ["pos", "neg"]}), "label") == ["pos", "neg"]  # a ClassLabel's order
 
 
 def write(path: Path, text: str) -> Path:

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -197,7 +197,7 @@ class Table:
 
     where: str  # the file, or the dataset and split, for messages
     columns: dict[str, list]
-    class_names: list[str] | None = None  # a ``ClassLabel`` column's names (a ``datasets`` dataset)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # the class names of each ``ClassLabel`` column (a ``datasets`` dataset)
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()), []))
@@ -216,12 +216,12 @@ class Table:
 
     def label_names(self, name: str) -> list[str]:
         """Each row's label as a class name: a ``ClassLabel``'s name, or the value as text (``2``, not ``2.0``)."""
-        names = []
+        names, known = [], self.classes.get(name)
         for row, value in enumerate(self.column(name, "--label-column"), start=1):
-            if self.class_names is not None:
-                if not (isinstance(value, int) and 0 <= value < len(self.class_names)):
-                    raise UserError(f"{self.where}, row {row}: label {value!r} is not one of the dataset's classes {', '.join(self.class_names)}")
-                names.append(self.class_names[value])
+            if known is not None:
+                if not (isinstance(value, int) and 0 <= value < len(known)):
+                    raise UserError(f"{self.where}, row {row}: label {value!r} is not one of the dataset's classes {', '.join(known)}")
+                names.append(known[value])
             elif value is None or not str(value).strip():
                 raise UserError(f"{self.where}, row {row}: no label in column {name!r}; every row needs one")
             else:
@@ -229,8 +229,8 @@ class Table:
         return names
 
     def scores(self, name: str) -> list[float]:
-        if self.class_names is not None:
-            raise UserError(f"{self.where}: column {name!r} holds classes ({', '.join(self.class_names)}), not scores: leave out --regression")
+        if name in self.classes:
+            raise UserError(f"{self.where}: column {name!r} holds classes ({', '.join(self.classes[name])}), not scores: leave out --regression")
         scores = []
         for row, value in enumerate(self.column(name, "--label-column"), start=1):
             score = number(value)
@@ -240,7 +240,7 @@ class Table:
         return scores
 
 
-def number(value) -> float | None:
+def number(value: object) -> float | None:
     """The value as a number, or None when it is not one."""
     try:
         return float(value)
@@ -318,8 +318,8 @@ def read_dataset(name: str, config: str | None, dev_split: str | None) -> tuple[
         part = loaded[split]
         if len(part) == 0:
             raise UserError(f"dataset {name!r}, split {split}: no rows")
-        labels = {column: feature.names for column, feature in part.features.items() if isinstance(feature, ClassLabel)}
-        return Table(f"dataset {name!r}, split {split}", {column: part[column] for column in part.column_names}, labels or None)
+        classes = {column: feature.names for column, feature in part.features.items() if isinstance(feature, ClassLabel)}
+        return Table(f"dataset {name!r}, split {split}", {column: part[column] for column in part.column_names}, classes)
 
     train, dev = table("train"), None if chosen is None else table(chosen)
     return train, dev
@@ -330,8 +330,8 @@ def discover_classes(table: Table, column: str) -> list[str]:
 
     A column of numbers that are not whole is refused: it is a score (``--regression``), not classes.
     """
-    if table.class_names is not None:
-        return list(table.class_names)
+    if column in table.classes:
+        return list(table.classes[column])
     names = sorted(set(table.label_names(column)))
     values = [number(name) for name in names]
     if all(value is not None for value in values):
@@ -404,7 +404,7 @@ def load_own_data(source: DataSource, task: str, labels: list[str] | None = None
     training file or dataset that changed since (its held-out rows would no longer be the same).
     """
     train_table, dev_table = source.read()
-    for table in (train_table, dev_table or train_table):
+    for table in [train_table] if dev_table is None else [train_table, dev_table]:
         for name, option in source.columns():
             table.column(name, option)
     if len(train_table) < MIN_TRAINING_ROWS:
