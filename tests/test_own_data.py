@@ -214,6 +214,15 @@ def test_a_dev_label_unseen_in_training_and_options_that_do_not_fit_are_refused(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_later_stage_refuses_rows_with_other_classes_than_its_init(topics, tiny_backbone, tmp_path, capsys):
+    other = write(tmp_path / "topics.csv", "headline,topic\n" + "a goal,sports\nthe vote,politics\n" * 6)
+    init = str(topics / "runs" / "topics" / "full")
+    options = ["--method", "deebert", "--init", init, "--train-file", str(other), "--text-column", "headline", "--label-column", "topic"]
+    assert train(tiny_backbone, tmp_path / "run", *options) == 2
+    assert "was trained on the labels ['politics', 'science', 'sports'], but these rows have ['politics', 'sports']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_calibration_refuses_a_training_file_that_changed_since(topics, tmp_path, capsys):
     full = read_config(topics / "runs" / "topics" / "full")
     full.training["data"]["source"]["train_file"] = str(write_topics(tmp_path / "topics.csv", rows=TOPIC_ROWS + 1))
