@@ -25,7 +25,7 @@ from core.methods import Method, MethodConfig, RunSettings, get_method
 from core.outcome import Outcome, RanBatch
 from core.pooling import resolve_pooling
 from core.precision import FP32, apply_precision, check_device, check_precision
-from core.tasks import get_task
+from core.tasks import TaskSpec, as_task
 from core.trace import Trace, build_traces
 
 
@@ -216,10 +216,10 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def build_model(method: str, task: str, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
-    """A model with fresh (untrained) method heads on the pretrained backbone; pooling ``auto`` becomes the backbone's own."""
+def build_model(method: str, task: str | TaskSpec, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
+    """A model with fresh (untrained) heads on the pretrained backbone, for a GLUE task (by name) or one's own; pooling ``auto`` becomes the backbone's own."""
     method_class = get_method(method)
-    spec = get_task(task)
+    spec = as_task(task)
     if not method_class.supports(spec.is_regression):
         raise UserError(f"{method_class.title} cannot run {spec.name}: it needs class probabilities, and {spec.name} is a regression task")
     bert = load_bert(backbone)

@@ -28,7 +28,7 @@ from core.inputs import has_visible_text, reading_notes
 from core.methods import METHODS
 from core.model import AdaptiveModel
 from core.precision import CPU_ONLY, FP32, PRECISIONS, check_device
-from core.tasks import get_task
+from core.tasks import find_task, get_task
 from core.trace import Trace
 
 
@@ -168,9 +168,9 @@ def heading(model: AdaptiveModel, threshold: float | None, early_exit: bool) -> 
 
 
 def score_text(score: float, task: str) -> str:
-    """A regression score with its task's scale, flagged (and shown clipped) when the model answered outside it."""
-    spec = get_task(task)
-    if spec.score_range is None:
+    """A regression score with its task's scale, flagged (and shown clipped) when the model answered outside it; a task without a scale (one's own): the score."""
+    spec = find_task(task)
+    if spec is None or spec.score_range is None:
         return f"score {score:.3f}"
     clipped = spec.clip_score(score)
     text = f"score {clipped:.3f} on the {spec.scale_text()}"

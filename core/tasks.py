@@ -50,12 +50,36 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
-    """Look a task up by name, case-insensitively (``sst2``, ``SST-2`` and ``sst-2`` all work)."""
+def find_task(name: str) -> TaskSpec | None:
+    """The GLUE task of that name, case-insensitively (``sst2``, ``SST-2`` and ``sst-2`` all work), or None."""
     wanted = name.replace("-", "").lower()
-    for spec in TASKS.values():
-        if spec.name.replace("-", "").lower() == wanted:
-            return spec
-    from core.errors import UserError
+    return next((spec for spec in TASKS.values() if spec.name.replace("-", "").lower() == wanted), None)
 
-    raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+
+def get_task(name: str) -> TaskSpec:
+    """Look a GLUE task up by name (see ``find_task``); an unknown name is the user's to fix."""
+    spec = find_task(name)
+    if spec is None:
+        from core.errors import UserError
+
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return spec
+
+
+def as_task(task: str | TaskSpec) -> TaskSpec:
+    """A task given by its GLUE name, or as a spec of its own (a task trained from a user's file)."""
+    return task if isinstance(task, TaskSpec) else get_task(task)
+
+
+def canonical_task(name: str) -> str:
+    """GLUE's spelling of a GLUE task's name (``sst2`` -> ``SST-2``); any other name as given (a task of one's own)."""
+    spec = find_task(name)
+    return name if spec is None else spec.name
+
+
+def checkpoint_task(name: str, labels: list[str] | None, pair: bool) -> TaskSpec:
+    """The task a checkpoint was trained on: the GLUE task of that name, or one of its own, from its config's labels and pair.
+
+    A task of one's own needs no entry in ``TASKS``: everything the engine needs is in its config.json.
+    """
+    return find_task(name) or TaskSpec(name, None if labels is None else tuple(labels), pair)

@@ -23,7 +23,7 @@ import vl_convert
 
 from core.csvsafe import write_csv
 from core.errors import UserError, command_line
-from core.tasks import get_task
+from core.tasks import canonical_task
 from interpret.charts import layer_frequency_chart, method_title
 from interpret.querylog import READ_COLUMNS, parse_since, read_results
 from interpret.usage import usage_by_task
@@ -92,7 +92,7 @@ table.summary td:nth-child(-n+2), table.summary th:nth-child(-n+2) {{ text-align
 
 def export_report(db: str | Path, out_dir: str | Path, task: str | None = None, since: str | None = None) -> ReportFiles:
     """Write queries.csv, queries.json and report.html for the logged queries that match the filters."""
-    task_name = get_task(task).name if task else None
+    task_name = canonical_task(task) if task else None
     rows = read_results(db, task=task_name, since=parse_since(since))
     out = Path(out_dir)
     try:

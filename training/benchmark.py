@@ -47,11 +47,11 @@ from core.errors import UserError, command_line
 from core.methods import BASELINE, RunSettings, adaptive_methods
 from core.model import AdaptiveModel, length_sorted_batches
 from core.precision import BF16, FP32, INT8, PRECISIONS, check_precision
-from core.tasks import get_task
+from core.tasks import canonical_task
 from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_report
-from training.data import DEFAULT_DATA_DIR, load_split
+from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.evaluate import evaluate, sweep
-from training.metrics import MAIN_METRIC, glue_metrics
+from training.metrics import glue_metrics, main_metric
 
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
 PROFILED_INPUTS = 20
@@ -224,11 +224,11 @@ def onnx_metrics(session, model: AdaptiveModel, dev) -> dict:
     """The dev summary of an ONNX Runtime session, as training.evaluate gives it for the engine (every layer, by construction)."""
     outputs = np.concatenate([session.run(batch) for batch in dataset_batches(model, dev, METRIC_BATCH)])
     predictions = outputs.tolist() if model.config.labels is None else outputs.argmax(-1).tolist()
-    task = model.config.task
-    metrics = glue_metrics(task, predictions, list(dev["label"]))
+    task, regression = model.config.task, model.config.labels is None
+    metrics, metric_name = glue_metrics(task, predictions, list(dev["label"]), regression), main_metric(task, regression)
     return {
-        "metric_name": MAIN_METRIC[task],
-        "metric": metrics[MAIN_METRIC[task]],
+        "metric_name": metric_name,
+        "metric": metrics[metric_name],
         "avg_layers": float(model.num_layers),
         "examples": len(dev),
         "predictions": predictions,
@@ -522,7 +522,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @command_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    task = get_task(args.task).name
+    task = canonical_task(args.task)
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     for name in ("repeats", "limit", "metric_limit", "threads"):
         value = getattr(args, name)
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = parse_precisions(args.precisions)
     out = Path(args.out) if args.out else DEFAULT_OUT / task.replace("-", "").lower()
     models = load_models(task, args.methods, Path(args.checkpoints) if args.checkpoints else None)
-    dev = load_split(task, "dev", args.data_dir)
+    dev = checkpoint_split(models[BASELINE].config, "dev", args.data_dir)
     metric_dev = dev.select(range(min(args.metric_limit, len(dev)))) if args.metric_limit else dev
     timed_dev = dev.select(range(min(args.limit, len(dev))))
     points = operating_points(models, precisions, onnx=not args.no_onnxruntime)

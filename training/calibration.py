@@ -22,7 +22,7 @@ from core.checkpoint import load_checkpoint, write_operating_point
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from core.precision import FP32, PRECISIONS
-from training.data import DEFAULT_DATA_DIR, VALIDATION, load_split
+from training.data import DEFAULT_DATA_DIR, VALIDATION, checkpoint_split
 from training.evaluate import evaluate, sweep
 
 KEEP = 0.98  # the share of the full model's metric an operating point must keep (the project's one "keep" constant)
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for model in candidates:
         if model.config.task != reference.config.task:
             raise UserError(f"{model.source} is a {model.config.task} model but the reference is {reference.config.task}")
-    task = reference.config.task
-    result = calibrate(candidates, reference, load_split(task, "validation", args.data_dir), load_split(task, "dev", args.data_dir), goal)
+    validation, dev = (checkpoint_split(reference.config, split, args.data_dir) for split in ("validation", "dev"))
+    result = calibrate(candidates, reference, validation, dev, goal)
     threshold = "–" if result.threshold is None else f"{result.threshold:g}"
     print(f"{goal.describe()}: {result.model.source} at threshold {threshold} ({result.model.precision})")
     print(

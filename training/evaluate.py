@@ -28,8 +28,8 @@ from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from core.outcome import Outcome
-from training.data import DEFAULT_DATA_DIR, load_split
-from training.metrics import MAIN_METRIC, glue_metrics
+from training.data import DEFAULT_DATA_DIR, checkpoint_split
+from training.metrics import glue_metrics, main_metric
 
 EVALUATION_BATCH_SIZE = 64
 
@@ -51,16 +51,16 @@ def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: t
     ``executed`` is the [N, L] table of layers computed per input, ``exit_layer`` each input's
     1-based early exit (0: it ran to the end).
     """
-    task, num_layers, count = model.config.task, model.num_layers, len(labels)
-    metrics = glue_metrics(task, predictions, labels)
+    task, num_layers, count, regression = model.config.task, model.num_layers, len(labels), model.config.labels is None
+    metrics, metric_name = glue_metrics(task, predictions, labels, regression), main_metric(task, regression)
     avg_layers = int(executed.sum()) / count
     top_path, top_count = Counter(tuple(row) for row in executed.tolist()).most_common(1)[0]
     result = {
         "task": task,
         "method": model.config.method,
         "threshold": threshold,
-        "metric_name": MAIN_METRIC[task],
-        "metric": metrics[MAIN_METRIC[task]],
+        "metric_name": metric_name,
+        "metric": metrics[metric_name],
         **metrics,
         "avg_layers": avg_layers,
         "expected_speedup": num_layers / avg_layers if avg_layers else float(num_layers),
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     model = load_checkpoint(args.checkpoint).to(device)
-    dataset = load_split(model.config.task, args.split, args.data_dir)
+    dataset = checkpoint_split(model.config, args.split, args.data_dir)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     reference = evaluate(load_checkpoint(args.reference).to(device), dataset, progress=True) if args.reference else None

@@ -20,6 +20,7 @@ from core.lora import add_lora
 from core.methods import BASELINE, MethodConfig, Stage, TrainBatch, get_method
 from core.model import AdaptiveModel, build_model
 from core.pooling import resolve_pooling
+from core.tasks import TaskSpec, as_task
 
 
 class TrainingObjective(nn.Module):
@@ -38,7 +39,7 @@ class TrainingObjective(nn.Module):
 
 def starting_model(
     method: str,
-    task: str,
+    task: str | TaskSpec,
     stage: Stage,
     settings: dict,
     backbone: str,
@@ -66,8 +67,11 @@ def starting_model(
         wanted = "the stage-1 full model" if stage.starts_from == BASELINE else f"a {method} checkpoint of the stage before {stage.name}"
         raise UserError(f"{method_class.title} stage {stage.name} starts from a trained checkpoint: pass --init ({wanted})")
     previous = load_checkpoint(init, merge_adapters=False)
-    if previous.config.task != task:
-        raise UserError(f"--init {init} was trained on {previous.config.task}, not {task}")
+    spec = as_task(task)
+    if previous.config.task != spec.name:
+        raise UserError(f"--init {init} was trained on {previous.config.task}, not {spec.name}")
+    if previous.config.labels != (None if spec.labels is None else list(spec.labels)):
+        raise UserError(f"--init {init} was trained on the labels {previous.config.labels}, but these rows have {spec.labels and list(spec.labels)}")
     expected = method if stage.starts_from == "previous" else BASELINE
     if previous.config.method != expected:
         raise UserError(f"--init {init} is a {previous.config.method} model; {method_class.title} stage {stage.name} starts from a {expected} model")

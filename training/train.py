@@ -1,6 +1,8 @@
-"""Train one stage of one method on one GLUE task.
+"""Train one stage of one method on one GLUE task, or on a task of one's own (a file or a ``datasets`` dataset).
 
     python -m training.train --method full --task MRPC --out runs/mrpc/full
+    python -m training.train --method full --train-file reviews.csv --text-column review --label-column stars --out runs/reviews/full
+    python -m training.train --method full --dataset imdb --text-column text --label-column label
     python -m training.train --method deebert --task MRPC --init runs/mrpc/full --out runs/mrpc/deebert
     python -m training.train --method dact --task MRPC --init runs/mrpc/full --tau 0.01
     python -m training.train --method dpbert --stage relaxed --task MRPC --init runs/mrpc/full --out runs/mrpc/dpbert-relaxed
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
+from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -37,8 +40,8 @@ from core.checkpoint import save_checkpoint
 from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.methods import METHODS, MethodConfig
-from core.tasks import get_task
-from training.data import DEFAULT_DATA_DIR, VALIDATION, carve_validation, load_split
+from core.tasks import TaskSpec, get_task
+from training.data import DEFAULT_DATA_DIR, VALIDATION, DataSource, carve_validation, check_task_name, load_own_data, load_split
 from training.evaluate import evaluate
 from training.stages import TrainingObjective, starting_model, trainable_parameters
 
@@ -76,13 +79,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, epilog=others, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True, choices=list(METHODS))
-    parser.add_argument("--task", required=True)
+    data = parser.add_argument_group("data: a GLUE --task, or a task of one's own from --train-file or --dataset")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="a GLUE task: SST-2, CoLA, MRPC, RTE, QNLI, WNLI or STS-B")
+    source.add_argument("--train-file", help="a CSV, TSV or JSON-lines file (format from the extension: .csv, .tsv, .jsonl, .json)")
+    source.add_argument("--dataset", help="a Hugging Face datasets dataset: a hub name or a local folder (datasets.load_dataset)")
+    data.add_argument("--dev-file", help="with --train-file: the rows to report on (default: rows held out of --train-file, recorded in config.json)")
+    data.add_argument("--dataset-config", help="with --dataset: its configuration (subset)")
+    data.add_argument("--dev-split", help="with --dataset: the split to report on (default: its validation split, else rows held out of train)")
+    data.add_argument("--text-column", help="the column holding the text (default: text)")
+    data.add_argument("--pair-column", help="the column holding the second sentence, for a task on sentence pairs")
+    data.add_argument("--label-column", help="the column holding the class (names or whole numbers) or, with --regression, the score (default: label)")
+    data.add_argument("--regression", action="store_true", help="learn a score from the label column instead of classes")
+    data.add_argument("--task-name", help="the task's name in the checkpoint (default: the file's stem, or the dataset's name)")
     stages = [stage.name for stage in METHODS[method_name].stages] if method_name else sorted({stage.name for cls in METHODS.values() for stage in cls.stages})
     parser.add_argument("--stage", choices=stages, help="training stage of the method's recipe (default: its first)")
     parser.add_argument("--init", help="checkpoint to start from: the stage-1 full model, or the method's previous stage")
     parser.add_argument("--out", help="output checkpoint folder (default runs/<task>/<method>)")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="glue_data folder (default: %(default)s; env GLUE_DIR)")
-    parser.add_argument("--from-hub", action="store_true", help="load GLUE from the Hugging Face hub instead of --data-dir")
+    data.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="with --task: the glue_data folder (default: %(default)s; env GLUE_DIR)")
+    data.add_argument("--from-hub", action="store_true", help="with --task: load GLUE from the Hugging Face hub instead of --data-dir")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--finetune", choices=["lora", "full"], help="how the stage tunes the encoder (default: the stage's)")
     parser.add_argument(
@@ -98,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-split",
         default="fit",
         choices=["fit", "train", "dev"],
-        help="rows to train on: fit = the GLUE train file minus the held-out validation rows (default)",
+        help="rows to train on: fit = the training rows minus the held-out validation rows (default)",
     )
     parser.add_argument("--lora-rank", type=int)
     parser.add_argument("--epochs", type=float)
@@ -203,26 +218,72 @@ class ResumeState:
         return (self.folder / "position.json").is_file()
 
 
+OWN_DATA = ("train_file", "dataset")
+DATA_OPTIONS = {  # each data option, and the sources of data it goes with
+    **dict.fromkeys(("text_column", "pair_column", "label_column", "regression", "task_name"), OWN_DATA),
+    "from_hub": ("task",),
+    "dev_file": ("train_file",),
+    "dataset_config": ("dataset",),
+    "dev_split": ("dataset",),
+}
+
+
+def data_source(args: argparse.Namespace) -> DataSource | None:
+    """Where a task of one's own comes from (None: a GLUE --task); options that do not go with the data given are refused."""
+    given = next(name for name in ("task", *OWN_DATA) if getattr(args, name))
+    wrong = [name for name, sources in DATA_OPTIONS.items() if getattr(args, name) and given not in sources]
+    if wrong:
+        raise UserError(f"{', '.join(map(option_flag, wrong))} cannot go with {option_flag(given)}: see python -m training.train --help")
+    if args.task:
+        return None
+    return DataSource(
+        text_column=args.text_column or "text",
+        label_column=args.label_column or "label",
+        pair_column=args.pair_column,
+        regression=args.regression,
+        train_file=None if args.train_file is None else str(Path(args.train_file).resolve()),
+        dev_file=None if args.dev_file is None else str(Path(args.dev_file).resolve()),
+        dataset=args.dataset,
+        dataset_config=args.dataset_config,
+        dev_split=args.dev_split,
+    )
+
+
+def training_data(args: argparse.Namespace) -> tuple[TaskSpec, Dataset, Dataset | None, Dataset, dict]:
+    """The task, its training rows, the held-out validation rows (with --train-split fit), the dev rows, and what config.json records of them."""
+    source = data_source(args)
+    if source is None:
+        spec, recorded = get_task(args.task), {}
+
+        def split(name: str) -> Dataset:
+            return load_split(spec.name, name, args.data_dir, args.from_hub)
+    else:
+        task = check_task_name(args.task_name or source.default_task_name(), "--task-name" if args.task_name else "the default, from the data's name")
+        own = load_own_data(source, task)
+        spec, recorded, split = own.spec, {"data": own.record}, own.split
+    if args.train_split == "fit":  # the training rows once: their held-out rows are what recipes are compared on afterwards
+        whole_train = split("train")
+        train_set, validation_set = carve_validation(whole_train)
+        recorded["validation_split"] = VALIDATION.to_dict(len(whole_train))
+    else:
+        train_set, validation_set = split(args.train_split), None
+    return spec, train_set, validation_set, split("dev"), recorded
+
+
 def train(args: argparse.Namespace) -> dict:
-    spec = get_task(args.task)
+    spec, train_set, validation_set, dev_set, recorded = training_data(args)
     out = Path(args.out or f"runs/{spec.name.replace('-', '').lower()}/{args.method}")
     set_seed(args.seed)
     # a stage may leave some trainable parameters out of a step (a bypassed layer, the unused pooler): DDP must not wait for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=resolve_device(args.device).type == "cpu", kwargs_handlers=[ddp])
     stage = METHODS[args.method].stage(args.stage)
-    model = starting_model(args.method, spec.name, stage, method_settings(args), args.backbone, args.init, args.finetune, args.lora_rank, args.encoder_from)
+    model = starting_model(args.method, spec, stage, method_settings(args), args.backbone, args.init, args.finetune, args.lora_rank, args.encoder_from)
     parameters = trainable_parameters(model, stage, freeze_embeddings=args.freeze_embeddings)
     model.config.max_length = args.max_length
 
-    if args.train_split == "fit":  # the train file once: its held-out rows are what recipes are compared on afterwards
-        whole_train = load_split(spec.name, "train", args.data_dir, args.from_hub)
-        train_set, validation_set = carve_validation(whole_train)
-    else:
-        train_set, validation_set = load_split(spec.name, args.train_split, args.data_dir, args.from_hub), None
     if args.train_limit:
         train_set = train_set.select(range(min(args.train_limit, len(train_set))))
-    dev_set = load_split(spec.name, "dev", args.data_dir, args.from_hub)
     if args.eval_limit:
         dev_set = dev_set.select(range(min(args.eval_limit, len(dev_set))))
 
@@ -300,11 +361,12 @@ def train(args: argparse.Namespace) -> dict:
     model = model.eval()
     result = evaluate(model, dev_set)
     model.config.trained = True
-    model.config.training = {
-        key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")
-    } | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set), "processes": accelerator.num_processes}
+    model.config.training = (
+        {key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")}
+        | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set), "processes": accelerator.num_processes}
+        | recorded
+    )
     if validation_set is not None:
-        model.config.training["validation_split"] = VALIDATION.to_dict(len(whole_train))
         validation = evaluate(model, validation_set)
         # every metric of the task (MRPC: accuracy and F1 both), so variants can be compared the way the targets compare them
         model.config.training["validation_metrics"] = {
