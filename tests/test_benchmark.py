@@ -19,7 +19,7 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.methods import BASELINE, METHODS, adaptive_methods
 from tests.conftest import SECOND, SENTENCES, randomise
 from training import benchmark, benchmark_report
-from training.calibration import KEEP
+from training.targets import KEEP
 
 REQUIRED_COLUMNS = [
     "task",

@@ -23,6 +23,7 @@ from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate, sweep
 from training.metrics import MAIN_METRIC, glue_metrics
 from training.stages import TrainingObjective, starting_model, trainable_parameters
+from training.targets import share_of_full
 
 ROWS = [
     ("a gorgeous , witty , seductive movie .", "the film is charming .", "1"),
@@ -284,17 +285,29 @@ def test_evaluation_of_the_engine_tensors_counts_what_the_traces_show(make_model
 
 
 def test_calibration_takes_the_fastest_point_that_keeps_the_metric_or_the_best_reaching_a_speedup():
-    results = [
-        {"metric": 0.90, "expected_speedup": 1.0, "threshold": 0.0},
-        {"metric": 0.89, "expected_speedup": 1.5, "threshold": 0.2},
-        {"metric": 0.86, "expected_speedup": 1.8, "threshold": 0.3},
-        {"metric": 0.80, "expected_speedup": 2.5, "threshold": 0.4},
-    ]
-    assert choose(results, 0.90, Goal(keep=0.98))["threshold"] == 0.2
-    assert choose(results, 0.90, Goal(keep=0.95))["threshold"] == 0.3
-    assert choose(results, 0.99, Goal(keep=0.98))["threshold"] == 0.0  # nothing keeps 98%: the most accurate
-    assert choose(results, 0.90, Goal(target_speedup=1.6))["threshold"] == 0.3  # the most accurate of those reaching 1.6x
-    assert choose(results, 0.90, Goal(target_speedup=3.0))["threshold"] == 0.4  # none reaches it: the fastest
+    def point(metric, speedup, threshold, no_layer=0.0):
+        return {"task": "SST-2", "metric_name": "accuracy", "accuracy": metric, "expected_speedup": speedup, "threshold": threshold, "no_layer_share": no_layer}
+
+    results = [point(0.90, 1.0, 0.0), point(0.89, 1.5, 0.2), point(0.86, 1.8, 0.3), point(0.80, 2.5, 0.4)]
+    reference, better = {"accuracy": 0.90}, {"accuracy": 0.99}
+    assert choose(results, reference, Goal(keep=0.98))["threshold"] == 0.2
+    assert choose(results, reference, Goal(keep=0.95))["threshold"] == 0.3
+    assert choose(results, better, Goal(keep=0.98))["threshold"] == 0.0  # nothing keeps 98%: the most accurate
+    assert choose(results, reference, Goal(target_speedup=1.6))["threshold"] == 0.3  # the most accurate of those reaching 1.6x
+    assert choose(results, reference, Goal(target_speedup=3.0))["threshold"] == 0.4  # none reaches it: the fastest
+    shortcut = [*results, point(0.90, 4.0, 0.5, no_layer=0.4)]  # keeps the metric by answering 40 % with no layer at all
+    assert choose(shortcut, reference, Goal(keep=0.98))["threshold"] == 0.2, "a majority-answer shortcut is not an operating point"
+
+
+def test_mrpc_keeps_its_full_model_only_when_accuracy_and_f1_both_do():
+    """F1 alone would let a model that answers "equivalent" for everything keep 94 % of the full model."""
+    reference = {"accuracy": 0.80, "f1": 0.86}
+    majority = {"task": "MRPC", "metric_name": "f1", "metric": 0.812, "accuracy": 0.684, "f1": 0.812}
+    assert share_of_full("MRPC", majority, reference) == pytest.approx(0.684 / 0.80)
+    assert share_of_full("SST-2", {"metric_name": "accuracy", "accuracy": 0.88}, {"accuracy": 0.90}) == pytest.approx(0.88 / 0.90)
+    results = [majority | {"expected_speedup": 6.0, "threshold": 0.9, "no_layer_share": 0.0}]
+    results.append({"task": "MRPC", "metric_name": "f1", "accuracy": 0.79, "f1": 0.85, "expected_speedup": 1.5, "threshold": 0.2, "no_layer_share": 0.0})
+    assert choose(results, reference, Goal(keep=0.98))["threshold"] == 0.2
 
 
 def test_command_line_refuses_settings_the_method_does_not_have(glue_dir, tiny_backbone, tmp_path, capsys):
@@ -409,9 +422,11 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
     assert read_config(shipped / "mrpc" / "deebert").threshold is not None
     table = (shipped / "README.md").read_text()
     tau = read_config(shipped / "mrpc" / "dact").method_config["tau"]
-    assert f"| MRPC | dact | tau={tau:g} |" in table, "DACT's operating point is its trained tau"
+    pooling = read_config(shipped / "mrpc" / "dact").method_config["pooling"]
+    assert f"| MRPC | dact | {pooling} | tau={tau:g} |" in table, "DACT's operating point is its trained tau"
     rows = {row.split(" | ")[1]: row for row in table.splitlines() if row.startswith("| MRPC |")}
     assert all(("met" in rows[method]) or ("x (-" in rows[method]) or ("one path" in rows[method]) or ("pt)" in rows[method]) for method in ("deebert", "dact"))
+    assert all(row.count(" | ") == table.splitlines()[10].count(" | ") for row in rows.values()), "every row fills every column"
 
     # one method again: the others and the full model stay as shipped, the table still lists them all
     dact_config, full_weights = (shipped / "mrpc" / "dact" / "config.json").read_text(), (shipped / "mrpc" / "full" / "model.safetensors").read_bytes()

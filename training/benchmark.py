@@ -52,6 +52,7 @@ from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_repor
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.evaluate import evaluate, sweep
 from training.metrics import glue_metrics, main_metric
+from training.targets import share_of_full
 
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
 PROFILED_INPUTS = 20
@@ -229,6 +230,7 @@ def onnx_metrics(session, model: AdaptiveModel, dev) -> dict:
     return {
         "metric_name": metric_name,
         "metric": metrics[metric_name],
+        **metrics,
         "avg_layers": float(model.num_layers),
         "examples": len(dev),
         "predictions": predictions,
@@ -394,7 +396,7 @@ def measured_rows(
     rows = []
     for point in points:
         summary = metrics[point]
-        pct = ratio(summary["metric"], reference["metric"])
+        pct = share_of_full(task, summary, reference)
         rows.append(
             {
                 "source": MEASURED,

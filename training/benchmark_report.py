@@ -15,7 +15,7 @@ from pathlib import Path
 from core.csvsafe import write_csv
 from core.methods import BASELINE, METHODS
 from core.precision import INT8, ONNX_INT8
-from training.calibration import KEEP
+from training.targets import KEEP
 
 OVERHEAD_TARGET = 0.95  # measured / expected speed-up at batch size 1, against the full model at the same precision
 BATCHED_TARGET = 0.9  # batched speed-up / batched expected speed-up

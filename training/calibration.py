@@ -23,40 +23,47 @@ from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from core.precision import FP32, PRECISIONS
 from training.data import DEFAULT_DATA_DIR, VALIDATION, checkpoint_split
-from training.evaluate import evaluate, sweep
-
-KEEP = 0.98  # the share of the full model's metric an operating point must keep (the project's one "keep" constant)
+from training.evaluate import evaluate, pct_of_full, sweep
+from training.targets import KEEP, MAX_NO_LAYER_SHARE, compared_metrics, share_of_full
 
 
 @dataclass(frozen=True)
 class Goal:
-    """Keep at least ``keep`` of the reference metric (fastest such point), or reach ``target_speedup`` (most accurate such point)."""
+    """Keep at least ``keep`` of the reference metric (fastest such point), or reach ``target_speedup`` (most accurate such point).
+
+    Either way a point that answers more than ``max_no_layer_share`` of the inputs without running
+    a layer is only taken when no other point is left: such a point keeps its metric by answering
+    the majority class, not by adapting.
+    """
 
     keep: float = KEEP
     target_speedup: float | None = None
+    max_no_layer_share: float = MAX_NO_LAYER_SHARE
 
     def describe(self) -> str:
         if self.target_speedup is not None:
-            return f"most accurate point reaching {self.target_speedup:g}x expected speed-up on the validation split"
-        return f"fastest point keeping {self.keep:.0%} of the full model's metric on the validation split"
+            rule = f"most accurate point reaching {self.target_speedup:g}x expected speed-up"
+        else:
+            rule = f"fastest point keeping {self.keep:.0%} of the full model's metric (MRPC: accuracy and F1 both)"
+        return f"{rule} and answering at most {self.max_no_layer_share:.0%} of the inputs with no layer, on the validation split"
 
 
-def percent_of(value: float, reference: float) -> float | None:
-    """``value`` as a percentage of ``reference`` (None when the reference is 0, e.g. an untrained model's F1)."""
-    return 100 * value / reference if reference else None
-
-
-def choose(results: list[dict], reference_metric: float, goal: Goal) -> dict:
+def choose(results: list[dict], reference: dict, goal: Goal) -> dict:
     """The point the goal asks for; when none meets it, the closest (most accurate, or fastest)."""
+    adapting = [r for r in results if r.get("no_layer_share", 0.0) <= goal.max_no_layer_share] or results
+
+    def kept(result: dict) -> float:
+        return share_of_full(result["task"], result, reference) or 0.0
+
     if goal.target_speedup is not None:
-        reaching = [r for r in results if r["expected_speedup"] >= goal.target_speedup - 1e-9]
+        reaching = [r for r in adapting if r["expected_speedup"] >= goal.target_speedup - 1e-9]
         if not reaching:
-            return max(results, key=lambda r: (r["expected_speedup"], r["metric"]))
-        return max(reaching, key=lambda r: (r["metric"], r["expected_speedup"]))
-    keeping = [r for r in results if r["metric"] >= goal.keep * reference_metric]
+            return max(adapting, key=lambda r: (r["expected_speedup"], kept(r)))
+        return max(reaching, key=lambda r: (kept(r), r["expected_speedup"]))
+    keeping = [r for r in adapting if kept(r) >= goal.keep]
     if not keeping:
-        return max(results, key=lambda r: (r["metric"], r["expected_speedup"]))
-    return max(keeping, key=lambda r: (r["expected_speedup"], r["metric"]))
+        return max(adapting, key=lambda r: (kept(r), r["expected_speedup"]))
+    return max(keeping, key=lambda r: (r["expected_speedup"], kept(r)))
 
 
 @dataclass
@@ -70,13 +77,14 @@ class Calibration:
 
     def operating_point(self, goal: Goal) -> dict:
         """What config.json records about how the point was chosen."""
-        keys = ("metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share")
+        keys = ("metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share", "no_layer_share")
         return {
             "chosen_on": "validation",
             "rule": goal.describe(),
             "precision": self.model.precision,
             "validation_split": asdict(VALIDATION) | {"rows": self.validation["examples"]},
-            "validation": {key: self.validation[key] for key in keys} | {"reference_metric": self.validation_reference["metric"]},
+            "validation": {key: self.validation.get(key) for key in keys}
+            | {"reference_metric": self.validation_reference["metric"], "metric_pct_of_full": pct_of_full(self.validation, self.validation_reference)},
         }
 
 
@@ -91,11 +99,16 @@ def calibrate(
     for index, model in enumerate(candidates):
         results = sweep(model, validation) if model.method.knob is not None else [evaluate(model, validation)]
         points += [result | {"candidate": index} for result in results]
-    chosen = choose(points, validation_reference["metric"], goal)
+    chosen = choose(points, validation_reference, goal)
     model = candidates[chosen["candidate"]]
     dev_reference = dev_reference or evaluate(reference, dev)
     dev_result = evaluate(model, dev, chosen["threshold"])
-    dev_result |= {"reference_metric": dev_reference["metric"], "metric_pct_of_full": percent_of(dev_result["metric"], dev_reference["metric"])}
+    compared = compared_metrics(dev_result["task"], dev_result["metric_name"])
+    dev_result |= {
+        "reference_metric": dev_reference["metric"],
+        "reference_metrics": {name: dev_reference[name] for name in compared},
+        "metric_pct_of_full": pct_of_full(dev_result, dev_reference),
+    }
     return Calibration(model, chosen["threshold"], chosen, validation_reference, dev_result, points)
 
 

@@ -30,6 +30,7 @@ from core.model import AdaptiveModel
 from core.outcome import Outcome
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.metrics import glue_metrics, main_metric
+from training.targets import share_of_full
 
 EVALUATION_BATCH_SIZE = 64
 
@@ -67,11 +68,18 @@ def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: t
         "layer_frequency": [int(ran) / count for ran in executed.sum(0)],
         "top_path": [layer + 1 for layer, ran in enumerate(top_path) if ran],
         "top_path_share": top_count / count,
+        "no_layer_share": int((executed.sum(1) == 0).sum()) / count,  # inputs answered without computing any layer
         "examples": count,
     }
     if model.method.exits_early:
         result["exit_frequency"] = [int((exit_layer == layer).sum()) / count for layer in range(1, num_layers + 1)]
     return result
+
+
+def pct_of_full(result: dict, reference: dict) -> float | None:
+    """``result``'s metric as a percentage of the full model's, compared as the targets compare (MRPC: the lower of accuracy and F1)."""
+    share = share_of_full(result["task"], result, reference)
+    return None if share is None else 100 * share
 
 
 def evaluate(
@@ -173,13 +181,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def describe(result: dict, reference: dict | None) -> str:
-    share = f" ({100 * result['metric'] / reference['metric']:.1f}% of full)" if reference else ""
+    pct = pct_of_full(result, reference) if reference else None
+    share = "" if pct is None else f" ({pct:.1f}% of full)"
     threshold = "default" if result["threshold"] is None else f"{result['threshold']:.4g}"
     frequencies = " ".join(f"{f:.2f}" for f in result["layer_frequency"])
     return (
         f"{result['task']} {result['method']} threshold {threshold}: {result['metric_name']} {result['metric']:.4f}{share}, "
         f"avg layers {result['avg_layers']:.2f}, expected speed-up {result['expected_speedup']:.2f}x, layer frequency [{frequencies}], "
-        f"most common path {result['top_path']} ({result['top_path_share']:.0%})"
+        f"most common path {result['top_path']} ({result['top_path_share']:.0%}), no layer for {result['no_layer_share']:.0%}"
     )
 
 
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [evaluate(model, dataset, early_exit=not args.no_early_exit, progress=True)]
     if reference:
         for result in results:
-            result["metric_pct_of_full"] = 100 * result["metric"] / reference["metric"]
+            result["metric_pct_of_full"] = pct_of_full(result, reference)
     for result in results:
         print(describe(result, reference))
     if args.out and args.sweep:
