@@ -179,8 +179,13 @@ class AdaptiveModel(nn.Module):
         threshold: float | None = None,
         early_exit: bool = True,
         batch_size: int = 32,
+        layer_values: bool = False,
     ) -> list[Trace]:
-        """Run the method on every input, ``batch_size`` at a time, and return one trace per input, in input order."""
+        """Run the method on every input, ``batch_size`` at a time, and return one trace per input, in input order.
+
+        A trace always holds the answer and the layer path; ``layer_values`` adds each layer's own
+        prediction and the method's per-layer values (entropies, bounds, planner probabilities).
+        """
         texts = [texts] if isinstance(texts, str) else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else (None if pairs is None else list(pairs))
         settings = self.settings(threshold, early_exit)
@@ -188,7 +193,7 @@ class AdaptiveModel(nn.Module):
         for batch in self.run_batches(texts, pairs, settings, batch_size):
             batch_texts = [texts[i] for i in batch.rows]
             batch_pairs = None if pairs is None else [pairs[i] for i in batch.rows]
-            for index, trace in zip(batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs)):
+            for index, trace in zip(batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs, layer_values)):
                 traces[index] = trace
         return traces
 

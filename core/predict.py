@@ -202,7 +202,8 @@ def describe(trace: Trace, label: str) -> str:
 def predict_everywhere(model: AdaptiveModel, inputs: Inputs, args: argparse.Namespace, device: torch.device) -> list[Trace] | None:
     """Every input's trace, in input order. Under ``accelerate launch`` each process predicts its share on its own device
     and the first process gathers them all (the others get None)."""
-    settings = {"threshold": args.threshold, "early_exit": not args.no_early_exit, "batch_size": args.batch_size}
+    # the JSON trace carries every layer's values; the plain answer needs only the path
+    settings = {"threshold": args.threshold, "early_exit": not args.no_early_exit, "batch_size": args.batch_size, "layer_values": args.json}
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return model.to(device).predict(inputs.texts, inputs.pairs, **settings)
     from accelerate import PartialState  # only when launched as several processes

@@ -66,11 +66,18 @@ class Trace:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
 
-def build_traces(model: AdaptiveModel, batch: RanBatch, settings: RunSettings, texts: list[str], pairs: list[str] | None) -> list[Trace]:
-    """One trace per row of a batch ``model`` ran with ``settings``; ``texts`` and ``pairs`` are the batch's inputs, in its row order."""
+def build_traces(
+    model: AdaptiveModel, batch: RanBatch, settings: RunSettings, texts: list[str], pairs: list[str] | None, layer_values: bool = False
+) -> list[Trace]:
+    """One trace per row of a batch ``model`` ran with ``settings``; ``texts`` and ``pairs`` are the batch's inputs, in its row order.
+
+    Answers and paths are always built; each layer's own prediction and the method's per-layer
+    values only with ``layer_values`` (deriving them costs as much as a small layer at batch size 1).
+    """
     result = batch.result
     kinds = {item.name: item.kind for item in model.method.layer_fields}
-    executed, reached, reports = result.executed().tolist(), result.reached().tolist(), result.reports(model.method)
+    executed, reached = result.executed().tolist(), result.reached().tolist()
+    reports = result.reports(model.method) if layer_values else [{} for _ in range(model.num_layers)]
     labels, num_layers = model.config.labels, model.num_layers
     traces = []
     for row, text in enumerate(texts):

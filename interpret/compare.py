@@ -210,7 +210,7 @@ def compare_methods(
     runs: dict[str, list[Trace]] = {method: [] for method in order}
     for repeat in range(max(1, repeats)):
         for method in order if repeat % 2 == 0 else order[::-1]:  # alternate the order, so no method always runs first
-            runs[method].append(loaded[method].predict(text, pair, threshold=knobs.get(method))[0])
+            runs[method].append(loaded[method].predict(text, pair, threshold=knobs.get(method), layer_values=True)[0])
     median = {method: statistics.median(trace.latency_ms for trace in traces) for method, traces in runs.items()}
     traces = [replace(runs[method][0], latency_ms=median[method], checkpoint=public_checkpoint(runs[method][0].checkpoint)) for method in methods]
     trained = {method: loaded[method].config.trained for method in methods}

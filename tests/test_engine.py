@@ -102,8 +102,8 @@ def test_dact_halting_never_changes_the_class(make_model):
     halted_early = 0
     for seed in range(6):
         model = dact_with_varied_halting(make_model, seed)
-        halting = model.predict(SENTENCES, SECOND)
-        full_depth = model.predict(SENTENCES, SECOND, early_exit=False)
+        halting = model.predict(SENTENCES, SECOND, layer_values=True)
+        full_depth = model.predict(SENTENCES, SECOND, early_exit=False, layer_values=True)
         for early, late in zip(halting, full_depth):
             assert late.layers_executed == [1, 2, 3, 4] and late.exit_layer is None
             assert early.prediction == late.prediction
@@ -144,7 +144,7 @@ def configured(make_model, method: str, pooling: str = "cls"):
         return pabee_with_varied_agreement(model), 1.0  # exit as soon as two consecutive off-ramps agree
     if method != "deebert":
         return model, None
-    first_layer = [trace.per_layer[0].values["entropy"] for trace in model.predict(SENTENCES, SECOND, early_exit=False)]
+    first_layer = [trace.per_layer[0].values["entropy"] for trace in model.predict(SENTENCES, SECOND, early_exit=False, layer_values=True)]
     middle = torch.tensor(first_layer).sort().values[len(first_layer) // 2 - 1 : len(first_layer) // 2 + 1]
     return model, float(middle.mean())  # half the rows exit after layer 1, and no row sits on the threshold
 
@@ -218,7 +218,7 @@ def test_entropy_is_stable_for_extreme_logits():
 def test_trace_has_the_documented_keys(make_model):
     import json
 
-    trace = make_model("dact").predict("a", "b")[0]
+    trace = make_model("dact").predict("a", "b", layer_values=True)[0]
     data = json.loads(trace.to_json())
     for key in (
         "method",
@@ -254,8 +254,8 @@ def agreement_exit(predictions: list, patience: int) -> int | None:
 @pytest.mark.parametrize("patience", [1, 2])
 def test_pabee_exits_when_patience_consecutive_off_ramps_agree(make_model, patience):
     model = pabee_with_varied_agreement(randomise(make_model("pabee"), seed=5, scale=3.0))
-    full_depth = model.predict(SENTENCES, SECOND, early_exit=False)
-    early = model.predict(SENTENCES, SECOND, threshold=float(patience))
+    full_depth = model.predict(SENTENCES, SECOND, early_exit=False, layer_values=True)
+    early = model.predict(SENTENCES, SECOND, threshold=float(patience), layer_values=True)
     exits = []
     for deep, fast in zip(full_depth, early):
         per_layer = [step.prediction for step in deep.per_layer]
@@ -268,7 +268,7 @@ def test_pabee_exits_when_patience_consecutive_off_ramps_agree(make_model, patie
 
 def test_pabee_with_largest_patience_runs_every_layer_and_answers_like_its_last_off_ramp(make_model):
     model = pabee_with_varied_agreement(randomise(make_model("pabee"), seed=5, scale=3.0))
-    traces = model.predict(SENTENCES, SECOND, threshold=model.method.knob.high)
+    traces = model.predict(SENTENCES, SECOND, threshold=model.method.knob.high, layer_values=True)
     assert all(trace.layers_executed == [1, 2, 3, 4] and trace.exit_layer is None for trace in traces)
     assert [trace.prediction for trace in traces] == [trace.per_layer[-1].prediction for trace in traces]
 
@@ -277,7 +277,7 @@ def test_pabee_regression_exits_on_scores_within_the_tolerance(make_model):
     agreeable = make_model("pabee", task="STS-B", regression_tolerance=1e6)  # any two scores agree
     picky = make_model("pabee", task="STS-B", regression_tolerance=0.0)  # no two scores agree
     picky.load_state_dict(agreeable.state_dict())
-    fast = agreeable.predict(SENTENCES, SECOND, threshold=1.0)
+    fast = agreeable.predict(SENTENCES, SECOND, threshold=1.0, layer_values=True)
     assert all(trace.exit_layer == 2 and isinstance(trace.prediction, float) for trace in fast)
     assert all(trace.prediction == pytest.approx(trace.per_layer[1].prediction) for trace in fast)
     assert all(trace.exit_layer is None for trace in picky.predict(SENTENCES, SECOND, threshold=1.0))
@@ -289,3 +289,17 @@ def test_classification_only_methods_refuse_regression(make_model, method):
 
     with pytest.raises(UserError, match=r"classification|regression"):
         make_model(method, task="STS-B")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_traces_carry_per_layer_values_only_when_asked_and_the_same_answers_either_way(make_model, method):
+    model, threshold = configured(make_model, method)
+    plain = model.predict(SENTENCES, SECOND, threshold=threshold)
+    full = model.predict(SENTENCES, SECOND, threshold=threshold, layer_values=True)
+    for lean, rich in zip(plain, full):
+        assert (lean.prediction, lean.layers_executed, lean.exit_layer) == (rich.prediction, rich.layers_executed, rich.exit_layer)
+        assert lean.probabilities == pytest.approx(rich.probabilities, abs=1e-6)
+        assert [(step.executed, step.reached) for step in lean.per_layer] == [(step.executed, step.reached) for step in rich.per_layer]
+        assert all(step.values == {} and step.prediction is None for step in lean.per_layer)
+    if method != "full":
+        assert any(step.values for trace in full for step in trace.per_layer), "asked for, the per-layer values are there"

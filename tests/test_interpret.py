@@ -36,7 +36,7 @@ def varied_traces(make_model):
     def run(method: str, task: str = "MRPC"):
         threshold, scale = PATH_SETTINGS[method]
         model = randomise(make_model(method, task), seed=4, scale=scale)
-        return model, model.predict(SENTENCES, SECOND, threshold=threshold)
+        return model, model.predict(SENTENCES, SECOND, threshold=threshold, layer_values=True)
 
     return run
 

@@ -62,7 +62,7 @@ def test_trace_only_values_are_not_computed_in_the_timed_loop(make_model, method
     assert "aten::argmax" not in calls
     if method == "dpbert":
         assert "aten::sigmoid" not in calls
-    traces = model.predict(SENTENCES[:1], SECOND[:1], threshold=threshold)
+    traces = model.predict(SENTENCES[:1], SECOND[:1], threshold=threshold, layer_values=True)
     declared = {item.name for item in model.method.layer_fields} - {"prediction"}
     for step in traces[0].per_layer:
         if step.reached:

@@ -50,7 +50,7 @@ def test_mean_pooling_of_a_padded_row_equals_the_unpadded_rows():
 
 def test_mean_pooled_off_ramps_read_the_mean_of_the_layers_token_states(make_model):
     model = randomise(make_model("deebert", pooling="mean"), seed=3, scale=2.0)
-    trace = model.predict(SENTENCES[0], SECOND[0], early_exit=False)[0]
+    trace = model.predict(SENTENCES[0], SECOND[0], early_exit=False, layer_values=True)[0]
     encoded = model.tokenize([SENTENCES[0]], [SECOND[0]])
     with torch.no_grad():
         hidden = model.encoder.embed(encoded["input_ids"], encoded["token_type_ids"])

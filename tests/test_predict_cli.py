@@ -263,7 +263,9 @@ TRACE_JSON_SHA256 = {
 @pytest.mark.parametrize("method, task", list(TRACE_JSON_SHA256))
 def test_trace_json_of_a_fixed_batch_is_unchanged(make_model, method, task):
     batch = RanBatch([0, 1], fixed_batches()[method, task], latency_ms=2.5, truncated=[False, True])
-    traces = build_traces(make_model(method, task), batch, RunSettings(threshold=0.5), ["first text", "second text"], ["first pair", "second pair"])
+    traces = build_traces(
+        make_model(method, task), batch, RunSettings(threshold=0.5), ["first text", "second text"], ["first pair", "second pair"], layer_values=True
+    )
     lines = [trace.to_json() for trace in traces]
     assert json.loads(lines[0])["text"] == "first text" and json.loads(lines[1])["truncated"]
     assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == TRACE_JSON_SHA256[method, task], lines
