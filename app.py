@@ -1,6 +1,11 @@
 """Gradio demo: compare adaptive-depth methods on one input and see which layers ran, and why.
 
-    python app.py            # http://127.0.0.1:7860, shipped checkpoints, no network
+    python app.py                          # http://127.0.0.1:7860, shipped checkpoints, no network
+    python app.py --checkpoints runs/      # any folder laid out as <task>/<method>/config.json
+
+The tasks and their methods are those of the checkpoint folder (``--checkpoints``, else
+``ADAPTIVE_BERT_CHECKPOINTS``, else assets/checkpoints), GLUE tasks or one's own; a folder
+that does not exist or holds no checkpoint stops the start with one line saying so.
 
 Widgets and their wiring only: models, the comparison and its HTML come from interpret.compare and
 interpret.render, charts, attributions, the query log and reports from the rest of interpret/.
@@ -18,13 +23,16 @@ Opening that tab shows what the query log holds at that moment, or says that it 
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,13 +40,15 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core.errors import UserError
+from core.catalog import read_catalog
+from core.checkpoint import SHIPPED_DIR
+from core.errors import UserError, command_line
 from core.methods import BASELINE, METHODS
 from core.precision import DESCRIPTIONS, FP32, PRECISIONS
-from core.tasks import get_task
+from core.tasks import canonical_task
 from interpret.attributions import attribute
 from interpret.charts import layer_frequency_chart, layer_path_chart, method_chart, method_title, probe_chart, stacked
-from interpret.compare import CHART_METHODS, ModelCache, compare_methods, knob_methods, knob_settings, methods_for
+from interpret.compare import CHART_METHODS, ModelCache, compare_methods, knob_methods, knob_settings
 from interpret.probes import probe_results
 from interpret.querylog import QueryLog, parse_since, read_results
 from interpret.render import attribution_caption, intro_markdown, message_html, results_html
@@ -46,8 +56,8 @@ from interpret.report import export_report, summary_table
 from interpret.usage import precomputed_usage, usage_by_task
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES_FILE = HERE / "assets" / "examples.json"
-DEMO_TASKS = ("SST-2", "MRPC", "RTE", "STS-B")
+EXAMPLES_FILE = HERE / "assets" / "examples.json"  # per GLUE task; a task of one's own has none
+CHECKPOINTS_ENV = "ADAPTIVE_BERT_CHECKPOINTS"  # the folder the demo serves when --checkpoints is not given
 QUEUE_SIZE = 128  # requests waiting beyond this are told the queue is full instead of piling up
 CONCURRENT_QUERIES = 4
 ANY = "any"
@@ -70,9 +80,10 @@ def load_examples() -> dict[str, list[dict]]:
     return json.loads(EXAMPLES_FILE.read_text(encoding="utf-8"))
 
 
-def example_rows() -> list[list[str]]:
-    """Examples as rows of (task, text, second sentence) for ``gr.Examples``."""
-    return [[task, item["text"], item.get("text_pair", "")] for task, items in load_examples().items() if task in DEMO_TASKS for item in items]
+def example_rows(tasks: Iterable[str]) -> list[list[str]]:
+    """The served tasks' examples as rows of (task, text, second sentence) for ``gr.Examples``."""
+    served = set(tasks)
+    return [[task, item["text"], item.get("text_pair", "")] for task, items in load_examples().items() if task in served for item in items]
 
 
 def method_choices(methods) -> list[tuple[str, str]]:
@@ -152,7 +163,7 @@ class DemoHandlers:
     @cached_property
     def knob_methods(self) -> list[str]:
         """The methods with a knob slider, in ``METHODS`` order: ``compare`` takes their values in this order."""
-        return knob_methods(self.models, DEMO_TASKS)
+        return knob_methods(self.models)
 
     def api_compare(self) -> Callable[..., dict]:
         """``compare`` for the API: every knob a keyword parameter (``<method>_threshold``) defaulting to None, so a call that
@@ -177,15 +188,15 @@ class DemoHandlers:
 
     def api_knob_label(self, method: str) -> str:
         """The label of a knob's API parameter: left empty, the task's checkpoint default is used."""
-        task = next(task for task in DEMO_TASKS if method in methods_for(task))
+        task = next(task for task in self.models.tasks if method in self.models.methods_for(task))
         return f"{knob_settings(self.models, task, method)['label']} (leave empty: the task's checkpoint default)"
 
     # --- main view -------------------------------------------------------------------------
     def task_changed(self, task: str) -> dict:
         """Show the second box only for pair tasks (emptied for single-sentence ones), offer the task's methods, and set each
         knob slider to the task's range and default."""
-        ui, methods = self.components, methods_for(task)
-        pair = get_task(task).pair
+        ui, methods = self.components, self.models.methods_for(task)
+        pair = self.models.spec(task).pair
         return {
             ui.text_pair: gr.update(visible=True) if pair else gr.update(visible=False, value=""),
             ui.methods: gr.update(choices=method_choices(methods), value=methods),
@@ -238,24 +249,28 @@ class DemoHandlers:
     def dev_layer_usage(self, task: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict:
         """Layer-frequency histogram on the task's dev set, as each checkpoint recorded it, and the task's committed probe chart."""
         ui = self.components
+        try:
+            name = self.models.spec(task).name
+        except UserError as error:
+            return {ui.dev_chart: None, ui.dev_note: message_html([str(error)], []), ui.probe_chart: hidden()}
         frames, notes = [], []
-        for method in methods_for(task):
-            usage = precomputed_usage(self.models.get(task, method))
+        for method in self.models.methods_for(name):
+            usage = precomputed_usage(self.models.get(name, method))
             if usage is None:
                 notes.append(f"{method_title(method)}: its checkpoint records no dev-set layer usage (untrained heads, or never calibrated).")
                 continue
             frames.append(usage)
-        probes = probe_results(get_task(task).name)
-        probe = {ui.probe_chart: hidden() if probes is None else shown(probe_chart(probes, get_task(task).name))}
+        probes = probe_results(name)
+        probe = {ui.probe_chart: hidden() if probes is None else shown(probe_chart(probes, name))}
         if not frames:
             return {ui.dev_chart: None, ui.dev_note: message_html([], notes or ["no dev-set layer usage available"])} | probe
-        chart = layer_frequency_chart(pd.concat(frames, ignore_index=True), f"{get_task(task).name}: layer usage on the dev set")
+        chart = layer_frequency_chart(pd.concat(frames, ignore_index=True), f"{name}: layer usage on the dev set")
         return {ui.dev_chart: chart, ui.dev_note: message_html([], notes)} | probe
 
     def _logged_rows(self, task: str, method: str | None, since: str) -> list[dict]:
         """The logged results matching the filters; a UserError only for what the visitor typed (never naming a path)."""
         start = parse_since(since)
-        task_name = None if task == ANY else get_task(task).name
+        task_name = None if task == ANY else canonical_task(task)
         if not self.query_log.path.is_file():
             return []
         try:
@@ -310,7 +325,6 @@ class DemoHandlers:
             return {ui.export_files: None, ui.log_note: message_html([], [self.query_log.status])}
         try:
             parse_since(since)
-            task_name = None if task == ANY else get_task(task).name
         except UserError as error:
             return {ui.export_files: None, ui.log_note: message_html([str(error)], [])}
         if not self.query_log.path.is_file():
@@ -318,7 +332,8 @@ class DemoHandlers:
         try:
             self.prune_exports(keep=EXPORTS_KEPT - 1)  # with the new one, at most EXPORTS_KEPT
             self.export_root.mkdir(parents=True, exist_ok=True)
-            files = export_report(self.query_log.path, tempfile.mkdtemp(prefix="report-", dir=self.export_root), task=task_name, since=since)
+            folder = tempfile.mkdtemp(prefix="report-", dir=self.export_root)
+            files = export_report(self.query_log.path, folder, task=None if task == ANY else task, since=since)
         except (UserError, OSError) as error:
             logger.warning("export: %s", error)
             return {ui.export_files: None, ui.log_note: message_html(["the report could not be written (the server log says why)"], [])}
@@ -330,22 +345,21 @@ class DemoHandlers:
         ``?usage=TASK`` opens the Layer usage tab with TASK's dev-set chart and the logged queries' usage. The log status
         is refreshed either way; widgets no link asks for are left as they are."""
         ui = self.components
-        rows = example_rows()
+        rows = example_rows(self.models.tasks)
         params = request.query_params if request is not None else {}
         wanted, usage_task = params.get("example", ""), params.get("usage", "")
         answer = {ui.log_status: self.query_log.status}  # the example runs first, so the logged usage below includes it
         if wanted.isdigit() and 1 <= int(wanted) <= len(rows):
             task, text, text_pair = rows[int(wanted) - 1]
             answer |= {ui.task: task, ui.text: text, ui.text_pair: text_pair}
-            answer |= self.compare(task, text, text_pair, methods_for(task), FP32, *[None] * len(self.knob_methods))
+            answer |= self.compare(task, text, text_pair, self.models.methods_for(task), FP32, *[None] * len(self.knob_methods))
         elif wanted:
-            answer[ui.message] = message_html([f"there is no example {wanted!r}: use 1 to {len(rows)}"], [])
+            which = f"use 1 to {len(rows)}" if rows else "these tasks have none"
+            answer[ui.message] = message_html([f"there is no example {wanted!r}: {which}"], [])
         if usage_task:
             answer |= {ui.tabs: gr.Tabs(selected=USAGE_TAB)} | self.logged_layer_usage(ANY, ANY, "")
             try:
-                name = get_task(usage_task).name
-                if name not in DEMO_TASKS:
-                    raise UserError(f"the demo shows {', '.join(DEMO_TASKS)}, not {name}")
+                name = self.models.spec(usage_task).name
             except UserError as error:
                 answer |= {ui.dev_chart: None, ui.dev_note: message_html([str(error)], [])}
             else:
@@ -355,8 +369,10 @@ class DemoHandlers:
 
 def build_demo(handlers: DemoHandlers) -> gr.Blocks:
     """The Blocks app with its queue; API endpoints: compare, explain, dev_layer_usage, logged_layer_usage, export_report."""
-    task_name = DEMO_TASKS[0]
-    chosen = methods_for(task_name)
+    tasks = handlers.models.tasks
+    task_name = tasks[0]
+    chosen = handlers.models.methods_for(task_name)
+    examples = example_rows(tasks)
     with gr.Blocks(title="Adaptive-depth BERT", analytics_enabled=False, delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         gr.Markdown(intro_markdown())
         log_status = gr.Markdown(handlers.query_log.status, label="Query log status", elem_id="log-status")
@@ -364,9 +380,11 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             with gr.Tab("Compare methods", id=COMPARE_TAB):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        task = gr.Dropdown(list(DEMO_TASKS), value=task_name, label="Task")
+                        task = gr.Dropdown(tasks, value=task_name, label="Task")
                         text = gr.Textbox(label="Sentence", lines=2, placeholder="Type a sentence")
-                        text_pair = gr.Textbox(label="Second sentence", lines=2, visible=get_task(task_name).pair, placeholder="Type the second sentence")
+                        text_pair = gr.Textbox(
+                            label="Second sentence", lines=2, visible=handlers.models.spec(task_name).pair, placeholder="Type the second sentence"
+                        )
                         methods = gr.CheckboxGroup(method_choices(chosen), value=chosen, label="Methods to compare")
                         precision = gr.Radio(
                             [(DESCRIPTIONS[name], name) for name in PRECISIONS], value=FP32, label="Precision", info=PRECISION_INFO, elem_id="precision"
@@ -376,7 +394,8 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                         knobs = {
                             method: gr.Slider(**knob_settings(handlers.models, task_name, method), elem_id=f"knob-{method}") for method in handlers.knob_methods
                         }
-                        gr.Examples(example_rows(), inputs=[task, text, text_pair], label="Examples", examples_per_page=5)
+                        if examples:  # only GLUE tasks ship examples
+                            gr.Examples(examples, inputs=[task, text, text_pair], label="Examples", examples_per_page=5)
                 message = gr.HTML(label="Message", elem_id="message")
                 cards = gr.HTML(label="Results", elem_id="results")
                 # charts stay hidden until a comparison draws them, and a method that did not run shows no empty box
@@ -402,7 +421,7 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                     "### Dev set\nHow often each layer runs on the task's dev set (recorded when the checkpoint was published), and what each layer knows: a linear probe on the [CLS] state and on the mean of the token states after every layer."
                 )
                 with gr.Row():
-                    dev_task = gr.Dropdown(list(DEMO_TASKS), value=task_name, label="Task")
+                    dev_task = gr.Dropdown(tasks, value=task_name, label="Task")
                     dev_button = gr.Button("Show dev-set layer usage")
                 with gr.Row():
                     dev_chart = gr.Plot(label="Dev-set layer usage", show_label=False, elem_id="chart-dev-usage")
@@ -410,7 +429,7 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                 dev_note = gr.HTML(label="Dev-set note")
                 gr.Markdown("### Logged queries")
                 with gr.Row():
-                    log_task = gr.Dropdown([ANY, *DEMO_TASKS], value=ANY, label="Task")
+                    log_task = gr.Dropdown([ANY, *tasks], value=ANY, label="Task")
                     log_method = gr.Dropdown([(ANY, ANY), *method_choices(METHODS)], value=ANY, label="Method")
                     log_since = gr.Dropdown(SINCE_CHOICES, value="", label="Time range")
                 with gr.Row():
@@ -485,10 +504,19 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
     return demo
 
 
-def main() -> None:
+@command_line
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python app.py", description="The adaptive-depth BERT demo on a folder of checkpoints.")
+    parser.add_argument(
+        "--checkpoints",
+        help=f"a folder laid out as <task>/<method>/config.json, e.g. training runs (default: ${CHECKPOINTS_ENV}, else the shipped assets/checkpoints)",
+    )
+    args = parser.parse_args(argv)
+    catalog = read_catalog(args.checkpoints or os.environ.get(CHECKPOINTS_ENV) or SHIPPED_DIR)  # before anything starts: a bad folder is one line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    build_demo(DemoHandlers(ModelCache(), QueryLog.from_env())).launch(theme=THEME)
+    build_demo(DemoHandlers(ModelCache(catalog), QueryLog.from_env())).launch(theme=THEME)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

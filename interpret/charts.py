@@ -15,7 +15,7 @@ import altair as alt
 import pandas as pd
 
 from core.methods import BASELINE, METHODS
-from core.tasks import get_task
+from core.tasks import TaskSpec, checkpoint_task
 from core.trace import Trace
 
 STATUS_COLOURS = {"executed": "#2563eb", "skipped (bypassed)": "#f59e0b", "not reached (exited)": "#e5e7eb"}
@@ -26,18 +26,26 @@ def method_title(method: str) -> str:
     return METHODS[method].title if method in METHODS else method
 
 
+def trace_task(trace: Trace) -> TaskSpec:
+    """The task a trace answered, as its checkpoint would name it: the GLUE task of that name, else one of its own.
+
+    A task of one's own has the labels its probabilities carry (none: a score) and no scale to clip to.
+    """
+    return checkpoint_task(trace.task, list(trace.probabilities) or None, trace.text_pair is not None)
+
+
 def shown_score(trace: Trace) -> tuple[float, bool]:
-    """A regression answer as shown: clipped to the task's scale, and whether it had to be clipped."""
-    shown = get_task(trace.task).clip_score(trace.prediction)
+    """A regression answer as shown: clipped to the task's scale (where it has one), and whether it had to be clipped."""
+    shown = trace_task(trace).clip_score(trace.prediction)
     return shown, shown != trace.prediction
 
 
 def answer_text(trace: Trace) -> str:
-    """The answer in a few characters: the label, or the score (on the task's scale, clipped to it)."""
+    """The answer in a few characters: the label, or the score (on the task's scale where it has one, clipped to it)."""
     if not isinstance(trace.prediction, float):
         return str(trace.prediction)
     shown, clipped = shown_score(trace)
-    scale = get_task(trace.task).score_range
+    scale = trace_task(trace).score_range
     return f"{shown:.2f}" + (f" of {scale[1]:g}" if scale else "") + (" (clipped)" if clipped else "")
 
 

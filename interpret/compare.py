@@ -1,7 +1,8 @@
 """Several methods on one input, as the demo compares them: the model cache, input cleaning and the comparison.
 
-Nothing here names a method: which methods can run a task, which have a knob and what its range
-is, and which one is the speed-up baseline all come from ``core.methods``.
+The cache serves one folder of checkpoints (``core.catalog``): its tasks, GLUE or one's own, and
+per task the methods that folder holds. Nothing here names a method: which methods have a knob
+and what its range is, and which one is the speed-up baseline all come from ``core.methods``.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import os
 import re
 import statistics
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.checkpoint import load_for_task
+from core.catalog import CatalogTask
+from core.checkpoint import load_checkpoint
 from core.devices import resolve_device
 from core.errors import UserError
 from core.inputs import has_visible_text, reading_notes
 from core.methods import BASELINE, METHODS
 from core.model import AdaptiveModel
 from core.precision import FP32, check_precision
-from core.tasks import get_task
+from core.tasks import TaskSpec, canonical_task
 from core.trace import Trace
 from interpret.charts import method_title, shown_score
 
@@ -35,32 +37,55 @@ MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);
 CHART_METHODS = [name for name, method in METHODS.items() if method.layer_chart is not None]  # one per-layer chart each
 
 
-def methods_for(task: str) -> list[str]:
-    """The methods that can run a task (some need class probabilities, so no regression), in ``METHODS`` order."""
-    regression = get_task(task).is_regression
-    return [name for name, method in METHODS.items() if method.supports(regression)]
-
-
-def load_on_device(task: str, method: str) -> AdaptiveModel:
-    """The shipped checkpoint (or untrained heads) on ``ADAPTIVE_BERT_DEVICE``, by default the best device present."""
-    return load_for_task(task, method).to(resolve_device(os.environ.get(DEVICE_ENV)))
+def load_on_device(folder: Path) -> AdaptiveModel:
+    """A checkpoint on ``ADAPTIVE_BERT_DEVICE``, by default the best device present."""
+    return load_checkpoint(folder).to(resolve_device(os.environ.get(DEVICE_ENV)))
 
 
 class ModelCache:
-    """Loads each (task, method) once and hands out the same model afterwards, at each precision asked for.
+    """The tasks of a checkpoint folder; loads each (task, method) once and hands out the same model afterwards, at each precision asked for.
 
+    ``load(task, method)`` defaults to the catalog's checkpoint of that method on ``ADAPTIVE_BERT_DEVICE``.
     The fp32 model is loaded first and the others are converted from it (``AdaptiveModel.with_precision``).
     Predictions on a shared model may run at the same time: the engine keeps its state per call
     and installs no hooks, and ``AdaptiveModel`` serialises its own tokenizer.
     """
 
-    def __init__(self, load: Callable[[str, str], AdaptiveModel] = load_on_device):
-        self._load = load
+    def __init__(self, catalog: Mapping[str, CatalogTask], load: Callable[[str, str], AdaptiveModel] | None = None):
+        self.catalog = dict(catalog)
+        self._load = load or self._load_checkpoint
         self._models: dict[tuple[str, str, str], AdaptiveModel] = {}
         self._lock = threading.Lock()
 
+    @property
+    def tasks(self) -> list[str]:
+        """The folder's tasks by name, in the catalog's order."""
+        return list(self.catalog)
+
+    def task(self, name: str) -> CatalogTask:
+        """A served task by name, case-insensitively and in GLUE's spellings too (``sst2``); any other name is the user's to fix."""
+        wanted = canonical_task((name or "").strip()).lower()
+        found = next((task for served, task in self.catalog.items() if served.lower() == wanted), None)
+        if found is None:
+            raise UserError(f"unknown task {name!r}: this demo serves {', '.join(self.catalog)}")
+        return found
+
+    def spec(self, task: str) -> TaskSpec:
+        """A served task's name, labels and whether it takes a pair, as its checkpoints record them."""
+        return self.task(task).spec
+
+    def methods_for(self, task: str) -> list[str]:
+        """The methods the folder holds a checkpoint of for the task, in ``METHODS`` order."""
+        return self.task(task).methods
+
+    def _load_checkpoint(self, task: str, method: str) -> AdaptiveModel:
+        return load_on_device(self.catalog[task].checkpoints[method])
+
     def get(self, task: str, method: str, precision: str = FP32) -> AdaptiveModel:
-        key = (get_task(task).name, method, check_precision(precision))
+        served = self.task(task)
+        if method not in served.checkpoints:
+            raise UserError(f"this demo holds no {method_title(method)} checkpoint for {served.spec.name}")
+        key = (served.spec.name, method, check_precision(precision))
         with self._lock:
             if key not in self._models:
                 fp32_key = (*key[:2], FP32)
@@ -77,15 +102,14 @@ def warmed_up(model: AdaptiveModel) -> AdaptiveModel:
     return model
 
 
-def knob_methods(models: ModelCache, tasks: Iterable[str]) -> list[str]:
+def knob_methods(models: ModelCache) -> list[str]:
     """The methods with an inference knob (a slider each in the demo), in ``METHODS`` order.
 
-    Each method's model is asked, for the first of ``tasks`` it can run.
+    Each method's model is asked, for the first of the served tasks the folder holds it for.
     """
-    tasks = list(tasks)
     found = []
-    for name, method in METHODS.items():
-        task = next((task for task in tasks if method.supports(get_task(task).is_regression)), None)
+    for name in METHODS:
+        task = next((task for task in models.tasks if name in models.methods_for(task)), None)
         if task is not None and models.get(task, name).method.knob is not None:
             found.append(name)
     return found
@@ -94,7 +118,7 @@ def knob_methods(models: ModelCache, tasks: Iterable[str]) -> list[str]:
 def knob_settings(models: ModelCache, task: str, method: str) -> dict:
     """A method's knob on a task as ``gr.Slider`` settings: range, step, default, label; hidden where it has none for the task."""
     hidden = {"visible": False, "label": method_title(method)}
-    if method not in methods_for(task):
+    if method not in models.methods_for(task):
         return hidden
     model = models.get(task, method)
     knob = model.method.knob
@@ -174,15 +198,16 @@ def compare_methods(
 
     Every method runs at ``precision`` (core/precision.py); the baseline runs at the same precision
     and, if that is not fp32, also at fp32, so a card can show what depth and precision each buy.
+    A task whose folder holds no baseline checkpoint is compared without a measured speed-up.
     Each method runs ``repeats`` times, interleaved with the others (in alternating order), and
     reports the median latency. Raises ``UserError`` for input the models cannot take: no method,
     a method that cannot run the task, an empty or invisible text, a missing second sentence or
     one given to a single-sentence task, a knob out of range.
     """
-    spec = get_task(task)
+    spec = models.spec(task)
     if not methods:
         raise UserError("choose at least one method to compare")
-    runnable = methods_for(spec.name)
+    runnable = models.methods_for(spec.name)
     unknown = [method for method in methods if method not in runnable]
     if unknown:
         raise UserError(f"{', '.join(map(method_title, unknown))} cannot run {spec.name}; choose from {', '.join(map(method_title, runnable))}")
@@ -200,12 +225,13 @@ def compare_methods(
     elif text_pair is not None and has_visible_text(text_pair):
         raise UserError(f"{spec.name} takes a single sentence, but a second sentence was given: leave the second sentence empty")
     check_precision(precision)
-    order = methods if BASELINE in methods else [BASELINE, *methods]
+    timed = BASELINE in runnable  # the speed-up is measured against the task's full model, where the folder has one
+    order = methods if BASELINE in methods or not timed else [BASELINE, *methods]
     loaded = {method: models.get(spec.name, method, precision) for method in order}
     fp32_reference = f"{BASELINE} ({FP32})"  # a run key, not a method name
-    if precision != FP32:
+    if precision != FP32 and timed:
         order, loaded = [*order, fp32_reference], loaded | {fp32_reference: models.get(spec.name, BASELINE)}
-    tokenizer = loaded[BASELINE].tokenizer
+    tokenizer = loaded[order[0]].tokenizer
     notes += reading_notes(tokenizer, text, "text") + ([] if pair is None else reading_notes(tokenizer, pair, "second sentence"))
     runs: dict[str, list[Trace]] = {method: [] for method in order}
     for repeat in range(max(1, repeats)):
@@ -214,7 +240,7 @@ def compare_methods(
     median = {method: statistics.median(trace.latency_ms for trace in traces) for method, traces in runs.items()}
     traces = [replace(runs[method][0], latency_ms=median[method], checkpoint=public_checkpoint(runs[method][0].checkpoint)) for method in methods]
     trained = {method: loaded[method].config.trained for method in methods}
-    token_limits = {loaded[trace.method].max_length for trace in runs[BASELINE][:1] + traces if trace.truncated}
+    token_limits = {loaded[trace.method].max_length for trace in runs.get(BASELINE, [])[:1] + traces if trace.truncated}
     if token_limits:
         notes.append(f"The input is longer than the model's limit of {min(token_limits)} tokens: only the first part was read (truncated).")
     for trace in traces:
@@ -225,10 +251,12 @@ def compare_methods(
             )
     untrained = [method_title(method) for method, is_trained in trained.items() if not is_trained]
     if untrained:
-        notes.append(f"Untrained heads for {spec.name}: {', '.join(untrained)}. No trained checkpoint is shipped, so these predictions are arbitrary.")
-    if BASELINE not in methods:
+        notes.append(f"Untrained heads for {spec.name}: {', '.join(untrained)}. Their checkpoints hold no trained heads, so these predictions are arbitrary.")
+    if not timed:
+        notes.append(f"There is no {method_title(BASELINE).lower()} checkpoint for {spec.name}, so no speed-up is measured (only the bound its layers set).")
+    elif BASELINE not in methods:
         notes.append(f"The {method_title(BASELINE).lower()} was also run (not shown) to measure the speed-up.")
-    if precision != FP32:
+    if precision != FP32 and timed:
         notes.append(f"Every method ran in {precision}; the {method_title(BASELINE).lower()} also ran in {FP32} (not shown) to measure what {precision} adds.")
     return Comparison(
         spec.name,
@@ -236,7 +264,7 @@ def compare_methods(
         pair,
         traces,
         trained,
-        median[BASELINE],
+        median.get(BASELINE),
         notes,
         runs=max(1, repeats),
         precision=precision,

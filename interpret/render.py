@@ -6,10 +6,9 @@ import html
 
 from core.methods import METHODS
 from core.precision import FP32
-from core.tasks import get_task
 from core.trace import Trace
 from interpret.attributions import Attribution
-from interpret.charts import method_title, shown_score
+from interpret.charts import method_title, shown_score, trace_task
 
 
 def intro_markdown() -> str:
@@ -54,14 +53,14 @@ def speedup_text(trace: Trace, baseline_latency_ms: float | None) -> str:
 
 
 def answer_html(trace: Trace) -> tuple[str, str]:
-    """The answer and what goes under it: class probabilities, or the score's scale (and a flag when it was clipped to it)."""
+    """The answer and what goes under it: class probabilities, or the score's scale where the task has one (and a flag when it was clipped to it)."""
     if trace.probabilities:
         odds = "".join(
             f'<div>{html.escape(label)}: {p:.3f} <span style="display:inline-block;height:.6em;width:{p * 6:.2f}em;background:#2563eb"></span></div>'
             for label, p in trace.probabilities.items()
         )
         return html.escape(str(trace.prediction)), odds
-    spec = get_task(trace.task)
+    spec = trace_task(trace)
     shown, clipped = shown_score(trace)
     below = f'<div class="scale">on the {html.escape(spec.scale_text())}</div>' if spec.score_range else ""
     if clipped:

@@ -27,12 +27,13 @@ import torch
 from gradio_client import Client
 
 import app
-from app import DEMO_TASKS, DemoComponents, DemoHandlers, build_demo, example_rows
+from app import DemoComponents, DemoHandlers, build_demo, example_rows
+from core.catalog import read_catalog
 from core.checkpoint import SHIPPED_DIR
 from core.heads import PooledHead
 from core.methods import BASELINE, METHODS
 from core.model import build_model
-from interpret.compare import CHART_METHODS, MAX_CHARS, REPEATS, ModelCache, knob_settings, methods_for, public_checkpoint
+from interpret.compare import CHART_METHODS, MAX_CHARS, REPEATS, ModelCache, knob_settings, public_checkpoint
 from interpret.querylog import QueryLog, read_results
 from interpret.render import result_card
 from interpret.report import SUMMARY_COLUMNS
@@ -43,6 +44,8 @@ ALL_METHODS = list(METHODS)
 KNOBS = {"deebert": 0.3, "dpbert": 0.5, "pabee": 3}
 DEV_METRICS = {"layer_frequency": [1.0, 0.75, 0.5, 0.25], "exit_frequency": [0.25, 0.25, 0.25, 0.25]}
 # shipped operating points that differ by task, as the real checkpoints' do (MRPC's DPBERT 0.6, SST-2's 0.3)
+SHIPPED = read_catalog(SHIPPED_DIR)  # the tasks and methods the demo serves by default; the tests' models are tiny ones of them
+SHIPPED_TASKS = list(SHIPPED)
 SHIPPED_THRESHOLDS = {"SST-2": {"deebert": 0.2, "dpbert": 0.3, "pabee": 1.0}, "MRPC": {"deebert": 0.5, "dpbert": 0.6, "pabee": 2.0}}
 
 
@@ -101,7 +104,7 @@ def built(handlers: DemoHandlers) -> DemoHandlers:
 
 @pytest.fixture
 def handlers(tiny_backbone, tmp_path) -> DemoHandlers:
-    return built(DemoHandlers(ModelCache(tiny_loader(tiny_backbone)), QueryLog(tmp_path / "queries.db"), export_root=tmp_path))
+    return built(DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(tmp_path / "queries.db"), export_root=tmp_path))
 
 
 def knob_values(handlers: DemoHandlers, knobs: dict) -> list:
@@ -214,7 +217,7 @@ def test_task_change_offers_the_task_methods_and_the_second_box_only_for_pairs(h
     assert deebert["maximum"] == pytest.approx(0.6931, abs=1e-4) and deebert["maximum"] <= math.log(2)
     assert deebert["value"] == SHIPPED_THRESHOLDS["SST-2"]["deebert"]
     assert "DeeBERT" in deebert["label"] and "entropy" in deebert["label"]
-    assert methods_for("RTE") == ALL_METHODS
+    assert handlers.models.methods_for("rte") == ALL_METHODS
 
 
 @pytest.mark.parametrize("task", ["SST-2", "MRPC", "STS-B"])
@@ -277,7 +280,7 @@ def test_overlong_text_is_truncated_and_said_so(handlers):
 
 
 def test_the_app_keeps_answering_when_the_log_cannot_be_written(tiny_backbone, tmp_path):
-    broken = built(DemoHandlers(ModelCache(tiny_loader(tiny_backbone)), QueryLog(tmp_path)))  # a folder is no database
+    broken = built(DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(tmp_path)))  # a folder is no database
     ui, out = broken.components, compare(broken)
     assert 'data-method="full"' in out[ui.cards]
     assert "query log: off" in out[ui.log_status] and str(tmp_path) not in out[ui.log_status]
@@ -287,7 +290,7 @@ def test_the_app_keeps_answering_when_the_log_cannot_be_written(tiny_backbone, t
 
 def test_logging_switched_off_is_shown(tiny_backbone, monkeypatch):
     monkeypatch.setenv("ADAPTIVE_BERT_QUERY_LOG", "off")
-    off = built(DemoHandlers(ModelCache(tiny_loader(tiny_backbone)), QueryLog.from_env()))
+    off = built(DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog.from_env()))
     ui, out = off.components, compare(off)
     assert 'data-method="dpbert"' in out[ui.cards] and "query log: off (switched off" in out[ui.log_status]
     exported = off.export("any", "")
@@ -304,7 +307,7 @@ def test_model_cache_loads_each_model_once_and_warms_it_up(tiny_backbone):
         model.predict = lambda *args, _model=model, _predict=model.predict, **kwargs: (_model.warmed.append(args), _predict(*args, **kwargs))[1]
         return model
 
-    cache = ModelCache(counting)
+    cache = ModelCache(SHIPPED, counting)
     got = []
     threads = [threading.Thread(target=lambda: got.append(cache.get("mrpc", "dpbert"))) for _ in range(8)]
     for thread in threads:
@@ -329,10 +332,10 @@ def test_explain_follows_the_method_answer(handlers):
 def test_open_page_runs_the_example_named_in_the_address(handlers):
     ui = handlers.components
     out = page(handlers, example="4")
-    task, text, pair = example_rows()[3]
+    task, text, pair = example_rows(SHIPPED_TASKS)[3]
     assert [out[ui.task], out[ui.text], out[ui.text_pair]] == [task, text, pair]
-    assert out[ui.cards].count("result-card") == len(methods_for(task))
-    assert {method for method, chart in charts(ui, out).items() if chart is not None} == set(methods_for(task)) & set(CHART_METHODS)
+    assert out[ui.cards].count("result-card") == len(SHIPPED[task].methods)
+    assert {method for method, chart in charts(ui, out).items() if chart is not None} == set(SHIPPED[task].methods) & set(CHART_METHODS)
     assert ui.tabs not in out and ui.log_chart not in out, "a link to an example leaves the Layer usage tab alone"
     untouched = page(handlers, example="999")
     assert "there is no example" in untouched[ui.message] and set(untouched) == {ui.message, ui.log_status}, "nothing else on the page changes"
@@ -346,7 +349,7 @@ def test_open_page_can_open_the_layer_usage_tab_on_a_task(handlers):
     assert "RTE: layer usage on the dev set" in out[ui.dev_chart].to_json()
     assert "no queries logged yet" in out[ui.log_note], "the logged-queries part of the tab says what the log holds"
     out = page(handlers, usage="CoLA")
-    assert out[ui.dev_chart] is None and "not CoLA" in out[ui.dev_note] and ui.dev_task not in out
+    assert out[ui.dev_chart] is None and "unknown task 'CoLA'" in html.unescape(out[ui.dev_note]) and ui.dev_task not in out
 
 
 def test_opening_the_layer_usage_tab_shows_what_the_log_holds(handlers):
@@ -426,13 +429,13 @@ def test_the_demo_names_no_method(source):
     assert found == [], f"{source} names methods: {sorted({name for _, name in found})}"
 
 
-@pytest.mark.parametrize("task", DEMO_TASKS)
+@pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_every_chart_is_strict_json_for_every_task(handlers, task):
     """A browser's JSON.parse refuses NaN: every chart the handlers return must parse strictly, or the user sees an empty box."""
     ui = handlers.components
-    out = compare(handlers, task=task, pair="a cat was sitting on the mat" if task != "SST-2" else "", methods=methods_for(task))
+    out = compare(handlers, task=task, pair="a cat was sitting on the mat" if task != "SST-2" else "", methods=SHIPPED[task].methods)
     drawn = [value(out[ui.path_chart]), *[chart for chart in charts(ui, out).values() if chart is not None]]
-    assert len(drawn) == 1 + len(set(methods_for(task)) & set(CHART_METHODS))
+    assert len(drawn) == 1 + len(set(SHIPPED[task].methods) & set(CHART_METHODS))
     dev_chart = handlers.dev_layer_usage(task)[ui.dev_chart]
     logged_chart = handlers.logged_layer_usage(task, "any", "")[ui.log_chart]
     for chart in [*drawn, dev_chart, logged_chart]:
@@ -470,7 +473,7 @@ def counting_loader(backbone: str, calls: list):
 
 def test_latency_is_the_median_of_several_interleaved_runs(tiny_backbone, tmp_path):
     calls = []
-    counted = built(DemoHandlers(ModelCache(counting_loader(tiny_backbone, calls)), QueryLog(None), export_root=tmp_path))
+    counted = built(DemoHandlers(ModelCache(SHIPPED, counting_loader(tiny_backbone, calls)), QueryLog(None), export_root=tmp_path))
     ui, out = counted.components, compare(counted, methods=["full", "dpbert"])
     runs = {method: [latency for name, latency in calls if name == method] for method in ("full", "dpbert")}
     assert REPEATS >= 3 and all(len(latencies) == REPEATS for latencies in runs.values())
@@ -509,14 +512,14 @@ def shifted_regression_loader(backbone: str, bias: float):
 
 
 def test_a_regression_score_shows_its_scale_and_is_flagged_when_outside_it(tiny_backbone, tmp_path):
-    low = built(DemoHandlers(ModelCache(shifted_regression_loader(tiny_backbone, -3.0)), QueryLog(None), export_root=tmp_path))
+    low = built(DemoHandlers(ModelCache(SHIPPED, shifted_regression_loader(tiny_backbone, -3.0)), QueryLog(None), export_root=tmp_path))
     ui, out = low.components, compare(low, task="STS-B", methods=["full", "dpbert"])
     assert out[ui.cards].count("on the 0–5 scale (0: unrelated, 5: same meaning)") == 2
     assert out[ui.cards].count("score 0.00") == 2 and out[ui.cards].count("outside the scale: shown clipped") == 2
     assert all(trace["prediction"] < 0 for trace in out[ui.traces_json]), "the trace keeps the model's own output"
     assert "DPBERT answered -" in out[ui.message] and "outside STS-B's 0–5 scale" in html.unescape(out[ui.message])
     assert "(0.00 of 5 (clipped))" in json.dumps(charts(ui, out)["dpbert"].to_dict()["title"])
-    plain = built(DemoHandlers(ModelCache(shifted_regression_loader(tiny_backbone, 2.5)), QueryLog(None), export_root=tmp_path))
+    plain = built(DemoHandlers(ModelCache(SHIPPED, shifted_regression_loader(tiny_backbone, 2.5)), QueryLog(None), export_root=tmp_path))
     ui, out = plain.components, compare(plain, task="STS-B", methods=["full"])
     assert "on the 0–5 scale" in out[ui.cards] and "clipped" not in out[ui.cards] and "outside" not in out[ui.message]
 
@@ -573,7 +576,7 @@ def test_visitors_never_see_the_server_paths(tiny_backbone, tmp_path, monkeypatc
         return model
 
     for log in (QueryLog(tmp_path / "queries.db"), QueryLog(tmp_path), QueryLog(tmp_path / "later.db")):
-        visitor = built(DemoHandlers(ModelCache(load), log, export_root=tmp_path))
+        visitor = built(DemoHandlers(ModelCache(SHIPPED, load), log, export_root=tmp_path))
         ui = visitor.components
         if log.path.name == "later.db":
             log.path.unlink()  # the file went away after the log opened it
@@ -589,7 +592,7 @@ def test_visitors_never_see_the_server_paths(tiny_backbone, tmp_path, monkeypatc
             assert str(tmp_path) not in text and "/tmp" not in text, text
         assert "PABEE: its checkpoint records no dev-set layer usage" in shown[-2]
     (tmp_path / "queries.db").write_bytes(b"not a database at all" * 100)
-    damaged = built(DemoHandlers(ModelCache(load), QueryLog(tmp_path / "other.db"), export_root=tmp_path))
+    damaged = built(DemoHandlers(ModelCache(SHIPPED, load), QueryLog(tmp_path / "other.db"), export_root=tmp_path))
     damaged.query_log.path = tmp_path / "queries.db"
     message = damaged.logged_layer_usage("any", "any", "")[damaged.components.log_note]
     assert "cannot be read" in message and str(tmp_path) not in message
@@ -626,7 +629,7 @@ def free_port() -> int:
 def server(tiny_backbone, tmp_path_factory):
     """The demo on a free local port, with tiny models and its own query log."""
     folder = tmp_path_factory.mktemp("app")
-    handlers = DemoHandlers(ModelCache(tiny_loader(tiny_backbone)), QueryLog(folder / "queries.db"), export_root=folder)
+    handlers = DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(folder / "queries.db"), export_root=folder)
     demo = build_demo(handlers)
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
@@ -688,13 +691,13 @@ def test_api_refuses_a_second_sentence_for_a_single_sentence_task(client, server
     assert "SST-2 takes a single sentence" in html.unescape(out[ui.message]) and out[ui.cards] == ""
 
 
-@pytest.mark.parametrize("task", DEMO_TASKS)
+@pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_api_every_chart_is_strict_json(client, server, task):
     ui = server.handlers.components
     pair = "" if task == "SST-2" else "a cat was sitting on the mat"
-    out = api_answer(ui.compare_outputs, client.predict(task, "the cat sat on the mat", pair, methods_for(task), api_name="/compare"))
+    out = api_answer(ui.compare_outputs, client.predict(task, "the cat sat on the mat", pair, SHIPPED[task].methods, api_name="/compare"))
     plots = [value(out[ui.path_chart]), *[chart for chart in charts(ui, out).values() if chart is not None]]
-    assert len(plots) == 1 + len(set(methods_for(task)) & set(CHART_METHODS))
+    assert len(plots) == 1 + len(set(SHIPPED[task].methods) & set(CHART_METHODS))
     plots.append(api_answer([ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict(task, api_name="/dev_layer_usage"))[ui.dev_chart])
     plots.append(api_answer(ui.logged_usage_outputs, client.predict(task, "any", "", api_name="/logged_layer_usage"))[ui.log_chart])
     for plot in plots:
@@ -762,8 +765,8 @@ def drawn_charts(page: str) -> dict[str, bool]:
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
 def test_headless_browser_shows_the_result_of_an_example(server, tmp_path):
     page = browser_page(f"{server.url}?example=1", tmp_path / "profile")
-    task, text, _ = example_rows()[0]
-    assert page.count('class="result-card"') == len(methods_for(task)), page[-2000:]
+    task, text, _ = example_rows(SHIPPED_TASKS)[0]
+    assert page.count('class="result-card"') == len(SHIPPED[task].methods), page[-2000:]
     assert any(f'class="prediction" style="font-size:1.3em;font-weight:bold">{label}<' in page for label in ("negative", "positive"))
     assert text in page
     drawn = drawn_charts(page)
@@ -771,7 +774,7 @@ def test_headless_browser_shows_the_result_of_an_example(server, tmp_path):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
-@pytest.mark.parametrize("task", DEMO_TASKS)
+@pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_headless_browser_draws_the_dev_set_layer_usage_of_every_task(server, tmp_path, task):
     page = browser_page(f"{server.url}?usage={task}", tmp_path / "profile")
     assert drawn_charts(page).get("dev-usage"), page[-2000:]
@@ -779,9 +782,9 @@ def test_headless_browser_draws_the_dev_set_layer_usage_of_every_task(server, tm
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
 def test_headless_browser_hides_the_widgets_of_methods_that_cannot_run_a_regression_example(server, tmp_path):
-    number, (task, text, _) = next((number, row) for number, row in enumerate(example_rows(), start=1) if row[0] == "STS-B")
+    number, (task, text, _) = next((number, row) for number, row in enumerate(example_rows(SHIPPED_TASKS), start=1) if row[0] == "STS-B")
     page = browser_page(f"{server.url}?example={number}", tmp_path / "profile")
-    runnable = methods_for(task)
+    runnable = SHIPPED[task].methods
     assert page.count('class="result-card"') == len(runnable) and text in page, page[-2000:]
     assert "0–5 scale" in page
     drawn = drawn_charts(page)
