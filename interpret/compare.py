@@ -30,7 +30,7 @@ from interpret.charts import method_title, shown_score
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEVICE_ENV = "ADAPTIVE_BERT_DEVICE"  # where the demo's models run (default: the best available)
-REPEATS = 5  # runs per method and input; latencies are their median (one run of a ~20 ms forward is mostly noise)
+REPEATS = 5  # runs per method and input; latencies are their median (a single run of one short forward pass is mostly noise)
 MAX_CHARS = 10_000  # cut before tokenising; the model's own token limit applies after that
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode Cc except tab and line breaks
 MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")

@@ -195,7 +195,7 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
     for method in METHODS:
         table_rows = [line for line in lines if line.startswith(f"| {method} |")]
         assert len(table_rows) == sum(row["method"] == method for row in measured), method
-    targets = lines[lines.index("## Targets (issues 5 and 10)") : lines.index("## Machine")]
+    targets = lines[lines.index("## Targets") : lines.index("## Machine")]
     for method in adaptive_methods():
         for precision in ("fp32", "int8"):
             assert any(
@@ -344,7 +344,7 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
             line.startswith(f"- {method} (int8) at threshold 0.5: batched speed-up at batch 32 1.70x") and line.endswith("(target >= 0.9): missed by 0.050")
             for line in lines
         )
-    # issue 10: int8 at 2x, adaptive 0.9 * 2 on top = 3.6x over fp32 full and 1.8x over int8 full, keeping 98 % >= 97 %; ONNX Runtime int8 at 3x is slower
+    # int8 targets: int8 at 2x, adaptive 0.9 * 2 on top = 3.6x over fp32 full and 1.8x over int8 full, keeping 98 % >= 97 %; ONNX Runtime int8 at 3x is slower
     best = adaptive_methods()[0]
     assert (
         f"- best adaptive int8 point keeping >= 97% of the fp32 full model: {best} (int8) at threshold 0.5 (98.0%): 3.60x over fp32 full at batch 1 (aim >= 2.5x): met; "

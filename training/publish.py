@@ -4,7 +4,7 @@
 
 For every task folder in --runs (runs/<task>/<method>): the full model is the reference. Each
 adaptive method is calibrated with ``training.calibration`` (its knob grid on the validation rows
-held out of train, the fastest point keeping 98 % of the full model there) and the chosen point
+held out of train, the fastest point keeping ``training.targets.KEEP`` of the full model there) and the chosen point
 is reported on dev. A method whose trade-off is a training setting (``variants_are_operating_points``,
 DACT's tau) has every trained variant runs/<task>/<method>-* as a candidate. The sweeps go to
 assets/results/, the table to assets/checkpoints/README.md.

@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="bf16 autocast (default off: on CPUs without native bf16 it is ~27x slower, measured)",
+        help="bf16 autocast (default off: CPUs without native bf16 run it far slower than fp32)",
     )
     parser.add_argument(
         "--device",
