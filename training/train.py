@@ -93,6 +93,11 @@ def method_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def add_switch(parser: argparse.ArgumentParser, flag: str, default: bool, help_text: str) -> None:
+    """An on/off option with its ``--no-`` form."""
+    parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen = argparse.ArgumentParser(add_help=False)
     chosen.add_argument("--method", choices=list(METHODS))
@@ -168,11 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--finetune", choices=["lora", "full"], help="how the stage tunes the encoder (default: the stage's)"
     )
-    parser.add_argument(
-        "--freeze-embeddings",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="with --finetune full: keep the embedding layer as published (default on)",
+    add_switch(
+        parser, "--freeze-embeddings", True, "with --finetune full: keep the embedding layer as published (default on)"
     )
     parser.add_argument(
         "--encoder-from",
@@ -200,11 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-limit", type=int, help="use only the first N training rows (smoke runs)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev rows")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast (default off: CPUs without native bf16 run it far slower than fp32)",
+    add_switch(
+        parser, "--bf16", False, "bf16 autocast (default off: CPUs without native bf16 run it far slower than fp32)"
     )
     parser.add_argument(
         "--device",
