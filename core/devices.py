@@ -1,4 +1,7 @@
-"""Which device to run on: ``--device`` (and ``ADAPTIVE_BERT_DEVICE`` for the demo), by default the best one present."""
+"""Which device to run on.
+
+``--device`` (and ``ADAPTIVE_BERT_DEVICE`` for the demo) names it; by default the best one present.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ def best_device() -> torch.device:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto`` / None: ``best_device()``; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked to exist."""
+    """``auto`` / None: ``best_device()``.
+
+    Otherwise the named device (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked to exist.
+    """
     if name is None or name.strip().lower() in ("", AUTO):
         return best_device()
     try:
@@ -29,7 +35,9 @@ def resolve_device(name: str | None) -> torch.device:
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but no CUDA GPU is available here: use --device cpu (or auto)")
+            raise UserError(
+                f"device {name!r} asked for, but no CUDA GPU is available here: use --device cpu (or auto)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA GPU(s)")
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

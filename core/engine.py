@@ -28,7 +28,8 @@ class LayerRecord:
 
     rows: torch.Tensor  # original batch index of each row that reached the layer
     ran: torch.Tensor | None  # which of those rows executed it (None: all of them)
-    report: Report  # the method's raw per-row values, aligned with ``rows`` (``Method.layer_values`` turns them into its layer fields)
+    # the method's raw per-row values, aligned with ``rows`` (``Method.layer_values`` turns them into its layer fields)
+    report: Report
 
 
 @dataclass
@@ -45,7 +46,9 @@ class BatchResult:
         return self.outputs.shape[0]
 
     def reached(self) -> torch.Tensor:
-        """[B, L] bool: the row got as far as this layer (it had not exited before it). On the device the batch ran on, as the other tables."""
+        """[B, L] bool: the row got as far as this layer (it had not exited before it). On the device the batch ran on,
+        as the other tables.
+        """
         table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool, device=self.outputs.device)
         for layer, record in enumerate(self.layers):
             table[record.rows, layer] = True
@@ -59,13 +62,17 @@ class BatchResult:
         return table
 
     def reports(self, method: Method) -> list[dict[str, torch.Tensor]]:
-        """Per layer, each of the method's layer fields as a [B, ...] tensor (NaN, or -1 for integers, where not reached)."""
+        """Per layer, each of the method's layer fields as a [B, ...] tensor (NaN, or -1 for integers, where not
+        reached).
+        """
         tables = []
         for layer, record in enumerate(self.layers):
             table = {}
             for name, value in method.layer_values(layer, record.report).items():
                 fill = -1 if not value.is_floating_point() else float("nan")
-                table[name] = torch.full((self.batch_size, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+                table[name] = torch.full(
+                    (self.batch_size, *value.shape[1:]), fill, dtype=value.dtype, device=value.device
+                )
                 table[name][record.rows] = value
             tables.append(table)
         tables += [{} for _ in range(self.num_layers - len(tables))]
@@ -90,7 +97,10 @@ def run_batch(
     token_type_ids: torch.Tensor | None,
     settings: RunSettings,
 ) -> BatchResult:
-    """Run ``method`` on one tokenized batch; the pooled state is computed once per layer, for the rows still running."""
+    """Run ``method`` on one tokenized batch.
+
+    The pooled state is computed once per layer, for the rows still running.
+    """
     batch_size, num_layers = input_ids.shape[0], encoder.num_layers
     device = input_ids.device
     hidden = encoder.embed(input_ids, token_type_ids)

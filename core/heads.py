@@ -23,7 +23,9 @@ class PooledHead(nn.Module):
         return self.out(self.dropout(torch.tanh(self.dense(pooled))))
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The engine's call: the same as ``forward``, minus the dropout call when it is off, and in fp32 (under bf16 too) for the decisions."""
+        """The engine's call: the same as ``forward``, minus the dropout call when it is off, and in fp32 (under bf16
+        too) for the decisions.
+        """
         squashed = torch.tanh(self.dense(pooled))
         return as_fp32(self.out(self.dropout(squashed) if self.training else squashed))
 

@@ -15,7 +15,10 @@ from transformers import BertModel
 from core.backbone import Encoder
 
 # the linear layers inside the transformer layers (not the pooler, which the heads replace)
-LORA_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+LORA_TARGETS = (
+    r".*encoder\.layer\.\d+\."
+    r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+)
 
 
 def add_lora(encoder: Encoder, rank: int = 16, alpha: int = 32, dropout: float = 0.05) -> dict:
@@ -44,7 +47,9 @@ def load_adapters(encoder: Encoder, settings: dict, weights: dict[str, torch.Ten
     result = set_peft_model_state_dict(encoder.bert, weights)
     missing = [name for name in result.missing_keys if "lora_" in name]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"adapter weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise RuntimeError(
+            f"adapter weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
 
 
 def plain_state_dict(bert: BertModel) -> dict[str, torch.Tensor]:

@@ -35,7 +35,9 @@ class Outcome:
     executed: torch.Tensor  # [N, L] bool: the layer was computed for the input
     reached: torch.Tensor  # [N, L] bool: the input had not exited before the layer
     exit_layer: torch.Tensor  # [N] 1-based layer of an early exit, 0 if none
-    reports: list[dict[str, torch.Tensor]]  # per layer, the method's layer fields as [N, ...] (NaN, or -1 for integers, where not reached)
+    reports: list[
+        dict[str, torch.Tensor]
+    ]  # per layer, the method's layer fields as [N, ...] (NaN, or -1 for integers, where not reached)
 
     @classmethod
     def gather(cls, batches: list[RanBatch], method: Method, settings: RunSettings) -> Outcome:
@@ -52,7 +54,12 @@ class Outcome:
         reports = []
         for layer in range(results[0].num_layers):
             names = dict.fromkeys(name for tables in batch_reports for name in tables[layer])
-            reports.append({name: in_input_order(_field_parts(name, [tables[layer] for tables in batch_reports], results)) for name in names})
+            reports.append(
+                {
+                    name: in_input_order(_field_parts(name, [tables[layer] for tables in batch_reports], results))
+                    for name in names
+                }
+            )
         return cls(
             settings=settings,
             outputs=in_input_order([result.outputs for result in results]),
@@ -68,9 +75,13 @@ class Outcome:
 
 
 def _field_parts(name: str, tables: list[dict[str, torch.Tensor]], results: list[BatchResult]) -> list[torch.Tensor]:
-    """One layer field of each batch; a batch none of whose rows reached the layer gives its rows the not-reached fill."""
+    """One layer field of each batch.
+
+    A batch none of whose rows reached the layer gives its rows the not-reached fill.
+    """
     sample = next(table[name] for table in tables if name in table)
     fill = float("nan") if sample.is_floating_point() else -1
     return [
-        table[name] if name in table else torch.full((result.batch_size, *sample.shape[1:]), fill, dtype=sample.dtype) for table, result in zip(tables, results)
+        table[name] if name in table else torch.full((result.batch_size, *sample.shape[1:]), fill, dtype=sample.dtype)
+        for table, result in zip(tables, results)
     ]

@@ -21,7 +21,10 @@ POOLING_FILE = "1_Pooling/config.json"
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[B, T, H] token states -> [B, H]: the [CLS] row, or the mean over the row's real tokens (padding never enters it)."""
+    """[B, T, H] token states -> [B, H].
+
+    The [CLS] row, or the mean over the row's real tokens (padding never enters it).
+    """
     if pooling == CLS:
         return hidden[:, 0]
     weights = attention_mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)

@@ -22,14 +22,19 @@ class TaskSpec:
         return 1 if self.labels is None else len(self.labels)
 
     def clip_score(self, score: float) -> float:
-        """A regression output clipped to the task's scale (a model can answer outside it; the gold scores never are)."""
+        """A regression output clipped to the task's scale.
+
+        A model can answer outside the scale; the gold scores never are.
+        """
         if self.score_range is None:
             return score
         low, high = self.score_range
         return min(max(score, low), high)
 
     def scale_text(self, meaning: bool = True) -> str:
-        """``0–5 scale (0: unrelated, 5: same meaning)`` (``0–5 scale`` without the meaning), or empty for a task without a scale."""
+        """``0–5 scale (0: unrelated, 5: same meaning)`` (``0–5 scale`` without the meaning), or empty for a task
+        without a scale.
+        """
         if self.score_range is None:
             return ""
         low, high = self.score_range
@@ -78,7 +83,9 @@ def canonical_task(name: str) -> str:
 
 
 def checkpoint_task(name: str, labels: list[str] | None, pair: bool) -> TaskSpec:
-    """The task a checkpoint was trained on: the GLUE task of that name, or one of its own, from its config's labels and pair.
+    """The task a checkpoint was trained on.
+
+    The GLUE task of that name, or one of its own, from its config's labels and pair.
 
     A task of one's own needs no entry in ``TASKS``: everything the engine needs is in its config.json.
     """

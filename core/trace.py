@@ -67,9 +67,15 @@ class Trace:
 
 
 def build_traces(
-    model: AdaptiveModel, batch: RanBatch, settings: RunSettings, texts: list[str], pairs: list[str] | None, layer_values: bool = False
+    model: AdaptiveModel,
+    batch: RanBatch,
+    settings: RunSettings,
+    texts: list[str],
+    pairs: list[str] | None,
+    layer_values: bool = False,
 ) -> list[Trace]:
-    """One trace per row of a batch ``model`` ran with ``settings``; ``texts`` and ``pairs`` are the batch's inputs, in its row order.
+    """One trace per row of a batch ``model`` ran with ``settings``; ``texts`` and ``pairs`` are the batch's inputs, in
+    its row order.
 
     Answers and paths are always built; each layer's own prediction and the method's per-layer
     values only with ``layer_values`` (deriving them costs as much as a small layer at batch size 1).
@@ -111,14 +117,23 @@ def build_traces(
                 batch_size=len(texts),
                 checkpoint=model.source,
                 precision=model.precision,
-                per_layer=[_layer_step(reports[layer], kinds, labels, row, layer, ran[layer], got_to[layer]) for layer in range(num_layers)],
+                per_layer=[
+                    _layer_step(reports[layer], kinds, labels, row, layer, ran[layer], got_to[layer])
+                    for layer in range(num_layers)
+                ],
             )
         )
     return traces
 
 
 def _layer_step(
-    report: dict[str, torch.Tensor], kinds: dict[str, str], labels: list[str] | None, row: int, layer: int, executed: bool, reached: bool
+    report: dict[str, torch.Tensor],
+    kinds: dict[str, str],
+    labels: list[str] | None,
+    row: int,
+    layer: int,
+    executed: bool,
+    reached: bool,
 ) -> LayerStep:
     """One row's step at one layer: the layer's own prediction apart, its other fields under their names."""
     step = LayerStep(layer=layer + 1, executed=executed, reached=reached)

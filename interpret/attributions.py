@@ -93,7 +93,9 @@ def attribute(model: AdaptiveModel, trace: Trace, steps: int = DEFAULT_STEPS) ->
     encoded = encode(model, trace)
     input_ids = encoded["input_ids"]
     token_type_ids = encoded.get("token_type_ids")
-    special = torch.tensor([[token_id in model.tokenizer.all_special_ids for token_id in input_ids[0].tolist()]], device=input_ids.device)
+    special = torch.tensor(
+        [[token_id in model.tokenizer.all_special_ids for token_id in input_ids[0].tolist()]], device=input_ids.device
+    )
     baseline_ids = torch.where(special, input_ids, torch.full_like(input_ids, model.tokenizer.pad_token_id))
     with torch.no_grad():
         embeddings = model.encoder.embed(input_ids, token_type_ids)
@@ -105,7 +107,12 @@ def attribute(model: AdaptiveModel, trace: Trace, steps: int = DEFAULT_STEPS) ->
     integrated = IntegratedGradients(lambda rows: replay(model, trace, rows, encoded["attention_mask"]))
     with torch.enable_grad():
         scores, delta = integrated.attribute(
-            embeddings, baselines=baseline, target=target_index, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
+            embeddings,
+            baselines=baseline,
+            target=target_index,
+            n_steps=steps,
+            internal_batch_size=steps,
+            return_convergence_delta=True,
         )
     per_token = scores.sum(-1)[0]
     scale = float(per_token.abs().max()) or 1.0

@@ -35,13 +35,19 @@ def trace_task(trace: Trace) -> TaskSpec:
 
 
 def shown_score(trace: Trace) -> tuple[float, bool]:
-    """A regression answer as shown: clipped to the task's scale (where it has one), and whether it had to be clipped."""
+    """A regression answer as shown, and whether it had to be clipped.
+
+    It is clipped to the task's scale, where the task has one.
+    """
     shown = trace_task(trace).clip_score(trace.prediction)
     return shown, shown != trace.prediction
 
 
 def answer_text(trace: Trace) -> str:
-    """The answer in a few characters: the label, or the score (on the task's scale where it has one, clipped to it)."""
+    """The answer in a few characters.
+
+    The label, or the score (on the task's scale where it has one, clipped to it).
+    """
     if not isinstance(trace.prediction, float):
         return str(trace.prediction)
     shown, clipped = shown_score(trace)
@@ -54,7 +60,10 @@ def _finite_or_none(value):
 
 
 def chart_data(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with every missing or non-finite number as None, so the chart's JSON has null, never NaN or Infinity."""
+    """The frame with every missing or non-finite number as None.
+
+    The chart's JSON then has null, never NaN or Infinity.
+    """
     return frame.astype(object).map(_finite_or_none)
 
 
@@ -80,7 +89,11 @@ def layer_path_chart(traces: list[Trace]) -> alt.Chart:
         ]
     )
     exits = pd.DataFrame(
-        [{"method": method_title(trace.method), "layer": trace.exit_layer, "mark": "exit ▶"} for trace in traces if trace.exit_layer is not None],
+        [
+            {"method": method_title(trace.method), "layer": trace.exit_layer, "mark": "exit ▶"}
+            for trace in traces
+            if trace.exit_layer is not None
+        ],
         columns=["method", "layer", "mark"],
     )
     num_layers = max(trace.num_layers for trace in traces)
@@ -97,14 +110,22 @@ def layer_path_chart(traces: list[Trace]) -> alt.Chart:
         .mark_rect(stroke="white", strokeWidth=2)
         .encode(x=_layer_axis(num_layers), y=y, color=colour, tooltip=["method", "layer", "status"])
     )
-    marks = alt.Chart(chart_data(exits)).mark_text(fontWeight="bold", color="#111827").encode(x=_layer_axis(num_layers), y=y, text="mark:N")
+    marks = (
+        alt.Chart(chart_data(exits))
+        .mark_text(fontWeight="bold", color="#111827")
+        .encode(x=_layer_axis(num_layers), y=y, text="mark:N")
+    )
     return (grid + marks).properties(width=WIDTH, height=36 * len(traces), title="Which layers ran")
 
 
 def _threshold_rule(value: float, label: str) -> alt.LayerChart:
     frame = pd.DataFrame([{"value": value, "label": f"{label} = {value:.3g}"}])
     rule = alt.Chart(chart_data(frame)).mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(y="value:Q")
-    text = alt.Chart(chart_data(frame)).mark_text(align="left", dx=4, dy=-6, color="#dc2626").encode(y="value:Q", text="label:N", x=alt.value(0))
+    text = (
+        alt.Chart(chart_data(frame))
+        .mark_text(align="left", dx=4, dy=-6, color="#dc2626")
+        .encode(y="value:Q", text="label:N", x=alt.value(0))
+    )
     return rule + text
 
 
@@ -118,7 +139,9 @@ def _exit_rule(layer: int | None, label: str) -> alt.Chart | None:
 
 
 def _combine(charts: list[alt.Chart | None], title: str) -> alt.LayerChart:
-    return alt.layer(*[chart for chart in charts if chart is not None]).properties(width=WIDTH, height=220, title=title)
+    return alt.layer(*[chart for chart in charts if chart is not None]).properties(
+        width=WIDTH, height=220, title=title
+    )
 
 
 def method_chart(trace: Trace) -> alt.LayerChart | None:
@@ -148,7 +171,10 @@ def method_chart(trace: Trace) -> alt.LayerChart | None:
     tooltip = ["layer", "series", alt.Tooltip("value:Q", format=".4f"), "status", "prediction"]
     if spec.mark == "bar":
         colour = alt.Color(
-            "status:N", title="layer", scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())), legend=alt.Legend(orient="bottom")
+            "status:N",
+            title="layer",
+            scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
+            legend=alt.Legend(orient="bottom"),
         )
         marks = alt.Chart(frame).mark_bar().encode(x=_layer_axis(trace.num_layers), y=y, color=colour, tooltip=tooltip)
     else:
@@ -160,17 +186,35 @@ def method_chart(trace: Trace) -> alt.LayerChart | None:
             legend=alt.Legend(orient="bottom", columns=2, title=None) if len(labels) > 1 else None,
         )
         dash = alt.StrokeDash(
-            "series:N", sort=labels, scale=alt.Scale(domain=labels, range=[[5, 3] if series.dashed else [1, 0] for series in spec.series]), legend=None
+            "series:N",
+            sort=labels,
+            scale=alt.Scale(domain=labels, range=[[5, 3] if series.dashed else [1, 0] for series in spec.series]),
+            legend=None,
         )
-        marks = alt.Chart(frame).mark_line(point=True, clip=True).encode(x=_layer_axis(trace.num_layers), y=y, color=colour, strokeDash=dash, tooltip=tooltip)
-    rules = [_threshold_rule(trace.threshold, spec.knob_rule)] if spec.knob_rule and trace.threshold is not None and trace.early_exit else []
+        marks = (
+            alt.Chart(frame)
+            .mark_line(point=True, clip=True)
+            .encode(x=_layer_axis(trace.num_layers), y=y, color=colour, strokeDash=dash, tooltip=tooltip)
+        )
+    rules = (
+        [_threshold_rule(trace.threshold, spec.knob_rule)]
+        if spec.knob_rule and trace.threshold is not None and trace.early_exit
+        else []
+    )
     exit_label = f"exit after layer {trace.exit_layer}" if trace.exit_layer else None
     return _combine([marks, *rules, _exit_rule(trace.exit_layer, exit_label)], f"{spec.title} ({answer_text(trace)})")
 
 
 def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart | alt.Chart:
-    """Per method, the share of inputs that executed each layer; below it, where inputs exited (early-exit methods only)."""
-    usage = usage.assign(method=usage["method"].map(method_title), executed=pd.to_numeric(usage["executed"]), exited=pd.to_numeric(usage["exited"]))
+    """Per method, the share of inputs that executed each layer.
+
+    Below it, where inputs exited (early-exit methods only).
+    """
+    usage = usage.assign(
+        method=usage["method"].map(method_title),
+        executed=pd.to_numeric(usage["executed"]),
+        exited=pd.to_numeric(usage["exited"]),
+    )
     num_layers = int(usage["layer"].max())
     colour = alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom"))
     executed = (
@@ -179,7 +223,12 @@ def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart |
         .encode(
             x=_layer_axis(num_layers),
             xOffset="method:N",
-            y=alt.Y("executed:Q", title="share of inputs that ran the layer", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y(
+                "executed:Q",
+                title="share of inputs that ran the layer",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%"),
+            ),
             color=colour,
             tooltip=["method", "layer", alt.Tooltip("executed:Q", format=".1%"), "inputs"],
         )
@@ -209,9 +258,18 @@ def stacked(charts: list[alt.TopLevelMixin]) -> alt.TopLevelMixin:
 
 
 def metric_lines(
-    frame: pd.DataFrame, x: str, y: str, title: str, series: str | None = None, series_title: str | None = None, axis_titles: tuple[str, str] | None = None
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    title: str,
+    series: str | None = None,
+    series_title: str | None = None,
+    axis_titles: tuple[str, str] | None = None,
 ) -> alt.Chart:
-    """``y`` against ``x`` as lines with points, one line per value of the ``series`` column (one blue line without); every column in the tooltip."""
+    """``y`` against ``x`` as lines with points, one line per value of the ``series`` column (one blue line without).
+
+    Every column in the tooltip.
+    """
     x_title, y_title = axis_titles or (x, y)
     colour = alt.Color(f"{series}:N", title=series_title) if series else alt.value("#2563eb")
     return (
@@ -227,7 +285,9 @@ def metric_lines(
     )
 
 
-def speedup_chart(points: pd.DataFrame, speed: str, speed_title: str, tooltip: list[str], keep_rules: pd.DataFrame | None, title: str) -> alt.LayerChart:
+def speedup_chart(
+    points: pd.DataFrame, speed: str, speed_title: str, tooltip: list[str], keep_rules: pd.DataFrame | None, title: str
+) -> alt.LayerChart:
     """Metric against measured speed-up (log scale) for benchmark rows.
 
     One line per method and precision (the ``series`` column) with the shipped points as diamonds;
@@ -246,7 +306,9 @@ def speedup_chart(points: pd.DataFrame, speed: str, speed_title: str, tooltip: l
     )
     layers = [
         base.mark_line(point=True).encode(order="threshold:Q"),
-        base.transform_filter(alt.datum.operating_point == "shipped").mark_point(size=160, filled=True, shape="diamond"),
+        base.transform_filter(alt.datum.operating_point == "shipped").mark_point(
+            size=160, filled=True, shape="diamond"
+        ),
     ]
     reference = alt.Chart(points[points["method"] == BASELINE]).encode(x=x, y=y, tooltip=tooltip)
     layers += [
@@ -254,12 +316,17 @@ def speedup_chart(points: pd.DataFrame, speed: str, speed_title: str, tooltip: l
         reference.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="reference:N"),
     ]
     if keep_rules is not None:
-        layers.append(alt.Chart(keep_rules).mark_rule(strokeDash=[4, 4], color="gray").encode(y="metric:Q", tooltip=["label"]))
+        layers.append(
+            alt.Chart(keep_rules).mark_rule(strokeDash=[4, 4], color="gray").encode(y="metric:Q", tooltip=["label"])
+        )
     return alt.layer(*layers).properties(title=title, width=560, height=340)
 
 
 def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:
-    """What each layer knows (``training.probe``): a linear probe's dev metric per layer, [CLS] against mean pooling, per model."""
+    """What each layer knows (``training.probe``).
+
+    A linear probe's dev metric per layer, [CLS] against mean pooling, per model.
+    """
     data = chart_data(probes.assign(layer=probes["layer"].astype(int)))
     lines = (
         alt.Chart(data)
@@ -267,7 +334,11 @@ def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:
         .encode(
             x=alt.X("layer:O", title="after layer (0: embeddings)"),
             y=alt.Y("metric:Q", title=f"probe's dev {data['metric_name'].iloc[0]}", scale=alt.Scale(zero=False)),
-            color=alt.Color("pooling:N", title="pooled state", scale=alt.Scale(domain=["cls", "mean"], range=["#ea580c", "#2563eb"])),
+            color=alt.Color(
+                "pooling:N",
+                title="pooled state",
+                scale=alt.Scale(domain=["cls", "mean"], range=["#ea580c", "#2563eb"]),
+            ),
             strokeDash=alt.StrokeDash("model:N", title="model"),
             tooltip=["model", "pooling", "layer", alt.Tooltip("metric:Q", format=".3f")],
         )
@@ -275,5 +346,11 @@ def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:
     layers = [lines]
     if data["majority_share"].notna().any():
         majority = float(data["majority_share"].dropna().iloc[0])
-        layers.append(alt.Chart(pd.DataFrame({"majority": [majority]})).mark_rule(color="#9ca3af", strokeDash=[4, 4]).encode(y="majority:Q"))
-    return alt.layer(*layers).properties(title=f"{task}: what each layer knows (linear probe; grey: the majority answer)", width=WIDTH, height=220)
+        layers.append(
+            alt.Chart(pd.DataFrame({"majority": [majority]}))
+            .mark_rule(color="#9ca3af", strokeDash=[4, 4])
+            .encode(y="majority:Q")
+        )
+    return alt.layer(*layers).properties(
+        title=f"{task}: what each layer knows (linear probe; grey: the majority answer)", width=WIDTH, height=220
+    )

@@ -30,11 +30,15 @@ from interpret.charts import method_title, shown_score
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEVICE_ENV = "ADAPTIVE_BERT_DEVICE"  # where the demo's models run (default: the best available)
-REPEATS = 5  # runs per method and input; latencies are their median (one run of a ~20 ms forward is mostly noise)
+REPEATS = (
+    5  # runs per method and input; latencies are their median (a single run of one short forward pass is mostly noise)
+)
 MAX_CHARS = 10_000  # cut before tokenising; the model's own token limit applies after that
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode Cc except tab and line breaks
 MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
-CHART_METHODS = [name for name, method in METHODS.items() if method.layer_chart is not None]  # one per-layer chart each
+CHART_METHODS = [
+    name for name, method in METHODS.items() if method.layer_chart is not None
+]  # one per-layer chart each
 
 
 def load_on_device(folder: Path) -> AdaptiveModel:
@@ -43,7 +47,9 @@ def load_on_device(folder: Path) -> AdaptiveModel:
 
 
 class ModelCache:
-    """The tasks of a checkpoint folder; loads each (task, method) once and hands out the same model afterwards, at each precision asked for.
+    """The tasks of a checkpoint folder.
+
+    Loads each (task, method) once and hands out the same model afterwards, at each precision asked for.
 
     ``load(task, method)`` defaults to the catalog's checkpoint of that method on ``ADAPTIVE_BERT_DEVICE``.
     The fp32 model is loaded first and the others are converted from it (``AdaptiveModel.with_precision``).
@@ -63,7 +69,10 @@ class ModelCache:
         return list(self.catalog)
 
     def task(self, name: str) -> CatalogTask:
-        """A served task by name, case-insensitively and in GLUE's spellings too (``sst2``); any other name is the user's to fix."""
+        """A served task by name, case-insensitively and in GLUE's spellings too (``sst2``).
+
+        Any other name is the user's to fix.
+        """
         wanted = canonical_task((name or "").strip()).lower()
         found = next((task for served, task in self.catalog.items() if served.lower() == wanted), None)
         if found is None:
@@ -97,7 +106,9 @@ class ModelCache:
 
 
 def warmed_up(model: AdaptiveModel) -> AdaptiveModel:
-    """The model after one throw-away prediction, so the first real query's latency is not inflated by one-off setup costs."""
+    """The model after one throw-away prediction, so the first real query's latency is not inflated by one-off setup
+    costs.
+    """
     model.predict("warm up", "warm up" if model.config.pair else None)
     return model
 
@@ -116,7 +127,10 @@ def knob_methods(models: ModelCache) -> list[str]:
 
 
 def knob_settings(models: ModelCache, task: str, method: str) -> dict:
-    """A method's knob on a task as ``gr.Slider`` settings: range, step, default, label; hidden where it has none for the task."""
+    """A method's knob on a task as ``gr.Slider`` settings: range, step, default, label.
+
+    Hidden where it has none for the task.
+    """
     hidden = {"visible": False, "label": method_title(method)}
     if method not in models.methods_for(task):
         return hidden
@@ -124,7 +138,10 @@ def knob_settings(models: ModelCache, task: str, method: str) -> dict:
     knob = model.method.knob
     if knob is None:
         return hidden
-    low, high = math.ceil(knob.low * 1e4) / 1e4, math.floor(knob.high * 1e4) / 1e4  # shown rounded, but never outside the range
+    low, high = (
+        math.ceil(knob.low * 1e4) / 1e4,
+        math.floor(knob.high * 1e4) / 1e4,
+    )  # shown rounded, but never outside the range
     default = model.default_threshold()
     value = low if default is None else min(max(round(default, 4), low), high)
     return {
@@ -149,7 +166,10 @@ def clean_text(value: str | None, name: str) -> tuple[str, list[str]]:
         text = text[:MAX_CHARS]
         notes.append(f"{name}: longer than {MAX_CHARS:,} characters, so only the first {MAX_CHARS:,} were kept.")
     if MARKUP.search(text):
-        notes.append(f"{name}: contains markup (HTML tags or entities); it is read as plain text and shown escaped, never rendered.")
+        notes.append(
+            f"{name}: contains markup (HTML tags or entities); it is read as plain text and shown escaped, "
+            "never rendered."
+        )
     return text, notes
 
 
@@ -162,22 +182,33 @@ class Comparison:
     text_pair: str | None
     traces: list[Trace]  # the chosen methods', in the order they were chosen
     trained: dict[str, bool]  # per chosen method: whether its heads are trained
-    baseline_latency_ms: float | None  # the baseline's latency on the same input at the same precision, for the measured speed-up
+    baseline_latency_ms: (
+        float | None
+    )  # the baseline's latency on the same input at the same precision, for the measured speed-up
     notes: list[str]  # for the user: what was cleaned, truncated, untrained or run besides
     runs: int = 1  # each latency is the median of this many runs
     precision: str = FP32  # every chosen method and the baseline ran at this precision
-    fp32_baseline_latency_ms: float | None = None  # at another precision: the fp32 baseline's latency too (what precision alone buys)
+    fp32_baseline_latency_ms: float | None = (
+        None  # at another precision: the fp32 baseline's latency too (what precision alone buys)
+    )
 
     def trace(self, method: str) -> Trace | None:
         return next((trace for trace in self.traces if trace.method == method), None)
 
     def settings(self) -> dict:
         """The run settings as the query log keeps them."""
-        return {"thresholds": {trace.method: trace.threshold for trace in self.traces}, "early_exit": True, "precision": self.precision}
+        return {
+            "thresholds": {trace.method: trace.threshold for trace in self.traces},
+            "early_exit": True,
+            "precision": self.precision,
+        }
 
 
 def public_checkpoint(source: str | None) -> str | None:
-    """A checkpoint folder as visitors may see it: relative to the project (``assets/checkpoints/mrpc/dpbert``), else its name only."""
+    """A checkpoint folder as visitors may see it.
+
+    Relative to the project (``assets/checkpoints/mrpc/dpbert``), else its name only.
+    """
     if source is None:
         return None
     folder = Path(source).resolve()
@@ -194,7 +225,9 @@ def compare_methods(
     repeats: int = REPEATS,
     precision: str = FP32,
 ) -> Comparison:
-    """Run every chosen method on the input (and the baseline, for the speed-up); ``knobs`` per method, None: its default.
+    """Run every chosen method on the input, and the baseline for the speed-up.
+
+    ``knobs`` holds each method's knob value; None: its default.
 
     Every method runs at ``precision`` (core/precision.py); the baseline runs at the same precision
     and, if that is not fp32, also at fp32, so a card can show what depth and precision each buy.
@@ -210,12 +243,17 @@ def compare_methods(
     runnable = models.methods_for(spec.name)
     unknown = [method for method in methods if method not in runnable]
     if unknown:
-        raise UserError(f"{', '.join(map(method_title, unknown))} cannot run {spec.name}; choose from {', '.join(map(method_title, runnable))}")
+        raise UserError(
+            f"{', '.join(map(method_title, unknown))} cannot run {spec.name}; choose from "
+            f"{', '.join(map(method_title, runnable))}"
+        )
     text, notes = clean_text(text, "text")
     if not text.strip():
         raise UserError("the text is empty: type a sentence")
     if not has_visible_text(text):
-        raise UserError("the text is empty: it holds only invisible characters (such as zero-width spaces); type a sentence")
+        raise UserError(
+            "the text is empty: it holds only invisible characters (such as zero-width spaces); type a sentence"
+        )
     pair = None
     if spec.pair:
         pair, pair_notes = clean_text(text_pair, "second sentence")
@@ -223,7 +261,9 @@ def compare_methods(
         if not has_visible_text(pair):
             raise UserError(f"{spec.name} compares two sentences: type the second sentence too")
     elif text_pair is not None and has_visible_text(text_pair):
-        raise UserError(f"{spec.name} takes a single sentence, but a second sentence was given: leave the second sentence empty")
+        raise UserError(
+            f"{spec.name} takes a single sentence, but a second sentence was given: leave the second sentence empty"
+        )
     check_precision(precision)
     timed = BASELINE in runnable  # the speed-up is measured against the task's full model, where the folder has one
     order = methods if BASELINE in methods or not timed else [BASELINE, *methods]
@@ -232,32 +272,52 @@ def compare_methods(
     if precision != FP32 and timed:
         order, loaded = [*order, fp32_reference], loaded | {fp32_reference: models.get(spec.name, BASELINE)}
     tokenizer = loaded[order[0]].tokenizer
-    notes += reading_notes(tokenizer, text, "text") + ([] if pair is None else reading_notes(tokenizer, pair, "second sentence"))
+    notes += reading_notes(tokenizer, text, "text") + (
+        [] if pair is None else reading_notes(tokenizer, pair, "second sentence")
+    )
     runs: dict[str, list[Trace]] = {method: [] for method in order}
     for repeat in range(max(1, repeats)):
         for method in order if repeat % 2 == 0 else order[::-1]:  # alternate the order, so no method always runs first
             runs[method].append(loaded[method].predict(text, pair, threshold=knobs.get(method), layer_values=True)[0])
     median = {method: statistics.median(trace.latency_ms for trace in traces) for method, traces in runs.items()}
-    traces = [replace(runs[method][0], latency_ms=median[method], checkpoint=public_checkpoint(runs[method][0].checkpoint)) for method in methods]
+    traces = [
+        replace(runs[method][0], latency_ms=median[method], checkpoint=public_checkpoint(runs[method][0].checkpoint))
+        for method in methods
+    ]
     trained = {method: loaded[method].config.trained for method in methods}
-    token_limits = {loaded[trace.method].max_length for trace in runs.get(BASELINE, [])[:1] + traces if trace.truncated}
+    token_limits = {
+        loaded[trace.method].max_length for trace in runs.get(BASELINE, [])[:1] + traces if trace.truncated
+    }
     if token_limits:
-        notes.append(f"The input is longer than the model's limit of {min(token_limits)} tokens: only the first part was read (truncated).")
+        notes.append(
+            f"The input is longer than the model's limit of {min(token_limits)} tokens: only the first part "
+            "was read (truncated)."
+        )
     for trace in traces:
         if isinstance(trace.prediction, float) and shown_score(trace)[1]:
             notes.append(
-                f"{method_title(trace.method)} answered {trace.prediction:.2f}, outside {spec.name}'s {spec.scale_text(meaning=False)}; "
+                f"{method_title(trace.method)} answered {trace.prediction:.2f}, outside {spec.name}'s "
+                f"{spec.scale_text(meaning=False)}; "
                 f"it is shown clipped to {shown_score(trace)[0]:.2f}."
             )
     untrained = [method_title(method) for method, is_trained in trained.items() if not is_trained]
     if untrained:
-        notes.append(f"Untrained heads for {spec.name}: {', '.join(untrained)}. Their checkpoints hold no trained heads, so these predictions are arbitrary.")
+        notes.append(
+            f"Untrained heads for {spec.name}: {', '.join(untrained)}. Their checkpoints hold no trained "
+            "heads, so these predictions are arbitrary."
+        )
     if not timed:
-        notes.append(f"There is no {method_title(BASELINE).lower()} checkpoint for {spec.name}, so no speed-up is measured (only the bound its layers set).")
+        notes.append(
+            f"There is no {method_title(BASELINE).lower()} checkpoint for {spec.name}, so no speed-up is "
+            "measured (only the bound its layers set)."
+        )
     elif BASELINE not in methods:
         notes.append(f"The {method_title(BASELINE).lower()} was also run (not shown) to measure the speed-up.")
     if precision != FP32 and timed:
-        notes.append(f"Every method ran in {precision}; the {method_title(BASELINE).lower()} also ran in {FP32} (not shown) to measure what {precision} adds.")
+        notes.append(
+            f"Every method ran in {precision}; the {method_title(BASELINE).lower()} also ran in {FP32} (not "
+            f"shown) to measure what {precision} adds."
+        )
     return Comparison(
         spec.name,
         text,

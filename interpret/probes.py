@@ -1,4 +1,6 @@
-"""What each layer knows, as ``training.probe`` measured it for a task and committed it to assets/results/<task>-probe/."""
+"""What each layer knows, as ``training.probe`` measured it for a task and committed it to
+assets/results/<task>-probe/.
+"""
 
 from __future__ import annotations
 

@@ -47,7 +47,9 @@ BUSY_TIMEOUT_S = 30.0  # other processes (a report being written) may hold the l
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the log: its type as ``sqlite-utils`` creates it, what it holds (``description``), and whether it is kept as JSON text."""
+    """One column of the log: its type as ``sqlite-utils`` creates it, what it holds (``description``), and whether it
+    is kept as JSON text.
+    """
 
     type: type
     description: str
@@ -82,9 +84,14 @@ RESULT_COLUMNS = {
     "trained": Column(int, "whether the method's heads were trained"),
 }
 TABLES = {"queries": QUERY_COLUMNS, "results": RESULT_COLUMNS}
-TRACE_FIELDS = {field.name for field in fields(Trace)}  # result columns named like a trace field are copied from the trace
+TRACE_FIELDS = {
+    field.name for field in fields(Trace)
+}  # result columns named like a trace field are copied from the trace
 READ_COLUMNS = {"query_id": ("results", RESULT_COLUMNS["query_id"])} | {
-    name: (table, column) for table, columns in TABLES.items() for name, column in columns.items() if name not in ("id", "query_id")
+    name: (table, column)
+    for table, columns in TABLES.items()
+    for name, column in columns.items()
+    if name not in ("id", "query_id")
 }  # a row of read_results: every declared column but the row ids, as name -> (table, column)
 
 
@@ -93,8 +100,14 @@ def column_types(columns: dict[str, Column]) -> dict[str, type]:
 
 
 def stored(columns: dict[str, Column], values: dict) -> dict:
-    """A row as written: a value for every declared column but the row's own id (a missing one is a KeyError), JSON columns encoded."""
-    return {name: json.dumps(values[name]) if column.json else values[name] for name, column in columns.items() if name != "id"}
+    """A row as written: a value for every declared column but the row's own id (a missing one is a KeyError), JSON
+    columns encoded.
+    """
+    return {
+        name: json.dumps(values[name]) if column.json else values[name]
+        for name, column in columns.items()
+        if name != "id"
+    }
 
 
 def connect(path: str | Path) -> sqlite_utils.Database:
@@ -103,7 +116,9 @@ def connect(path: str | Path) -> sqlite_utils.Database:
     db = sqlite_utils.Database(connection)
     db.enable_wal()
     db["queries"].create(column_types(QUERY_COLUMNS), pk="id", if_not_exists=True)
-    db["results"].create(column_types(RESULT_COLUMNS), pk="id", foreign_keys=[("query_id", "queries", "id")], if_not_exists=True)
+    db["results"].create(
+        column_types(RESULT_COLUMNS), pk="id", foreign_keys=[("query_id", "queries", "id")], if_not_exists=True
+    )
     db["queries"].create_index(["time"], if_not_exists=True)
     db["results"].create_index(["query_id"], if_not_exists=True)
     return db
@@ -143,7 +158,8 @@ class QueryLog:
     @classmethod
     def from_env(cls) -> QueryLog:
         """The log the environment asks for: ``ADAPTIVE_BERT_QUERY_LOG=off`` disables it; ``ADAPTIVE_BERT_QUERY_DB``
-        names the file, else ``ADAPTIVE_BERT_DATA_DIR`` a folder for it (persistent storage), else ``queries.db`` beside app.py."""
+        names the file, else ``ADAPTIVE_BERT_DATA_DIR`` a folder for it (persistent storage), else ``queries.db``
+        beside app.py."""
         if os.environ.get(SWITCH_ENV, "on").strip().lower() in OFF_VALUES:
             return cls(None, disabled_reason=f"switched off ({SWITCH_ENV}={os.environ[SWITCH_ENV]})")
         return cls(default_path())
@@ -155,14 +171,26 @@ class QueryLog:
     @property
     def status(self) -> str:
         """``query log: on`` or ``query log: off (why)``, for visitors: no path, no error text that could hold one."""
-        return "query log: on" if self.enabled else f"query log: off ({self._public_error or 'the log cannot be written'})"
+        return (
+            "query log: on"
+            if self.enabled
+            else f"query log: off ({self._public_error or 'the log cannot be written'})"
+        )
 
     def _fail(self, detail: str, public: str) -> None:
         if self._error != detail:
             logger.warning("query log off: %s", detail)
         self._error, self._public_error = detail, public
 
-    def record(self, task: str, text: str, text_pair: str | None, settings: dict, traces: list[Trace], trained: dict[str, bool]) -> int | None:
+    def record(
+        self,
+        task: str,
+        text: str,
+        text_pair: str | None,
+        settings: dict,
+        traces: list[Trace],
+        trained: dict[str, bool],
+    ) -> int | None:
         """Log one query and one result row per trace; return the query's id, or None if logging is off."""
         if self.path is None:
             return None
@@ -216,7 +244,15 @@ def default_path() -> Path:
     return DEFAULT_DB
 
 
-def _insert(db: sqlite_utils.Database, task: str, text: str, text_pair: str | None, settings: dict, traces: list[Trace], trained: dict[str, bool]) -> int:
+def _insert(
+    db: sqlite_utils.Database,
+    task: str,
+    text: str,
+    text_pair: str | None,
+    settings: dict,
+    traces: list[Trace],
+    trained: dict[str, bool],
+) -> int:
     with db.atomic():
         query = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -232,7 +268,10 @@ def _insert(db: sqlite_utils.Database, task: str, text: str, text_pair: str | No
 
 
 def result_values(query_id: int, trace: Trace, trained: dict[str, bool]) -> dict:
-    """One result row before encoding: every column named like a trace field is copied from it, the others are filled in here."""
+    """One result row before encoding.
+
+    Every column named like a trace field is copied from it, the others are filled in here.
+    """
     copied = {name: getattr(trace, name) for name in RESULT_COLUMNS if name in TRACE_FIELDS}
     prediction = trace.prediction if isinstance(trace.prediction, str) else f"{trace.prediction:.4f}"
     return copied | {"query_id": query_id, "prediction": prediction, "trained": trained.get(trace.method, False)}
@@ -242,7 +281,9 @@ RELATIVE_TIME = re.compile(r"^(\d+)\s*([hdw])$")
 
 
 def parse_since(text: str | None) -> datetime | None:
-    """A start time from ``2025-01-31``, ``2025-01-31T12:00`` (UTC unless it says otherwise) or ``24h`` / ``7d`` / ``2w`` ago."""
+    """A start time from ``2025-01-31``, ``2025-01-31T12:00`` (UTC unless it says otherwise) or ``24h`` / ``7d`` /
+    ``2w`` ago.
+    """
     if text is None or not text.strip():
         return None
     text = text.strip()
@@ -253,11 +294,16 @@ def parse_since(text: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as error:
-        raise UserError(f"cannot read the time {text!r}: give a date like 2025-01-31, a time like 2025-01-31T12:00, or 24h / 7d / 2w") from error
+        raise UserError(
+            f"cannot read the time {text!r}: give a date like 2025-01-31, a time like 2025-01-31T12:00, or "
+            "24h / 7d / 2w"
+        ) from error
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def read_results(path: str | Path, task: str | None = None, method: str | None = None, since: datetime | None = None) -> list[dict]:
+def read_results(
+    path: str | Path, task: str | None = None, method: str | None = None, since: datetime | None = None
+) -> list[dict]:
     """One row per query and method (the query's fields joined in), oldest first; JSON columns decoded."""
     path = Path(path)
     if not path.is_file():
@@ -272,9 +318,14 @@ def read_results(path: str | Path, task: str | None = None, method: str | None =
         params.append(since.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
     where = f"where {' and '.join(conditions)}" if conditions else ""
     selected = ", ".join(f"{table}.{name}" for name, (table, _) in READ_COLUMNS.items())
-    sql = f"select {selected} from results join queries on queries.id = results.query_id {where} order by queries.id, results.id"
+    sql = (
+        f"select {selected} from results join queries on queries.id = results.query_id {where} order by "
+        "queries.id, results.id"
+    )
     try:
-        db = sqlite_utils.Database(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S))
+        db = sqlite_utils.Database(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        )
         try:
             rows = list(db.query(sql, params))
         finally:

@@ -48,17 +48,25 @@ def layer_usage(records: Iterable[Mapping]) -> pd.DataFrame:
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Shares as floats (NaN where a method has no exits), so frames of different methods concatenate into numeric columns."""
+    """Shares as floats (NaN where a method has no exits), so frames of different methods concatenate into numeric
+    columns.
+    """
     return frame.astype({"executed": float, "exited": float})
 
 
 def usage_by_task(records: list[Mapping]) -> dict[str, pd.DataFrame]:
     """``layer_usage`` per task (tasks differ in methods and in what the layers mean), tasks in name order."""
-    return {task: layer_usage([record for record in records if record["task"] == task]) for task in sorted({record["task"] for record in records})}
+    return {
+        task: layer_usage([record for record in records if record["task"] == task])
+        for task in sorted({record["task"] for record in records})
+    }
 
 
 def precomputed_usage(model: AdaptiveModel) -> pd.DataFrame | None:
-    """The dev-set usage recorded with the checkpoint (``metrics['layer_frequency']``, ``['exit_frequency']``), if any."""
+    """The dev-set usage recorded with the checkpoint, if any.
+
+    It is kept in ``metrics['layer_frequency']`` and ``metrics['exit_frequency']``.
+    """
     metrics = model.config.metrics or {}
     executed = metrics.get("layer_frequency")
     if not isinstance(executed, list) or len(executed) != model.num_layers:
@@ -69,7 +77,13 @@ def precomputed_usage(model: AdaptiveModel) -> pd.DataFrame | None:
     return _typed(
         pd.DataFrame(
             [
-                {"method": model.config.method, "layer": layer, "executed": float(run), "exited": exit_share, "inputs": inputs}
+                {
+                    "method": model.config.method,
+                    "layer": layer,
+                    "executed": float(run),
+                    "exited": exit_share,
+                    "inputs": inputs,
+                }
                 for layer, (run, exit_share) in enumerate(zip(executed, exited), start=1)
             ],
             columns=USAGE_COLUMNS,

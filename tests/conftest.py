@@ -15,7 +15,8 @@ SENTENCES = [
     "bad",
     "it 's a charming and often affecting journey .",
     "unflinchingly bleak and desperate",
-    "the acting , costumes , music , cinematography and sound are all astounding given the production 's austere locales .",
+    "the acting , costumes , music , cinematography and sound are all astounding given the production 's "
+    "austere locales .",
     "an utterly incompetent conclusion",
     "i liked it",
 ]

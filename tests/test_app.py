@@ -44,19 +44,26 @@ ALL_METHODS = list(METHODS)
 KNOBS = {"deebert": 0.3, "dpbert": 0.5, "pabee": 3}
 DEV_METRICS = {"layer_frequency": [1.0, 0.75, 0.5, 0.25], "exit_frequency": [0.25, 0.25, 0.25, 0.25]}
 # shipped operating points that differ by task, as the real checkpoints' do (MRPC's DPBERT 0.6, SST-2's 0.3)
-SHIPPED = read_catalog(SHIPPED_DIR)  # the tasks and methods the demo serves by default; the tests' models are tiny ones of them
+SHIPPED = read_catalog(
+    SHIPPED_DIR
+)  # the tasks and methods the demo serves by default; the tests' models are tiny ones of them
 SHIPPED_TASKS = list(SHIPPED)
-SHIPPED_THRESHOLDS = {"SST-2": {"deebert": 0.2, "dpbert": 0.3, "pabee": 1.0}, "MRPC": {"deebert": 0.5, "dpbert": 0.6, "pabee": 2.0}}
+SHIPPED_THRESHOLDS = {
+    "SST-2": {"deebert": 0.2, "dpbert": 0.3, "pabee": 1.0},
+    "MRPC": {"deebert": 0.5, "dpbert": 0.6, "pabee": 2.0},
+}
 
 
 def tiny_loader(backbone: str):
-    """Untrained heads on the tiny backbone, with dev-set usage recorded as training records it (exit shares only for methods that exit
-    early) and per-task shipped thresholds."""
+    """Untrained heads on the tiny backbone, with dev-set usage recorded as training records it (exit shares only for
+    methods that exit early) and per-task shipped thresholds."""
 
     def load(task: str, method: str):
         torch.manual_seed(0)
         model = build_model(method, task, backbone=backbone).eval()
-        model.config.metrics = {key: value for key, value in DEV_METRICS.items() if key != "exit_frequency" or model.method.exits_early}
+        model.config.metrics = {
+            key: value for key, value in DEV_METRICS.items() if key != "exit_frequency" or model.method.exits_early
+        }
         model.config.threshold = SHIPPED_THRESHOLDS.get(task, {}).get(method)
         return model
 
@@ -104,7 +111,11 @@ def built(handlers: DemoHandlers) -> DemoHandlers:
 
 @pytest.fixture
 def handlers(tiny_backbone, tmp_path) -> DemoHandlers:
-    return built(DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(tmp_path / "queries.db"), export_root=tmp_path))
+    return built(
+        DemoHandlers(
+            ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(tmp_path / "queries.db"), export_root=tmp_path
+        )
+    )
 
 
 def knob_values(handlers: DemoHandlers, knobs: dict) -> list:
@@ -113,13 +124,22 @@ def knob_values(handlers: DemoHandlers, knobs: dict) -> list:
 
 
 def compare(
-    handlers: DemoHandlers, task="MRPC", text="the cat sat on the mat", pair="a cat was sitting on the mat", methods=ALL_METHODS, knobs=KNOBS, precision="fp32"
+    handlers: DemoHandlers,
+    task="MRPC",
+    text="the cat sat on the mat",
+    pair="a cat was sitting on the mat",
+    methods=ALL_METHODS,
+    knobs=KNOBS,
+    precision="fp32",
 ) -> dict:
     return handlers.compare(task, text, pair, methods, precision, *knob_values(handlers, knobs))
 
 
 def api_answer(widgets: list, returned: tuple | list) -> dict:
-    """What an API endpoint returned, keyed by its output widgets (the API returns neither states nor layout blocks)."""
+    """What an API endpoint returned, keyed by its output widgets.
+
+    The API returns neither states nor layout blocks.
+    """
     return dict(zip([widget for widget in widgets if not widget.skip_api], returned, strict=True))
 
 
@@ -165,14 +185,20 @@ def test_int8_runs_every_method_and_both_baselines_and_is_recorded(handlers):
     ui = handlers.components
     out = compare(handlers, methods=["deebert", "dpbert"], precision="int8")
     assert [trace["precision"] for trace in out[ui.traces_json]] == ["int8", "int8"]
-    assert out[ui.cards].count("speed-up vs full in int8") == 2 and out[ui.cards].count("speed-up vs full in fp32") == 2
+    assert (
+        out[ui.cards].count("speed-up vs full in int8") == 2 and out[ui.cards].count("speed-up vs full in fp32") == 2
+    )
     assert "also ran in fp32" in out[ui.message]
     assert all(row["settings"]["precision"] == "int8" for row in logged(handlers)) and len(logged(handlers)) == 2
     cached = {key: model for key, model in handlers.models._models.items() if key[:2] == ("MRPC", "full")}
     assert {key[2]: model.precision for key, model in cached.items()} == {"fp32": "fp32", "int8": "int8"}
-    assert cached["MRPC", "full", "int8"].encoder is not cached["MRPC", "full", "fp32"].encoder, "int8 is a converted copy, fp32 stays as loaded"
+    assert cached["MRPC", "full", "int8"].encoder is not cached["MRPC", "full", "fp32"].encoder, (
+        "int8 is a converted copy, fp32 stays as loaded"
+    )
     explained = handlers.explain("dpbert", out[ui.traces_state])
-    assert explained[ui.attribution] and "fp32 model along the int8 run's path" in html.unescape(explained[ui.attribution_note])
+    assert explained[ui.attribution] and "fp32 model along the int8 run's path" in html.unescape(
+        explained[ui.attribution_note]
+    )
 
 
 def test_fp32_shows_no_second_baseline_and_an_unknown_precision_is_a_message(handlers):
@@ -180,7 +206,11 @@ def test_fp32_shows_no_second_baseline_and_an_unknown_precision_is_a_message(han
     out = compare(handlers, methods=["dpbert"])
     assert "speed-up vs full in fp32" not in out[ui.cards] and out[ui.traces_json][0]["precision"] == "fp32"
     out = compare(handlers, methods=["dpbert"], precision="int4")
-    assert "unknown precision 'int4'" in html.unescape(out[ui.message]) and out[ui.cards] == "" and not logged(handlers)[1:]
+    assert (
+        "unknown precision 'int4'" in html.unescape(out[ui.message])
+        and out[ui.cards] == ""
+        and not logged(handlers)[1:]
+    )
 
 
 def test_a_regression_task_charts_only_the_chosen_methods_that_can_run_it(handlers):
@@ -188,9 +218,14 @@ def test_a_regression_task_charts_only_the_chosen_methods_that_can_run_it(handle
     out = compare(handlers, task="STS-B", methods=["full", "dpbert"])
     assert charts(ui, out)["deebert"] is None and charts(ui, out)["dact"] is None  # classification only
     assert charts(ui, out)["pabee"] is None  # can run STS-B, but was not chosen
-    assert visibility(ui, out) == {method: method == "dpbert" for method in CHART_METHODS}, "a chart that does not apply is hidden, not an empty box"
+    assert visibility(ui, out) == {method: method == "dpbert" for method in CHART_METHODS}, (
+        "a chart that does not apply is hidden, not an empty box"
+    )
     chart = charts(ui, out)["dpbert"].to_dict()
-    assert "DPBERT" in json.dumps(chart["title"]) and [trace["method"] for trace in out[ui.traces_json]] == ["full", "dpbert"]
+    assert "DPBERT" in json.dumps(chart["title"]) and [trace["method"] for trace in out[ui.traces_json]] == [
+        "full",
+        "dpbert",
+    ]
     out = compare(handlers, task="STS-B", methods=["pabee", "dpbert"])
     assert {method for method, chart in charts(ui, out).items() if chart is not None} == {"pabee", "dpbert"}
     assert {method for method, visible in visibility(ui, out).items() if visible} == {"pabee", "dpbert"}
@@ -203,17 +238,33 @@ def test_a_regression_task_charts_only_the_chosen_methods_that_can_run_it(handle
 
 def test_task_change_offers_the_task_methods_and_the_second_box_only_for_pairs(handlers):
     ui = handlers.components
-    assert handlers.knob_methods == ["deebert", "dpbert", "pabee"]  # the methods whose model has a knob, in METHODS order
+    assert handlers.knob_methods == [
+        "deebert",
+        "dpbert",
+        "pabee",
+    ]  # the methods whose model has a knob, in METHODS order
     changed = handlers.task_changed("STS-B")
     pair, methods = changed[ui.text_pair], changed[ui.methods]
     deebert, dpbert, pabee = (changed[ui.knobs[method]] for method in handlers.knob_methods)
     assert pair["visible"] is True and "value" not in pair and methods["value"] == ["full", "dpbert", "pabee"]
-    assert deebert["visible"] is False and dpbert["visible"] is True and dpbert["maximum"] == 1.0 and dpbert["value"] == 0.5
-    assert pabee["visible"] is True and (pabee["minimum"], pabee["maximum"], pabee["step"], pabee["value"]) == (1, 3, 1, 3)  # 4 tiny layers
+    assert (
+        deebert["visible"] is False
+        and dpbert["visible"] is True
+        and dpbert["maximum"] == 1.0
+        and dpbert["value"] == 0.5
+    )
+    assert pabee["visible"] is True and (pabee["minimum"], pabee["maximum"], pabee["step"], pabee["value"]) == (
+        1,
+        3,
+        1,
+        3,
+    )  # 4 tiny layers
     assert "PABEE" in pabee["label"] and "patience" in pabee["label"] and pabee["info"]
     changed = handlers.task_changed("SST-2")
     pair, methods, deebert = changed[ui.text_pair], changed[ui.methods], changed[ui.knobs["deebert"]]
-    assert pair["visible"] is False and pair["value"] == "" and methods["value"] == ALL_METHODS  # a hidden second sentence is never sent
+    assert (
+        pair["visible"] is False and pair["value"] == "" and methods["value"] == ALL_METHODS
+    )  # a hidden second sentence is never sent
     assert deebert["maximum"] == pytest.approx(0.6931, abs=1e-4) and deebert["maximum"] <= math.log(2)
     assert deebert["value"] == SHIPPED_THRESHOLDS["SST-2"]["deebert"]
     assert "DeeBERT" in deebert["label"] and "entropy" in deebert["label"]
@@ -280,7 +331,9 @@ def test_overlong_text_is_truncated_and_said_so(handlers):
 
 
 def test_the_app_keeps_answering_when_the_log_cannot_be_written(tiny_backbone, tmp_path):
-    broken = built(DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(tmp_path)))  # a folder is no database
+    broken = built(
+        DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(tmp_path))
+    )  # a folder is no database
     ui, out = broken.components, compare(broken)
     assert 'data-method="full"' in out[ui.cards]
     assert "query log: off" in out[ui.log_status] and str(tmp_path) not in out[ui.log_status]
@@ -304,7 +357,10 @@ def test_model_cache_loads_each_model_once_and_warms_it_up(tiny_backbone):
         loads.append((task, method))
         model = load(task, method)
         model.warmed = []
-        model.predict = lambda *args, _model=model, _predict=model.predict, **kwargs: (_model.warmed.append(args), _predict(*args, **kwargs))[1]
+        model.predict = lambda *args, _model=model, _predict=model.predict, **kwargs: (
+            _model.warmed.append(args),
+            _predict(*args, **kwargs),
+        )[1]
         return model
 
     cache = ModelCache(SHIPPED, counting)
@@ -335,10 +391,14 @@ def test_open_page_runs_the_example_named_in_the_address(handlers):
     task, text, pair = example_rows(SHIPPED_TASKS)[3]
     assert [out[ui.task], out[ui.text], out[ui.text_pair]] == [task, text, pair]
     assert out[ui.cards].count("result-card") == len(SHIPPED[task].methods)
-    assert {method for method, chart in charts(ui, out).items() if chart is not None} == set(SHIPPED[task].methods) & set(CHART_METHODS)
+    assert {method for method, chart in charts(ui, out).items() if chart is not None} == set(
+        SHIPPED[task].methods
+    ) & set(CHART_METHODS)
     assert ui.tabs not in out and ui.log_chart not in out, "a link to an example leaves the Layer usage tab alone"
     untouched = page(handlers, example="999")
-    assert "there is no example" in untouched[ui.message] and set(untouched) == {ui.message, ui.log_status}, "nothing else on the page changes"
+    assert "there is no example" in untouched[ui.message] and set(untouched) == {ui.message, ui.log_status}, (
+        "nothing else on the page changes"
+    )
     assert set(page(handlers)) == {ui.log_status}, "a plain visit only refreshes the log status"
 
 
@@ -349,19 +409,25 @@ def test_open_page_can_open_the_layer_usage_tab_on_a_task(handlers):
     assert "RTE: layer usage on the dev set" in out[ui.dev_chart].to_json()
     assert "no queries logged yet" in out[ui.log_note], "the logged-queries part of the tab says what the log holds"
     out = page(handlers, usage="CoLA")
-    assert out[ui.dev_chart] is None and "unknown task 'CoLA'" in html.unescape(out[ui.dev_note]) and ui.dev_task not in out
+    assert (
+        out[ui.dev_chart] is None
+        and "unknown task 'CoLA'" in html.unescape(out[ui.dev_note])
+        and ui.dev_task not in out
+    )
 
 
 def test_opening_the_layer_usage_tab_shows_what_the_log_holds(handlers):
-    """The tab (its select event, or a ?usage= link) fills the logged-queries chart and summary with the log as it is: while the log
-    is empty both are hidden (no table of placeholder headers) and the note says so."""
+    """The tab (its select event, or a ?usage= link) fills the logged-queries chart and summary with the log as it is:
+    while the log is empty both are hidden (no table of placeholder headers) and the note says so."""
     ui = handlers.components
     for opened in (handlers.logged_layer_usage("any", "any", ""), page(handlers, usage="MRPC")):
         assert visible(opened[ui.log_view]) is False and opened[ui.log_chart] is None and opened[ui.log_summary].empty
         assert "no queries logged yet" in opened[ui.log_note]
     compare(handlers)
     for opened in (handlers.logged_layer_usage("any", "any", ""), page(handlers, usage="MRPC")):
-        assert visible(opened[ui.log_view]) is True and "MRPC: layer usage over 1 logged queries" in json.dumps(opened[ui.log_chart].to_dict())
+        assert visible(opened[ui.log_view]) is True and "MRPC: layer usage over 1 logged queries" in json.dumps(
+            opened[ui.log_chart].to_dict()
+        )
         summary = opened[ui.log_summary]
         assert list(summary.columns) == SUMMARY_COLUMNS and summary["queries"].tolist() == [1] * len(ALL_METHODS)
         assert f"{len(ALL_METHODS)} logged results" in opened[ui.log_note]
@@ -395,7 +461,14 @@ def test_dev_layer_usage_shows_what_each_layer_knows_where_a_probe_was_committed
     assert visible(handlers.dev_layer_usage("MRPC")[ui.probe_chart]) is False, "no probe committed: no empty chart"
     (tmp_path / "mrpc-probe").mkdir()
     rows = [
-        {"model": "backbone", "layer": layer, "pooling": pooling, "metric_name": "accuracy", "metric": 0.6 + 0.01 * layer, "majority_share": 0.68}
+        {
+            "model": "backbone",
+            "layer": layer,
+            "pooling": pooling,
+            "metric_name": "accuracy",
+            "metric": 0.6 + 0.01 * layer,
+            "majority_share": 0.68,
+        }
         for layer in range(5)
         for pooling in ("cls", "mean")
     ]
@@ -421,7 +494,9 @@ def test_logged_layer_usage_filters_and_export_writes_the_report(handlers):
     assert len(json.loads(Path(files[1]).read_text())) == len(ALL_METHODS) + 2
 
 
-@pytest.mark.parametrize("source", ["app.py", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "interpret").glob("*.py"))])
+@pytest.mark.parametrize(
+    "source", ["app.py", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "interpret").glob("*.py"))]
+)
 def test_the_demo_names_no_method(source):
     """Method-specific widgets come from METHODS: no method name (but the baseline's) is written out as a string."""
     names = "|".join(re.escape(name) for name in METHODS if name != BASELINE)
@@ -431,9 +506,17 @@ def test_the_demo_names_no_method(source):
 
 @pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_every_chart_is_strict_json_for_every_task(handlers, task):
-    """A browser's JSON.parse refuses NaN: every chart the handlers return must parse strictly, or the user sees an empty box."""
+    """A browser's JSON.parse refuses NaN.
+
+    Every chart the handlers return must parse strictly, or the user sees an empty box.
+    """
     ui = handlers.components
-    out = compare(handlers, task=task, pair="a cat was sitting on the mat" if task != "SST-2" else "", methods=SHIPPED[task].methods)
+    out = compare(
+        handlers,
+        task=task,
+        pair="a cat was sitting on the mat" if task != "SST-2" else "",
+        methods=SHIPPED[task].methods,
+    )
     drawn = [value(out[ui.path_chart]), *[chart for chart in charts(ui, out).values() if chart is not None]]
     assert len(drawn) == 1 + len(set(SHIPPED[task].methods) & set(CHART_METHODS))
     dev_chart = handlers.dev_layer_usage(task)[ui.dev_chart]
@@ -447,7 +530,11 @@ def test_an_omitted_threshold_means_the_task_checkpoint_default(handlers):
     ui = handlers.components
     for task in ("MRPC", "SST-2"):
         out = compare(handlers, task=task, pair="a cat" if task == "MRPC" else "", knobs={})
-        got = {trace["method"]: trace["threshold"] for trace in out[ui.traces_json] if trace["method"] in handlers.knob_methods}
+        got = {
+            trace["method"]: trace["threshold"]
+            for trace in out[ui.traces_json]
+            if trace["method"] in handlers.knob_methods
+        }
         assert got == SHIPPED_THRESHOLDS[task]
 
 
@@ -473,12 +560,18 @@ def counting_loader(backbone: str, calls: list):
 
 def test_latency_is_the_median_of_several_interleaved_runs(tiny_backbone, tmp_path):
     calls = []
-    counted = built(DemoHandlers(ModelCache(SHIPPED, counting_loader(tiny_backbone, calls)), QueryLog(None), export_root=tmp_path))
+    counted = built(
+        DemoHandlers(ModelCache(SHIPPED, counting_loader(tiny_backbone, calls)), QueryLog(None), export_root=tmp_path)
+    )
     ui, out = counted.components, compare(counted, methods=["full", "dpbert"])
     runs = {method: [latency for name, latency in calls if name == method] for method in ("full", "dpbert")}
     assert REPEATS >= 3 and all(len(latencies) == REPEATS for latencies in runs.values())
-    assert [trace["latency_ms"] for trace in out[ui.traces_json]] == pytest.approx([statistics.median(runs["full"]), statistics.median(runs["dpbert"])])
-    assert [name for name, _ in calls[:4]] == ["full", "dpbert", "dpbert", "full"], "the order alternates, so neither always runs first"
+    assert [trace["latency_ms"] for trace in out[ui.traces_json]] == pytest.approx(
+        [statistics.median(runs["full"]), statistics.median(runs["dpbert"])]
+    )
+    assert [name for name, _ in calls[:4]] == ["full", "dpbert", "dpbert", "full"], (
+        "the order alternates, so neither always runs first"
+    )
     assert f"median of {REPEATS} runs" in out[ui.cards]
 
 
@@ -486,7 +579,10 @@ def test_no_card_shows_a_measured_speed_up_above_the_layer_bound_without_saying_
     ui = handlers.components
     trace = compare(handlers, methods=["dpbert"])[ui.traces_state]["dpbert"]
     bound = replace(trace, expected_speedup=1.5, latency_ms=10.0)
-    above, below = result_card(bound, True, baseline_latency_ms=22.2, runs=5), result_card(bound, True, baseline_latency_ms=12.0, runs=5)
+    above, below = (
+        result_card(bound, True, baseline_latency_ms=22.2, runs=5),
+        result_card(bound, True, baseline_latency_ms=12.0, runs=5),
+    )
     assert "2.22× measured" in above and "above the 1.50× its layer count allows" in above and "timing noise" in above
     assert "1.20× measured" in below and "above the" not in below
     assert "median of 5 runs" in above and "noisy sample" in result_card(bound, True, 22.2, runs=1)
@@ -512,14 +608,22 @@ def shifted_regression_loader(backbone: str, bias: float):
 
 
 def test_a_regression_score_shows_its_scale_and_is_flagged_when_outside_it(tiny_backbone, tmp_path):
-    low = built(DemoHandlers(ModelCache(SHIPPED, shifted_regression_loader(tiny_backbone, -3.0)), QueryLog(None), export_root=tmp_path))
+    low = built(
+        DemoHandlers(
+            ModelCache(SHIPPED, shifted_regression_loader(tiny_backbone, -3.0)), QueryLog(None), export_root=tmp_path
+        )
+    )
     ui, out = low.components, compare(low, task="STS-B", methods=["full", "dpbert"])
     assert out[ui.cards].count("on the 0–5 scale (0: unrelated, 5: same meaning)") == 2
     assert out[ui.cards].count("score 0.00") == 2 and out[ui.cards].count("outside the scale: shown clipped") == 2
     assert all(trace["prediction"] < 0 for trace in out[ui.traces_json]), "the trace keeps the model's own output"
     assert "DPBERT answered -" in out[ui.message] and "outside STS-B's 0–5 scale" in html.unescape(out[ui.message])
     assert "(0.00 of 5 (clipped))" in json.dumps(charts(ui, out)["dpbert"].to_dict()["title"])
-    plain = built(DemoHandlers(ModelCache(SHIPPED, shifted_regression_loader(tiny_backbone, 2.5)), QueryLog(None), export_root=tmp_path))
+    plain = built(
+        DemoHandlers(
+            ModelCache(SHIPPED, shifted_regression_loader(tiny_backbone, 2.5)), QueryLog(None), export_root=tmp_path
+        )
+    )
     ui, out = plain.components, compare(plain, task="STS-B", methods=["full"])
     assert "on the 0–5 scale" in out[ui.cards] and "clipped" not in out[ui.cards] and "outside" not in out[ui.message]
 
@@ -547,15 +651,22 @@ def test_ordinary_input_gets_no_reading_note_and_invisible_input_is_refused(hand
     out = compare(handlers, task="SST-2", text="\u200b\u200d\ufeff\u2060", pair="")
     assert "Error:" in out[ui.message] and "invisible characters" in out[ui.message] and out[ui.traces_json] == []
     out = compare(handlers, task="MRPC", text="fine", pair="\u200b\u200b")
-    assert "type the second sentence" in out[ui.message] and len(logged(handlers)) == len(ALL_METHODS), "only the first query was logged"
+    assert "type the second sentence" in out[ui.message] and len(logged(handlers)) == len(ALL_METHODS), (
+        "only the first query was logged"
+    )
 
 
 def test_a_second_sentence_for_a_single_sentence_task_is_refused(handlers):
     ui = handlers.components
     out = compare(handlers, task="SST-2", text="a fine film", pair="an extra sentence")
-    assert "SST-2 takes a single sentence, but a second sentence was given" in out[ui.message] and out[ui.traces_json] == []
+    assert (
+        "SST-2 takes a single sentence, but a second sentence was given" in out[ui.message]
+        and out[ui.traces_json] == []
+    )
     assert logged(handlers) == []
-    assert compare(handlers, task="SST-2", text="a fine film", pair="  ")[ui.traces_json], "an empty box is no second sentence"
+    assert compare(handlers, task="SST-2", text="a fine film", pair="  ")[ui.traces_json], (
+        "an empty box is no second sentence"
+    )
 
 
 def test_checkpoints_are_named_relative_to_the_project():
@@ -629,7 +740,9 @@ def free_port() -> int:
 def server(tiny_backbone, tmp_path_factory):
     """The demo on a free local port, with tiny models and its own query log."""
     folder = tmp_path_factory.mktemp("app")
-    handlers = DemoHandlers(ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(folder / "queries.db"), export_root=folder)
+    handlers = DemoHandlers(
+        ModelCache(SHIPPED, tiny_loader(tiny_backbone)), QueryLog(folder / "queries.db"), export_root=folder
+    )
     demo = build_demo(handlers)
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
@@ -647,7 +760,9 @@ def test_api_documents_exactly_the_named_endpoints(client, server):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/compare", "/explain", "/dev_layer_usage", "/logged_layer_usage", "/export_report"}
     parameters = [parameter["label"] for parameter in endpoints["/compare"]["parameters"]]
-    assert len(parameters) == 5 + len(server.handlers.knob_methods)  # task, text, pair, methods, precision, then one knob per method that has one
+    assert len(parameters) == 5 + len(
+        server.handlers.knob_methods
+    )  # task, text, pair, methods, precision, then one knob per method that has one
     assert "Precision" in parameters[4]
     assert all(METHODS[method].title in label for method, label in zip(server.handlers.knob_methods, parameters[5:]))
 
@@ -656,7 +771,15 @@ def test_api_compare_then_explain_in_one_session(client, server):
     ui = server.handlers.components
     out = api_answer(
         ui.compare_outputs,
-        client.predict("MRPC", "the cat sat on the mat", "a cat was sitting", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare"),
+        client.predict(
+            "MRPC",
+            "the cat sat on the mat",
+            "a cat was sitting",
+            ALL_METHODS,
+            "fp32",
+            *knob_values(server.handlers, KNOBS),
+            api_name="/compare",
+        ),
     )
     assert out[ui.cards].count("result-card") == len(ALL_METHODS) and "Untrained heads" in out[ui.message]
     assert value(out[ui.path_chart])["type"] == "altair" and "Which layers ran" in value(out[ui.path_chart])["plot"]
@@ -664,12 +787,17 @@ def test_api_compare_then_explain_in_one_session(client, server):
         assert chart["type"] == "altair" and METHODS[method].layer_chart.title in chart["plot"]
     assert [trace["method"] for trace in out[ui.traces_json]] == ALL_METHODS and "query log: on" in out[ui.log_status]
     explained = api_answer([ui.attribution, ui.attribution_note], client.predict("dpbert", api_name="/explain"))
-    assert "cat" in "".join(item["token"] for item in explained[ui.attribution]) and "DPBERT" in explained[ui.attribution_note]
+    assert (
+        "cat" in "".join(item["token"] for item in explained[ui.attribution])
+        and "DPBERT" in explained[ui.attribution_note]
+    )
 
 
 def test_api_reports_bad_input_as_a_message(client, server):
     ui = server.handlers.components
-    returned = client.predict("MRPC", "   ", "pair", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare")
+    returned = client.predict(
+        "MRPC", "   ", "pair", ALL_METHODS, "fp32", *knob_values(server.handlers, KNOBS), api_name="/compare"
+    )
     out = api_answer(ui.compare_outputs, returned)
     assert "the text is empty" in out[ui.message] and out[ui.cards] == "" and out[ui.traces_json] == []
 
@@ -678,16 +806,27 @@ def test_api_an_omitted_threshold_means_the_task_checkpoint_default(client, serv
     ui = server.handlers.components
     for task in ("MRPC", "SST-2", "MRPC"):
         pair = "a cat was sitting" if task == "MRPC" else ""
-        out = api_answer(ui.compare_outputs, client.predict(task, "the cat sat on the mat", pair, ALL_METHODS, api_name="/compare"))
-        got = {trace["method"]: trace["threshold"] for trace in out[ui.traces_json] if trace["method"] in server.handlers.knob_methods}
+        out = api_answer(
+            ui.compare_outputs, client.predict(task, "the cat sat on the mat", pair, ALL_METHODS, api_name="/compare")
+        )
+        got = {
+            trace["method"]: trace["threshold"]
+            for trace in out[ui.traces_json]
+            if trace["method"] in server.handlers.knob_methods
+        }
         assert got == SHIPPED_THRESHOLDS[task], task
-    out = api_answer(ui.compare_outputs, client.predict("MRPC", "a", "b", ["dpbert"], None, None, 0.45, None, api_name="/compare"))
+    out = api_answer(
+        ui.compare_outputs, client.predict("MRPC", "a", "b", ["dpbert"], None, None, 0.45, None, api_name="/compare")
+    )
     assert out[ui.traces_json][0]["threshold"] == 0.45, "a threshold that is given is used"
 
 
 def test_api_refuses_a_second_sentence_for_a_single_sentence_task(client, server):
     ui = server.handlers.components
-    out = api_answer(ui.compare_outputs, client.predict("SST-2", "a fine film", "a second sentence", ALL_METHODS, api_name="/compare"))
+    out = api_answer(
+        ui.compare_outputs,
+        client.predict("SST-2", "a fine film", "a second sentence", ALL_METHODS, api_name="/compare"),
+    )
     assert "SST-2 takes a single sentence" in html.unescape(out[ui.message]) and out[ui.cards] == ""
 
 
@@ -695,22 +834,49 @@ def test_api_refuses_a_second_sentence_for_a_single_sentence_task(client, server
 def test_api_every_chart_is_strict_json(client, server, task):
     ui = server.handlers.components
     pair = "" if task == "SST-2" else "a cat was sitting on the mat"
-    out = api_answer(ui.compare_outputs, client.predict(task, "the cat sat on the mat", pair, SHIPPED[task].methods, api_name="/compare"))
+    out = api_answer(
+        ui.compare_outputs,
+        client.predict(task, "the cat sat on the mat", pair, SHIPPED[task].methods, api_name="/compare"),
+    )
     plots = [value(out[ui.path_chart]), *[chart for chart in charts(ui, out).values() if chart is not None]]
     assert len(plots) == 1 + len(set(SHIPPED[task].methods) & set(CHART_METHODS))
-    plots.append(api_answer([ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict(task, api_name="/dev_layer_usage"))[ui.dev_chart])
-    plots.append(api_answer(ui.logged_usage_outputs, client.predict(task, "any", "", api_name="/logged_layer_usage"))[ui.log_chart])
+    plots.append(
+        api_answer([ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict(task, api_name="/dev_layer_usage"))[
+            ui.dev_chart
+        ]
+    )
+    plots.append(
+        api_answer(ui.logged_usage_outputs, client.predict(task, "any", "", api_name="/logged_layer_usage"))[
+            ui.log_chart
+        ]
+    )
     for plot in plots:
         assert plot["type"] == "altair" and strict_json(plot["plot"])["datasets"]
 
 
 def test_api_layer_usage_and_export(client, server):
     ui = server.handlers.components
-    client.predict("SST-2", "a fine film", "", ["full", "deebert"], "int8", *knob_values(server.handlers, KNOBS), api_name="/compare")
-    chart = api_answer([ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict("SST-2", api_name="/dev_layer_usage"))[ui.dev_chart]
+    client.predict(
+        "SST-2",
+        "a fine film",
+        "",
+        ["full", "deebert"],
+        "int8",
+        *knob_values(server.handlers, KNOBS),
+        api_name="/compare",
+    )
+    chart = api_answer(
+        [ui.dev_chart, ui.dev_note, ui.probe_chart], client.predict("SST-2", api_name="/dev_layer_usage")
+    )[ui.dev_chart]
     assert chart["type"] == "altair" and "dev set" in chart["plot"]
-    summary = api_answer(ui.logged_usage_outputs, client.predict("SST-2", "deebert", "1h", api_name="/logged_layer_usage"))[ui.log_summary]
-    assert summary["data"] and summary["headers"] == SUMMARY_COLUMNS and all(row[1] == "DeeBERT" for row in summary["data"])
+    summary = api_answer(
+        ui.logged_usage_outputs, client.predict("SST-2", "deebert", "1h", api_name="/logged_layer_usage")
+    )[ui.log_summary]
+    assert (
+        summary["data"]
+        and summary["headers"] == SUMMARY_COLUMNS
+        and all(row[1] == "DeeBERT" for row in summary["data"])
+    )
     exported = api_answer([ui.export_files, ui.log_note], client.predict("SST-2", "", api_name="/export_report"))
     assert "report written" in exported[ui.log_note]
     csv_file = next(Path(file) for file in exported[ui.export_files] if file.endswith(".csv"))
@@ -720,13 +886,21 @@ def test_api_layer_usage_and_export(client, server):
 def test_fifty_simultaneous_queries_leave_one_row_per_query_and_method(client, server):
     methods = ["full", "deebert", "dpbert"]
     knobs = knob_values(server.handlers, KNOBS)
-    jobs = [client.submit("SST-2", f"burst query number {i}", "", methods, "fp32", *knobs, api_name="/compare") for i in range(50)]
+    jobs = [
+        client.submit("SST-2", f"burst query number {i}", "", methods, "fp32", *knobs, api_name="/compare")
+        for i in range(50)
+    ]
     done, _ = wait(jobs, timeout=300)
     assert len(done) == 50
-    assert all("result-card" in api_answer(server.handlers.components.compare_outputs, job.result())[server.handlers.components.cards] for job in jobs)
+    assert all(
+        "result-card"
+        in api_answer(server.handlers.components.compare_outputs, job.result())[server.handlers.components.cards]
+        for job in jobs
+    )
     with sqlite3.connect(server.handlers.query_log.path) as connection:
         rows = connection.execute(
-            "select queries.text, count(*) from results join queries on queries.id = results.query_id where queries.text like ? group by queries.id",
+            "select queries.text, count(*) from results join queries on queries.id = results.query_id where "
+            "queries.text like ? group by queries.id",
             ("burst query number %",),
         ).fetchall()
     assert len(rows) == 50 and {count for _, count in rows} == {len(methods)}
@@ -756,33 +930,47 @@ def browser_page(url: str, profile: Path) -> str:
 
 
 def drawn_charts(page: str) -> dict[str, bool]:
-    """Per chart block on the page (``id="chart-..."``): whether vega-embed drew it (a canvas of non-zero size); a chart whose
-    JSON the browser cannot parse stays an empty box."""
+    """Per chart block on the page (``id="chart-..."``): whether vega-embed drew it (a canvas of non-zero size); a
+    chart whose JSON the browser cannot parse stays an empty box."""
     blocks = re.split(r'id="chart-', page)[1:]
-    return {block.split('"', 1)[0]: bool(re.search(r'<canvas width="[1-9]\d*" height="[1-9]\d*"', block)) for block in blocks}
+    return {
+        block.split('"', 1)[0]: bool(re.search(r'<canvas width="[1-9]\d*" height="[1-9]\d*"', block))
+        for block in blocks
+    }
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+)
 def test_headless_browser_shows_the_result_of_an_example(server, tmp_path):
     page = browser_page(f"{server.url}?example=1", tmp_path / "profile")
     task, text, _ = example_rows(SHIPPED_TASKS)[0]
     assert page.count('class="result-card"') == len(SHIPPED[task].methods), page[-2000:]
-    assert any(f'class="prediction" style="font-size:1.3em;font-weight:bold">{label}<' in page for label in ("negative", "positive"))
+    assert any(
+        f'class="prediction" style="font-size:1.3em;font-weight:bold">{label}<' in page
+        for label in ("negative", "positive")
+    )
     assert text in page
     drawn = drawn_charts(page)
     assert all(drawn.get(name) for name in ["path", *CHART_METHODS]), drawn
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+)
 @pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_headless_browser_draws_the_dev_set_layer_usage_of_every_task(server, tmp_path, task):
     page = browser_page(f"{server.url}?usage={task}", tmp_path / "profile")
     assert drawn_charts(page).get("dev-usage"), page[-2000:]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+)
 def test_headless_browser_hides_the_widgets_of_methods_that_cannot_run_a_regression_example(server, tmp_path):
-    number, (task, text, _) = next((number, row) for number, row in enumerate(example_rows(SHIPPED_TASKS), start=1) if row[0] == "STS-B")
+    number, (task, text, _) = next(
+        (number, row) for number, row in enumerate(example_rows(SHIPPED_TASKS), start=1) if row[0] == "STS-B"
+    )
     page = browser_page(f"{server.url}?example={number}", tmp_path / "profile")
     runnable = SHIPPED[task].methods
     assert page.count('class="result-card"') == len(runnable) and text in page, page[-2000:]

@@ -1,4 +1,5 @@
-"""The benchmark runs end to end on tiny random checkpoints and writes every file and column; its report renders from rows.
+"""The benchmark runs end to end on tiny random checkpoints and writes every file and column; its report renders from
+rows.
 
 No timing is asserted: only that every operating point (each method at each precision, and the
 reference rows: the full model at fp32, bf16 and int8 and in ONNX Runtime) is a row, its columns
@@ -45,8 +46,15 @@ REQUIRED_COLUMNS = [
 ]
 LATENCY_COLUMNS = ("avg_layers", "expected_speedup", "measured_speedup", "speedup_vs_int8_full", "p50_ms", "p95_ms")
 BATCHED_COLUMNS = ("batched_expected_speedup", "batched_speedup", "batched_speedup_vs_int8_full", "throughput_per_s")
-REFERENCE_ROWS = [("fp32", "engine"), ("bf16", "engine"), ("int8", "engine"), ("fp32", "onnxruntime"), ("int8", "onnxruntime")]
-# Shipped knob values: DeeBERT's 0.1 is 0.09999999999999999 in its grid, so it must replace that point, not sit beside it.
+REFERENCE_ROWS = [
+    ("fp32", "engine"),
+    ("bf16", "engine"),
+    ("int8", "engine"),
+    ("fp32", "onnxruntime"),
+    ("int8", "onnxruntime"),
+]
+# Shipped knob values: DeeBERT's 0.1 is 0.09999999999999999 in its grid, so it must replace that point, not sit beside
+# it.
 SHIPPED = {"deebert": 0.1, "dpbert": 0.5, "pabee": 2.0}
 
 
@@ -67,7 +75,9 @@ def glue_dir(tmp_path) -> Path:
     mrpc = tmp_path / "glue" / "MRPC"
     mrpc.mkdir(parents=True)
     rows = [f"{index % 2}\t{index}\t{index + 100}\t{a}\t{b}" for index, (a, b) in enumerate(zip(SENTENCES, SECOND))]
-    (mrpc / "dev.tsv").write_text("\n".join(["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String", *rows]) + "\n", encoding="utf-8")
+    (mrpc / "dev.tsv").write_text(
+        "\n".join(["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String", *rows]) + "\n", encoding="utf-8"
+    )
     return mrpc.parent
 
 
@@ -93,13 +103,18 @@ def assert_consistent(row: dict, rows: list[dict], num_layers: int, batched_only
     for column in (() if batched_only else LATENCY_COLUMNS) + BATCHED_COLUMNS:
         assert number(row, column) > 0, (*where, column)
     assert 0 < number(row, "dev_avg_layers") <= num_layers, where
-    assert number(row, "metric_pct_of_full") == pytest.approx(100 * number(row, "metric") / number(full, "metric")), where
+    assert number(row, "metric_pct_of_full") == pytest.approx(100 * number(row, "metric") / number(full, "metric")), (
+        where
+    )
     if row["precision"] == "fp32" and engine:
         assert row["agreement"] == "", where  # fp32 is what the others agree with
     else:
         assert 0 <= number(row, "agreement") <= 1, where
-    # speed-ups over the fp32 and the int8 full model come from the same clock: their quotient is the int8 full model's speed-up
-    assert number(row, "batched_speedup") / number(row, "batched_speedup_vs_int8_full") == pytest.approx(number(int8_full, "batched_speedup")), where
+    # speed-ups over the fp32 and the int8 full model come from the same clock: their quotient is the int8 full model's
+    # speed-up
+    assert number(row, "batched_speedup") / number(row, "batched_speedup_vs_int8_full") == pytest.approx(
+        number(int8_full, "batched_speedup")
+    ), where
     if engine:
         assert number(row, "batched_overhead_ratio") * number(row, "batched_expected_speedup") == pytest.approx(
             number(row, "batched_speedup") / number(own_full, "batched_speedup")
@@ -111,17 +126,25 @@ def assert_consistent(row: dict, rows: list[dict], num_layers: int, batched_only
         return
     assert 0 < number(row, "avg_layers") <= num_layers, where
     assert number(row, "expected_speedup") == pytest.approx(num_layers / number(row, "avg_layers")), where
-    assert number(row, "measured_speedup") / number(row, "speedup_vs_int8_full") == pytest.approx(number(int8_full, "measured_speedup")), where
+    assert number(row, "measured_speedup") / number(row, "speedup_vs_int8_full") == pytest.approx(
+        number(int8_full, "measured_speedup")
+    ), where
     if engine:
-        assert number(row, "speedup_vs_full_same_precision") == pytest.approx(number(row, "measured_speedup") / number(own_full, "measured_speedup")), where
-        assert number(row, "overhead_ratio") == pytest.approx(number(row, "speedup_vs_full_same_precision") / number(row, "expected_speedup")), where
+        assert number(row, "speedup_vs_full_same_precision") == pytest.approx(
+            number(row, "measured_speedup") / number(own_full, "measured_speedup")
+        ), where
+        assert number(row, "overhead_ratio") == pytest.approx(
+            number(row, "speedup_vs_full_same_precision") / number(row, "expected_speedup")
+        ), where
     else:
         assert row["overhead_ratio"] == "" and row["speedup_vs_full_same_precision"] == "", where
     assert number(row, "p50_ms") <= number(row, "p95_ms"), where
 
 
 def find(rows: list[dict], method: str, precision: str, runtime: str = "engine") -> dict:
-    return next(row for row in rows if row["method"] == method and row["precision"] == precision and row["runtime"] == runtime)
+    return next(
+        row for row in rows if row["method"] == method and row["precision"] == precision and row["runtime"] == runtime
+    )
 
 
 def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp_path, capsys):
@@ -152,7 +175,9 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
     assert columns == benchmark_report.COLUMNS and set(REQUIRED_COLUMNS) <= set(columns)
 
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
-    assert list(dict.fromkeys(row["method"] for row in measured)) == list(METHODS)  # every method, PABEE too, in display order
+    assert list(dict.fromkeys(row["method"] for row in measured)) == list(
+        METHODS
+    )  # every method, PABEE too, in display order
     assert [(row["precision"], row["runtime"]) for row in measured if row["method"] == BASELINE] == REFERENCE_ROWS
     models = {method: load_checkpoint(checkpoints / method) for method in METHODS}
     full = find(measured, BASELINE, "fp32")
@@ -162,9 +187,9 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
         if method == BASELINE:
             continue
         own = [row for row in measured if row["method"] == method]
-        assert list(dict.fromkeys(row["precision"] for row in own)) == ["fp32", "int8"] and {row["runtime"] for row in own} == {
-            "engine"
-        }  # the default --precisions
+        assert list(dict.fromkeys(row["precision"] for row in own)) == ["fp32", "int8"] and {
+            row["runtime"] for row in own
+        } == {"engine"}  # the default --precisions
         for precision in ("fp32", "int8"):
             points = [row for row in own if row["precision"] == precision]
             knob = model.method.knob
@@ -172,34 +197,61 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
                 assert [(row["threshold"], row["operating_point"]) for row in points] == [("", "shipped")]
                 continue
             thresholds = [float(row["threshold"]) for row in points]
-            assert thresholds == sorted(thresholds) and len(points) == len(knob.sweep), method  # the shipped value is on the grid: no extra point
+            assert thresholds == sorted(thresholds) and len(points) == len(knob.sweep), (
+                method
+            )  # the shipped value is on the grid: no extra point
             for value in knob.sweep:
                 assert any(math.isclose(value, threshold, rel_tol=1e-9) for threshold in thresholds), (method, value)
-            assert [float(row["threshold"]) for row in points if row["operating_point"] == "shipped"] == [SHIPPED[method]]
+            assert [float(row["threshold"]) for row in points if row["operating_point"] == "shipped"] == [
+                SHIPPED[method]
+            ]
     for row in measured:
-        assert row["task"] == "MRPC" and row["metric_name"] == "f1" and row["timed_inputs"] == "4" and row["repeats"] == "1" and row["batch_size"] == "4"
+        assert (
+            row["task"] == "MRPC"
+            and row["metric_name"] == "f1"
+            and row["timed_inputs"] == "4"
+            and row["repeats"] == "1"
+            and row["batch_size"] == "4"
+        )
         assert_consistent(row, measured, num_layers)
-    for column in ("expected_speedup", "measured_speedup", "overhead_ratio", "batched_speedup", "batched_overhead_ratio", "metric_pct_of_full"):
-        assert number(full, column) == pytest.approx(100.0 if column == "metric_pct_of_full" else 1.0), column  # the full model against itself
+    for column in (
+        "expected_speedup",
+        "measured_speedup",
+        "overhead_ratio",
+        "batched_speedup",
+        "batched_overhead_ratio",
+        "metric_pct_of_full",
+    ):
+        assert number(full, column) == pytest.approx(100.0 if column == "metric_pct_of_full" else 1.0), (
+            column
+        )  # the full model against itself
     int8_full = find(measured, BASELINE, "int8")
-    assert number(int8_full, "speedup_vs_int8_full") == pytest.approx(1.0) and number(int8_full, "overhead_ratio") == pytest.approx(1.0)
+    assert number(int8_full, "speedup_vs_int8_full") == pytest.approx(1.0) and number(
+        int8_full, "overhead_ratio"
+    ) == pytest.approx(1.0)
     onnx_fp32 = find(measured, BASELINE, "fp32", "onnxruntime")
-    assert number(onnx_fp32, "metric") == pytest.approx(number(full, "metric"), abs=0.05)  # the same model in another runtime
+    assert number(onnx_fp32, "metric") == pytest.approx(
+        number(full, "metric"), abs=0.05
+    )  # the same model in another runtime
 
     quoted = [row for row in rows if row["source"] != benchmark_report.MEASURED]
     assert [row["method"] for row in quoted] == adaptive_methods()
-    assert all(row["source"] == benchmark_report.QUOTED and "not measured" in row["source"] and not row["measured_speedup"] for row in quoted)
+    assert all(
+        row["source"] == benchmark_report.QUOTED and "not measured" in row["source"] and not row["measured_speedup"]
+        for row in quoted
+    )
     assert "BERT Loses Patience" in next(row["note"] for row in quoted if row["method"] == "pabee")
 
     lines = (out / "results.md").read_text().splitlines()
     for method in METHODS:
         table_rows = [line for line in lines if line.startswith(f"| {method} |")]
         assert len(table_rows) == sum(row["method"] == method for row in measured), method
-    targets = lines[lines.index("## Targets (issues 5 and 10)") : lines.index("## Machine")]
+    targets = lines[lines.index("## Targets") : lines.index("## Machine")]
     for method in adaptive_methods():
         for precision in ("fp32", "int8"):
             assert any(
-                line.startswith(f"- {method} ({precision}): fastest point") or line.startswith(f"- {method} ({precision}): no operating point")
+                line.startswith(f"- {method} ({precision}): fastest point")
+                or line.startswith(f"- {method} ({precision}): no operating point")
                 for line in targets
             )
     assert any(line.startswith("- best adaptive int8 point") for line in targets)
@@ -217,8 +269,32 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
 
 def test_onnx_int8_points_are_measured_and_count_as_int8_points(checkpoints, glue_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    args = ["--task", "MRPC", "--checkpoints", str(checkpoints), "--data-dir", str(glue_dir), "--out", str(out), "--methods", "pabee"]
-    code = benchmark.main([*args, "--precisions", "onnx-int8", "--no-onnxruntime", "--limit", "4", "--repeats", "1", "--batch-sizes", "1,4"])
+    args = [
+        "--task",
+        "MRPC",
+        "--checkpoints",
+        str(checkpoints),
+        "--data-dir",
+        str(glue_dir),
+        "--out",
+        str(out),
+        "--methods",
+        "pabee",
+    ]
+    code = benchmark.main(
+        [
+            *args,
+            "--precisions",
+            "onnx-int8",
+            "--no-onnxruntime",
+            "--limit",
+            "4",
+            "--repeats",
+            "1",
+            "--batch-sizes",
+            "1,4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     _, rows = read_rows(out / "results.csv")
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
@@ -259,8 +335,14 @@ def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoi
     _, rows = read_rows(out / "results.csv")
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
     assert {row["method"] for row in measured} == {BASELINE, "pabee"}
-    assert {row["precision"] for row in measured if row["method"] == "pabee"} == {"int8"}  # --precisions int8: no fp32 pabee rows ...
-    assert [row["precision"] for row in measured if row["method"] == BASELINE] == ["fp32", "bf16", "int8"]  # ... but every engine reference row
+    assert {row["precision"] for row in measured if row["method"] == "pabee"} == {
+        "int8"
+    }  # --precisions int8: no fp32 pabee rows ...
+    assert [row["precision"] for row in measured if row["method"] == BASELINE] == [
+        "fp32",
+        "bf16",
+        "int8",
+    ]  # ... but every engine reference row
     assert all(row["runtime"] == "engine" for row in measured)  # --no-onnxruntime
     for row in measured:  # batch size 4 only: throughput columns, no latency ones
         if row["method"] == "pabee":
@@ -271,12 +353,21 @@ def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoi
 
 
 def synthetic_rows() -> list[dict]:
-    """Measured rows for every method in METHODS: the reference rows, then two points per adaptive method and precision (one keeps 99 %/98 %, one 90 %).
+    """Measured rows for every method in METHODS: the reference rows, then two points per adaptive method and precision
+    (one keeps 99 %/98 %, one 90 %).
 
     int8 runs twice as fast as fp32 in the engine, ONNX Runtime int8 three times.
     """
 
-    def row(method: str, threshold: float | None, point: str, pct: float, speedup: float, precision: str = "fp32", runtime: str = "engine") -> dict:
+    def row(
+        method: str,
+        threshold: float | None,
+        point: str,
+        pct: float,
+        speedup: float,
+        precision: str = "fp32",
+        runtime: str = "engine",
+    ) -> dict:
         faster = {("fp32", "engine"): 1.0, ("int8", "engine"): 2.0, ("int8", "onnxruntime"): 3.0}[(precision, runtime)]
         return {
             "source": benchmark_report.MEASURED,
@@ -328,31 +419,49 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
     assert (tmp_path / "results.md").read_text() == table
     lines = table.splitlines()
     for method in METHODS:
-        assert sum(line.startswith(f"| {method} |") for line in lines) == sum(row["method"] == method for row in rows), method
+        assert sum(line.startswith(f"| {method} |") for line in lines) == sum(
+            row["method"] == method for row in rows
+        ), method
     quoted = [line for line in lines if line.startswith(f"| {benchmark_report.QUOTED} |")]
     assert [line.split(" | ")[1] for line in quoted] == adaptive_methods()
     assert "- cpu: test cpu" in lines and "profile.txt" not in table
     assert benchmark_report.KEEP_TARGET == 100 * KEEP
-    for method in adaptive_methods():  # 99 % kept at 0.9 * 2 = 1.8x measured: the aim (1.5x) is met; overhead 0.9 < 0.95 is missed
+    for method in (
+        adaptive_methods()
+    ):  # 99 % kept at 0.9 * 2 = 1.8x measured: the aim (1.5x) is met; overhead 0.9 < 0.95 is missed
         assert (
-            f"- {method} (fp32): fastest point keeping >= {benchmark_report.KEEP_TARGET:g}% of full at threshold 0.5 (99.0%): measured speed-up 1.80x (aim >= 1.5x): met"
+            f"- {method} (fp32): fastest point keeping >= {benchmark_report.KEEP_TARGET:g}% of full at "
+            "threshold 0.5 (99.0%): measured speed-up 1.80x (aim >= 1.5x): met" in lines
+        )
+        assert (
+            f"- {method} (fp32) at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050"
             in lines
         )
-        assert f"- {method} (fp32) at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050" in lines
-        assert f"- {method} (int8) at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050" in lines
+        assert (
+            f"- {method} (int8) at threshold 0.5: overhead ratio at batch 1 = 0.900 (target >= 0.95): missed by 0.050"
+            in lines
+        )
         assert any(
-            line.startswith(f"- {method} (int8) at threshold 0.5: batched speed-up at batch 32 1.70x") and line.endswith("(target >= 0.9): missed by 0.050")
+            line.startswith(f"- {method} (int8) at threshold 0.5: batched speed-up at batch 32 1.70x")
+            and line.endswith("(target >= 0.9): missed by 0.050")
             for line in lines
         )
-    # issue 10: int8 at 2x, adaptive 0.9 * 2 on top = 3.6x over fp32 full and 1.8x over int8 full, keeping 98 % >= 97 %; ONNX Runtime int8 at 3x is slower
+    # int8 targets: int8 at 2x, adaptive 0.9 * 2 on top = 3.6x over fp32 full and 1.8x over int8 full, keeping 98 % >=
+    # 97 %; ONNX Runtime int8 at 3x is slower
     best = adaptive_methods()[0]
     assert (
-        f"- best adaptive int8 point keeping >= 97% of the fp32 full model: {best} (int8) at threshold 0.5 (98.0%): 3.60x over fp32 full at batch 1 (aim >= 2.5x): met; "
+        f"- best adaptive int8 point keeping >= 97% of the fp32 full model: {best} (int8) at threshold 0.5 "
+        "(98.0%): 3.60x over fp32 full at batch 1 (aim >= 2.5x): met; "
         "1.80x over the int8 full model (aim >= 1.25x): met" in lines
     )
-    assert "- ONNX Runtime int8 full model: 3.00x over fp32 full at batch 1 (99.0% of full); the best adaptive int8 point is faster by 1.20x" in lines
+    assert (
+        "- ONNX Runtime int8 full model: 3.00x over fp32 full at batch 1 (99.0% of full); the best adaptive "
+        "int8 point is faster by 1.20x" in lines
+    )
     assert not any(line.startswith(f"- {BASELINE}") for line in lines)
-    assert any(line.startswith("| full | int8 | onnxruntime |") for line in lines) and "| 97.0% |" in table  # agreement as a share
+    assert (
+        any(line.startswith("| full | int8 | onnxruntime |") for line in lines) and "| 97.0% |" in table
+    )  # agreement as a share
 
     columns, written = read_rows(tmp_path / "results.csv")
     assert columns == benchmark_report.COLUMNS
@@ -369,28 +478,45 @@ def test_targets_report_what_is_missed_and_an_onnx_runtime_gap(tmp_path):
     for method in adaptive_methods():
         for precision in ("fp32", "int8"):
             assert (
-                f"- {method} ({precision}): no operating point keeps >= {benchmark_report.KEEP_TARGET:g}% of the full metric (the best keeps 90.0%): missed"
-                in lines
+                f"- {method} ({precision}): no operating point keeps >= {benchmark_report.KEEP_TARGET:g}% of "
+                "the full metric (the best keeps 90.0%): missed" in lines
             )
     assert "- best adaptive int8 point: none keeps >= 97% of the fp32 full model's metric: missed" in lines
-    assert len(lines) == 2 * len(adaptive_methods()) + 2  # no shipped rows: no overhead lines; quoted rows are not targets
-    slow = [{**row, "measured_speedup": 2.4} if row["precision"] == "int8" and row["method"] != BASELINE else row for row in synthetic_rows()]
-    lines = benchmark_report.target_summary(slow)
-    assert any(line.startswith("- best adaptive int8 point") and "2.40x over fp32 full at batch 1 (aim >= 2.5x): missed by 0.100" in line for line in lines)
     assert (
-        "- ONNX Runtime int8 full model: 3.00x over fp32 full at batch 1 (99.0% of full); faster than the best adaptive int8 point by 1.25x (the gap to close)"
-        in lines
+        len(lines) == 2 * len(adaptive_methods()) + 2
+    )  # no shipped rows: no overhead lines; quoted rows are not targets
+    slow = [
+        {**row, "measured_speedup": 2.4} if row["precision"] == "int8" and row["method"] != BASELINE else row
+        for row in synthetic_rows()
+    ]
+    lines = benchmark_report.target_summary(slow)
+    assert any(
+        line.startswith("- best adaptive int8 point")
+        and "2.40x over fp32 full at batch 1 (aim >= 2.5x): missed by 0.100" in line
+        for line in lines
+    )
+    assert (
+        "- ONNX Runtime int8 full model: 3.00x over fp32 full at batch 1 (99.0% of full); faster than the "
+        "best adaptive int8 point by 1.25x (the gap to close)" in lines
     )
 
 
 def test_missing_checkpoint_is_one_line_naming_the_folder(tmp_path, glue_dir, capsys):
     code = benchmark.main(["--task", "MRPC", "--checkpoints", str(tmp_path / "none"), "--data-dir", str(glue_dir)])
     error = capsys.readouterr().err
-    assert code == 2 and error.count("\n") == 1 and str(tmp_path / "none" / BASELINE) in error and "Traceback" not in error
+    assert (
+        code == 2
+        and error.count("\n") == 1
+        and str(tmp_path / "none" / BASELINE) in error
+        and "Traceback" not in error
+    )
 
 
 def test_onnx_runtime_reference_answers_what_the_engine_answers(make_model, tmp_path):
-    """The exported full model equals the engine's on a padded batch (fp32) and stays close in int8; adaptive methods are not exported."""
+    """The exported full model equals the engine's on a padded batch (fp32) and stays close in int8.
+
+    Adaptive methods are not exported.
+    """
     from core.errors import UserError
     from core.onnx_layers import quantize_onnx
     from training.onnx_reference import OnnxModel, export_full_model
@@ -400,14 +526,21 @@ def test_onnx_runtime_reference_answers_what_the_engine_answers(make_model, tmp_
         batch = model.tokenize(SENTENCES, SECOND)
         assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
         engine = torch.stack(
-            [torch.tensor(list(t.probabilities.values())) if t.probabilities else torch.tensor(t.prediction) for t in model.predict(SENTENCES, SECOND)]
+            [
+                torch.tensor(list(t.probabilities.values())) if t.probabilities else torch.tensor(t.prediction)
+                for t in model.predict(SENTENCES, SECOND)
+            ]
         )
         exported = export_full_model(model, tmp_path / task)
         fp32 = OnnxModel(exported, threads=1).run(batch)
         assert fp32.shape == tuple(engine.shape) and abs(fp32 - engine.numpy()).max() < 1e-4
-        single = OnnxModel(exported, threads=1).run(model.tokenize(SENTENCES[:1], SECOND[:1]))  # another batch size and length: the axes are dynamic
+        single = OnnxModel(exported, threads=1).run(
+            model.tokenize(SENTENCES[:1], SECOND[:1])
+        )  # another batch size and length: the axes are dynamic
         assert abs(single[0] - fp32[0]).max() < 1e-4
         int8 = OnnxModel(quantize_onnx(exported, tmp_path / task / "full-int8.onnx"), threads=1).run(batch)
-        assert abs(int8 - engine.numpy()).max() < 0.05 and abs(int8 - engine.numpy()).max() > 0  # quantized: close, not identical
+        assert (
+            abs(int8 - engine.numpy()).max() < 0.05 and abs(int8 - engine.numpy()).max() > 0
+        )  # quantized: close, not identical
     with pytest.raises(UserError, match="only the full model"):
         export_full_model(make_model("deebert"), tmp_path / "deebert")

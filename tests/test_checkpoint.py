@@ -9,7 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from core.backbone import load_bert
-from core.checkpoint import SHIPPED_DIR, WEIGHTS_FILE, load_checkpoint, read_config, save_checkpoint, write_operating_point
+from core.checkpoint import (
+    SHIPPED_DIR,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    write_operating_point,
+)
 from core.errors import UserError
 from core.lora import add_lora, plain_state_dict
 from core.methods import METHODS
@@ -104,7 +111,9 @@ def test_weights_that_do_not_fit_the_config_are_reported(saved):
 
 
 def test_config_of_an_older_layout_is_refused_in_one_line_saying_what_to_do(saved):
-    """A config.json from before typed method configs (method_hyperparameters) names the key and how to get a loadable checkpoint."""
+    """A config.json from before typed method configs (method_hyperparameters) names the key and how to get a loadable
+    checkpoint.
+    """
     path = saved / "config.json"
     data = json.loads(path.read_text())
     data["method_hyperparameters"] = data.pop("method_config")
@@ -115,10 +124,17 @@ def test_config_of_an_older_layout_is_refused_in_one_line_saying_what_to_do(save
 
 
 def test_shipped_checkpoints_hold_exactly_what_their_files_spell_out():
-    """The shipped MRPC full model is the backbone plus int8 differences times their row scales; DACT on it adds alpha/rank * B @ A."""
+    """The shipped MRPC full model is the backbone plus int8 differences times their row scales.
+
+    DACT on it adds alpha/rank * B @ A.
+    """
     full_folder, dact_folder = SHIPPED_DIR / "mrpc" / "full", SHIPPED_DIR / "mrpc" / "dact"
     full, dact = load_checkpoint(full_folder), load_checkpoint(dact_folder)
-    stored = {name: value for path in sorted(full_folder.glob("encoder-*.safetensors")) for name, value in load_file(path).items()}
+    stored = {
+        name: value
+        for path in sorted(full_folder.glob("encoder-*.safetensors"))
+        for name, value in load_file(path).items()
+    }
     expected = load_bert(full.config.backbone).state_dict()
     for name, value in stored.items():
         if name.endswith(".int8"):
@@ -137,7 +153,9 @@ def test_shipped_checkpoints_hold_exactly_what_their_files_spell_out():
             weight = name[len("encoder.") : -len(".lora_A.weight")] + ".weight"
             expected[weight] = full_weights[weight] + scaling * adapters[name.replace("lora_A", "lora_B")] @ value
     dact_weights = plain_state_dict(dact.encoder.bert)
-    assert dact_weights.keys() == expected.keys() and any(not torch.equal(expected[name], full_weights[name]) for name in expected)
+    assert dact_weights.keys() == expected.keys() and any(
+        not torch.equal(expected[name], full_weights[name]) for name in expected
+    )
     assert [name for name in expected if not torch.allclose(dact_weights[name], expected[name], atol=1e-6)] == []
     heads = {name[len("method.") :]: value for name, value in adapters.items() if name.startswith("method.")}
     assert heads and all(torch.equal(dact.method.state_dict()[name], value) for name, value in heads.items())
@@ -155,7 +173,11 @@ def test_unknown_method_setting_in_config_is_refused(saved):
 def test_operating_point_has_one_writer(saved):
     config = write_operating_point(saved, 0.25, {"metric": 0.8}, {"chosen_on": "validation", "rule": "test"})
     again = read_config(saved)
-    assert again.threshold == 0.25 and again.metrics == {"metric": 0.8} and again.operating_point["chosen_on"] == "validation"
+    assert (
+        again.threshold == 0.25
+        and again.metrics == {"metric": 0.8}
+        and again.operating_point["chosen_on"] == "validation"
+    )
     assert config == again
 
 
@@ -179,7 +201,9 @@ def test_delta_checkpoint_rebuilds_a_fully_tuned_encoder_from_int8_differences(m
     folder = save_checkpoint(model, tmp_path / "delta")
     shards = sorted(folder.glob("encoder-*.safetensors"))
     assert shards and all(path.stat().st_size <= SHARD_BYTES + 2**16 for path in shards)
-    assert not any(name.startswith("encoder.") for name in load_file(folder / WEIGHTS_FILE)), "the encoder lives in the shards"
+    assert not any(name.startswith("encoder.") for name in load_file(folder / WEIGHTS_FILE)), (
+        "the encoder lives in the shards"
+    )
     got = load_checkpoint(folder).predict(SENTENCES, SECOND)
     for a, b in zip(expected, got):
         assert a.prediction == b.prediction
@@ -192,7 +216,10 @@ def test_delta_checkpoint_rebuilds_a_fully_tuned_encoder_from_int8_differences(m
 
 @pytest.mark.parametrize("method", ["deebert", "dact"])
 def test_methods_share_their_tasks_full_model_instead_of_copying_it(make_model, tmp_path, method):
-    """DeeBERT (encoder frozen) stores no encoder weight, DACT (encoder trained) only LoRA adapters; both point at ../full."""
+    """DeeBERT (encoder frozen) stores no encoder weight, DACT (encoder trained) only LoRA adapters.
+
+    Both point at ../full.
+    """
     import shutil
 
     from training.stages import starting_model

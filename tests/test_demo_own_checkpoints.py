@@ -1,4 +1,7 @@
-"""The demo on a folder of one's own checkpoints: its tasks fill the menus, answers use their labels or a bare score, and a bad folder stops the start."""
+"""The demo on a folder of one's own checkpoints.
+
+Its tasks fill the menus, answers use their labels or a bare score, and a bad folder stops the start.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,10 @@ from interpret.querylog import QueryLog
 
 TICKETS = TaskSpec("tickets", ("billing", "login", "shipping"), pair=False)  # three classes, one sentence
 CLOSENESS = TaskSpec("closeness", None, pair=True)  # a score for a pair, on no fixed scale
-FOLDER_METHODS = {TICKETS: ["full", "deebert"], CLOSENESS: ["dpbert", "pabee"]}  # closeness has no full model to time against
+FOLDER_METHODS = {
+    TICKETS: ["full", "deebert"],
+    CLOSENESS: ["dpbert", "pabee"],
+}  # closeness has no full model to time against
 DEV_METRICS = {"layer_frequency": [1.0, 0.75, 0.5, 0.25], "examples": 20}
 
 
@@ -39,13 +45,17 @@ def own_folder(tiny_backbone, tmp_path_factory):
 
 @pytest.fixture
 def handlers(own_folder, tmp_path) -> DemoHandlers:
-    handlers = DemoHandlers(ModelCache(read_catalog(own_folder)), QueryLog(tmp_path / "queries.db"), export_root=tmp_path)
+    handlers = DemoHandlers(
+        ModelCache(read_catalog(own_folder)), QueryLog(tmp_path / "queries.db"), export_root=tmp_path
+    )
     build_demo(handlers)
     return handlers
 
 
 def compare(handlers: DemoHandlers, task: str, text: str, pair: str = "") -> dict:
-    return handlers.compare(task, text, pair, handlers.models.methods_for(task), "fp32", *[None] * len(handlers.knob_methods))
+    return handlers.compare(
+        task, text, pair, handlers.models.methods_for(task), "fp32", *[None] * len(handlers.knob_methods)
+    )
 
 
 def page(handlers: DemoHandlers, **query_params: str) -> dict:
@@ -60,15 +70,23 @@ def value(shown):
 
 def task_menus(demo: gr.Blocks) -> list[list[str]]:
     """The values every task menu of the page offers (the Compare tab's and both Layer usage ones)."""
-    return [[choice for _, choice in block.choices] for block in demo.blocks.values() if isinstance(block, gr.Dropdown) and block.label == "Task"]
+    return [
+        [choice for _, choice in block.choices]
+        for block in demo.blocks.values()
+        if isinstance(block, gr.Dropdown) and block.label == "Task"
+    ]
 
 
 def test_the_task_menus_offer_exactly_the_folders_tasks_and_no_examples(handlers):
     demo, ui = build_demo(handlers), handlers.components
     assert handlers.models.tasks == ["closeness", "tickets"]
     assert task_menus(demo) == [["closeness", "tickets"], ["closeness", "tickets"], [ANY, "closeness", "tickets"]]
-    assert ui.task.value == "closeness" and ui.text_pair.visible is True, "the first task takes a pair, so the page opens with the second box"
-    assert not any(isinstance(block, gr.Dataset) for block in demo.blocks.values()), "tasks of one's own ship no examples"
+    assert ui.task.value == "closeness" and ui.text_pair.visible is True, (
+        "the first task takes a pair, so the page opens with the second box"
+    )
+    assert not any(isinstance(block, gr.Dataset) for block in demo.blocks.values()), (
+        "tasks of one's own ship no examples"
+    )
     assert "these tasks have none" in page(handlers, example="1")[ui.message]
 
 
@@ -77,10 +95,18 @@ def test_a_task_offers_the_methods_of_its_folder_and_the_pair_box_follows_it(han
     changed = handlers.task_changed("tickets")
     assert changed[ui.text_pair]["visible"] is False and changed[ui.text_pair]["value"] == ""
     assert changed[ui.methods]["value"] == FOLDER_METHODS[TICKETS]
-    assert {method: changed[ui.knobs[method]]["visible"] for method in handlers.knob_methods} == {"deebert": True, "dpbert": False, "pabee": False}
+    assert {method: changed[ui.knobs[method]]["visible"] for method in handlers.knob_methods} == {
+        "deebert": True,
+        "dpbert": False,
+        "pabee": False,
+    }
     changed = handlers.task_changed("closeness")
     assert changed[ui.text_pair]["visible"] is True and changed[ui.methods]["value"] == FOLDER_METHODS[CLOSENESS]
-    assert {method: changed[ui.knobs[method]]["visible"] for method in handlers.knob_methods} == {"deebert": False, "dpbert": True, "pabee": True}
+    assert {method: changed[ui.knobs[method]]["visible"] for method in handlers.knob_methods} == {
+        "deebert": False,
+        "dpbert": True,
+        "pabee": True,
+    }
 
 
 def test_a_three_class_task_answers_with_its_own_labels(handlers):
@@ -89,8 +115,13 @@ def test_a_three_class_task_answers_with_its_own_labels(handlers):
     assert "Error:" not in out[ui.message] and "Untrained" not in out[ui.message]
     traces = out[ui.traces_json]
     assert [trace["method"] for trace in traces] == FOLDER_METHODS[TICKETS]
-    assert all(list(trace["probabilities"]) == list(TICKETS.labels) and trace["prediction"] in TICKETS.labels for trace in traces)
-    assert all(f"{label}: " in out[ui.cards] for label in TICKETS.labels) and "&lt;b&gt;twice&lt;/b&gt;" in out[ui.cards]
+    assert all(
+        list(trace["probabilities"]) == list(TICKETS.labels) and trace["prediction"] in TICKETS.labels
+        for trace in traces
+    )
+    assert (
+        all(f"{label}: " in out[ui.cards] for label in TICKETS.labels) and "&lt;b&gt;twice&lt;/b&gt;" in out[ui.cards]
+    )
     assert f"({traces[1]['prediction']})" in json.dumps(value(out[ui.method_charts["deebert"]]).to_dict()["title"])
     out = compare(handlers, "tickets", "I was charged twice", pair="and again")
     assert "tickets takes a single sentence" in out[ui.message] and out[ui.traces_json] == []
@@ -100,9 +131,14 @@ def test_a_regression_pair_task_answers_a_score_on_no_glue_scale(handlers):
     ui = handlers.components
     out = compare(handlers, "closeness", "the cat sat on the mat", pair="a cat was sitting")
     traces = out[ui.traces_json]
-    assert [trace["method"] for trace in traces] == FOLDER_METHODS[CLOSENESS] and all(isinstance(trace["prediction"], float) for trace in traces)
+    assert [trace["method"] for trace in traces] == FOLDER_METHODS[CLOSENESS] and all(
+        isinstance(trace["prediction"], float) for trace in traces
+    )
     assert out[ui.cards].count("score ") == 2 and "scale" not in out[ui.cards] and "clipped" not in out[ui.cards]
-    assert "no full model checkpoint for closeness, so no speed-up is measured" in out[ui.message] and out[ui.cards].count("n/a measured") == 2
+    assert (
+        "no full model checkpoint for closeness, so no speed-up is measured" in out[ui.message]
+        and out[ui.cards].count("n/a measured") == 2
+    )
     title = json.dumps(value(out[ui.method_charts["dpbert"]]).to_dict()["title"])
     assert f"({traces[0]['prediction']:.2f})" in title and " of " not in title
     out = compare(handlers, "closeness", "the cat sat on the mat")
@@ -118,12 +154,19 @@ def test_the_layer_usage_tab_serves_the_folders_tasks(handlers):
     assert dev[ui.probe_chart]["visible"] is False, "no probe was committed for a task of one's own"
     opened = page(handlers, usage="Tickets")
     assert opened[ui.dev_task] == "tickets" and "tickets: layer usage on the dev set" in opened[ui.dev_chart].to_json()
-    assert "unknown task 'sst2': this demo serves closeness, tickets" in html.unescape(page(handlers, usage="sst2")[ui.dev_note])
-    assert "unknown task 'sst2'" in html.unescape(handlers.dev_layer_usage("sst2")[ui.dev_note]), "an API caller's unknown task is a message"
+    assert "unknown task 'sst2': this demo serves closeness, tickets" in html.unescape(
+        page(handlers, usage="sst2")[ui.dev_note]
+    )
+    assert "unknown task 'sst2'" in html.unescape(handlers.dev_layer_usage("sst2")[ui.dev_note]), (
+        "an API caller's unknown task is a message"
+    )
     compare(handlers, "tickets", "my parcel never came")
     compare(handlers, "closeness", "a", pair="b")
     logged = handlers.logged_layer_usage("tickets", ANY, "")
-    assert "tickets: layer usage over 1 logged queries" in logged[ui.log_chart].to_json() and "closeness" not in logged[ui.log_chart].to_json()
+    assert (
+        "tickets: layer usage over 1 logged queries" in logged[ui.log_chart].to_json()
+        and "closeness" not in logged[ui.log_chart].to_json()
+    )
     assert sorted(logged[ui.log_summary]["method"]) == ["DeeBERT", "Full model"]
     exported = handlers.export("closeness", "")
     assert "report written: 2 result rows" in exported[ui.log_note]
@@ -135,13 +178,19 @@ def started(monkeypatch):
     served = []
     monkeypatch.setenv("ADAPTIVE_BERT_QUERY_LOG", "off")
     monkeypatch.delenv(app.CHECKPOINTS_ENV, raising=False)
-    monkeypatch.setattr(app, "build_demo", lambda handlers: served.append(handlers) or types.SimpleNamespace(launch=lambda **settings: None))
+    monkeypatch.setattr(
+        app,
+        "build_demo",
+        lambda handlers: served.append(handlers) or types.SimpleNamespace(launch=lambda **settings: None),
+    )
     return served
 
 
 @pytest.mark.parametrize("layout", ["missing", "empty"])
 @pytest.mark.parametrize("given", ["flag", "environment"])
-def test_a_folder_without_checkpoints_stops_the_start_in_one_line(started, tmp_path, monkeypatch, capsys, layout, given):
+def test_a_folder_without_checkpoints_stops_the_start_in_one_line(
+    started, tmp_path, monkeypatch, capsys, layout, given
+):
     folder = tmp_path / "checkpoints"
     if layout == "empty":
         (folder / "tickets" / "deebert").mkdir(parents=True)
@@ -155,7 +204,9 @@ def test_a_folder_without_checkpoints_stops_the_start_in_one_line(started, tmp_p
     assert started == [], "the server does not start"
 
 
-def test_the_flag_wins_over_the_environment_and_the_shipped_folder_is_the_default(started, own_folder, tmp_path, monkeypatch):
+def test_the_flag_wins_over_the_environment_and_the_shipped_folder_is_the_default(
+    started, own_folder, tmp_path, monkeypatch
+):
     assert app.main([]) == 0 and started[-1].models.tasks == list(read_catalog(SHIPPED_DIR))
     monkeypatch.setenv(app.CHECKPOINTS_ENV, str(own_folder))
     assert app.main([]) == 0 and started[-1].models.tasks == ["closeness", "tickets"]

@@ -74,9 +74,13 @@ def test_dpbert_with_every_layer_executed_equals_full(make_model):
 def pooled_states(model) -> list[torch.Tensor]:
     """The pooled state of the embeddings and after every layer, running everything (for tuning test heads)."""
     encoded = model.tokenize(SENTENCES, SECOND)
-    batch = TrainBatch(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], torch.zeros(len(SENTENCES)))
+    batch = TrainBatch(
+        encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], torch.zeros(len(SENTENCES))
+    )
     with torch.no_grad():
-        embedded = pool(model.encoder.embed(batch.input_ids, batch.token_type_ids), batch.attention_mask, model.method.pooling)
+        embedded = pool(
+            model.encoder.embed(batch.input_ids, batch.token_type_ids), batch.attention_mask, model.method.pooling
+        )
         return [embedded, *run_all_layers(model.encoder, batch, model.method.pooling)]
 
 
@@ -116,7 +120,9 @@ def test_dact_halting_never_changes_the_class(make_model):
 
 
 def pabee_with_varied_agreement(model):
-    """Make each off-ramp split the inputs between the two classes along its own direction, so consecutive ramps agree on some rows only."""
+    """Make each off-ramp split the inputs between the two classes along its own direction, so consecutive ramps agree
+    on some rows only.
+    """
     states = pooled_states(model)[1:]
     with torch.no_grad():
         for ramp, cls in zip(model.method.ramps, states):
@@ -135,7 +141,8 @@ def configured(make_model, method: str, pooling: str = "cls"):
         return dact_with_varied_halting(make_model, seed=4, pooling=pooling), None
     model = randomise(make_model(method, pooling=pooling), seed=5, scale=3.0)
     if method == "dpbert":
-        # under cls pooling planner 1 sees the [CLS] embedding, the same for every input, so it cannot split them: make it run
+        # under cls pooling planner 1 sees the [CLS] embedding, the same for every input, so it cannot split them: make
+        # it run
         split_inputs(model.method.planners[1:], pooled_states(model)[1:-1], offset=-1.0)
         with torch.no_grad():
             model.method.planners[0].weight.zero_()
@@ -144,7 +151,10 @@ def configured(make_model, method: str, pooling: str = "cls"):
         return pabee_with_varied_agreement(model), 1.0  # exit as soon as two consecutive off-ramps agree
     if method != "deebert":
         return model, None
-    first_layer = [trace.per_layer[0].values["entropy"] for trace in model.predict(SENTENCES, SECOND, early_exit=False, layer_values=True)]
+    first_layer = [
+        trace.per_layer[0].values["entropy"]
+        for trace in model.predict(SENTENCES, SECOND, early_exit=False, layer_values=True)
+    ]
     middle = torch.tensor(first_layer).sort().values[len(first_layer) // 2 - 1 : len(first_layer) // 2 + 1]
     return model, float(middle.mean())  # half the rows exit after layer 1, and no row sits on the threshold
 
@@ -242,7 +252,10 @@ def test_trace_has_the_documented_keys(make_model):
 
 
 def agreement_exit(predictions: list, patience: int) -> int | None:
-    """PABEE's rule written out plainly: the first layer at which ``patience`` consecutive off-ramps agreed with their predecessor."""
+    """PABEE's rule written out plainly.
+
+    The first layer at which ``patience`` consecutive off-ramps agreed with their predecessor.
+    """
     count = 0
     for layer in range(1, len(predictions)):
         count = count + 1 if predictions[layer] == predictions[layer - 1] else 0
@@ -261,7 +274,9 @@ def test_pabee_exits_when_patience_consecutive_off_ramps_agree(make_model, patie
         per_layer = [step.prediction for step in deep.per_layer]
         expected = agreement_exit(per_layer, patience)
         assert fast.exit_layer == expected
-        assert fast.prediction == per_layer[(expected or model.num_layers) - 1], "it answers with the exit layer's off-ramp"
+        assert fast.prediction == per_layer[(expected or model.num_layers) - 1], (
+            "it answers with the exit layer's off-ramp"
+        )
         exits.append(expected)
     assert any(exits) and not all(exits), "some rows must exit and some must not for the test to mean anything"
 
@@ -297,9 +312,17 @@ def test_traces_carry_per_layer_values_only_when_asked_and_the_same_answers_eith
     plain = model.predict(SENTENCES, SECOND, threshold=threshold)
     full = model.predict(SENTENCES, SECOND, threshold=threshold, layer_values=True)
     for lean, rich in zip(plain, full):
-        assert (lean.prediction, lean.layers_executed, lean.exit_layer) == (rich.prediction, rich.layers_executed, rich.exit_layer)
+        assert (lean.prediction, lean.layers_executed, lean.exit_layer) == (
+            rich.prediction,
+            rich.layers_executed,
+            rich.exit_layer,
+        )
         assert lean.probabilities == pytest.approx(rich.probabilities, abs=1e-6)
-        assert [(step.executed, step.reached) for step in lean.per_layer] == [(step.executed, step.reached) for step in rich.per_layer]
+        assert [(step.executed, step.reached) for step in lean.per_layer] == [
+            (step.executed, step.reached) for step in rich.per_layer
+        ]
         assert all(step.values == {} and step.prediction is None for step in lean.per_layer)
     if method != "full":
-        assert any(step.values for trace in full for step in trace.per_layer), "asked for, the per-layer values are there"
+        assert any(step.values for trace in full for step in trace.per_layer), (
+            "asked for, the per-layer values are there"
+        )

@@ -1,4 +1,6 @@
-"""interpret/: attributions follow the trace's path, charts show what the trace says, the query log keeps every row, reports."""
+"""interpret/: attributions follow the trace's path, charts show what the trace says, the query log keeps every row,
+reports.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +28,13 @@ from interpret.usage import layer_usage, precomputed_usage
 from tests.conftest import SECOND, SENTENCES, randomise
 
 # thresholds and head scales that make the tiny random models exit early / bypass layers on some inputs
-PATH_SETTINGS = {"full": (None, 1.0), "deebert": (0.6, 1.0), "dact": (None, 1.0), "dpbert": (0.5, 3.0), "pabee": (1, 1.0)}
+PATH_SETTINGS = {
+    "full": (None, 1.0),
+    "deebert": (0.6, 1.0),
+    "dact": (None, 1.0),
+    "dpbert": (0.5, 3.0),
+    "pabee": (1, 1.0),
+}
 
 
 @pytest.fixture
@@ -47,7 +55,9 @@ def answer_of(model, trace) -> torch.Tensor:
     return torch.tensor([trace.probabilities[label] for label in model.config.labels])
 
 
-@pytest.mark.parametrize("method,task", [("full", "MRPC"), ("deebert", "MRPC"), ("dact", "MRPC"), ("dpbert", "MRPC"), ("dpbert", "STS-B")])
+@pytest.mark.parametrize(
+    "method,task", [("full", "MRPC"), ("deebert", "MRPC"), ("dact", "MRPC"), ("dpbert", "MRPC"), ("dpbert", "STS-B")]
+)
 def test_replay_gives_the_answer_of_the_path_the_trace_took(varied_traces, method, task):
     model, traces = varied_traces(method, task)
     if method == "deebert":
@@ -155,17 +165,25 @@ def test_method_charts_show_the_knob_the_exit_and_the_skipped_layers(varied_trac
     _, pabee_traces = varied_traces("pabee")
     trace = next(trace for trace in deebert_traces if trace.exit_layer and trace.exit_layer < trace.num_layers)
     entropy = charts.method_chart(trace)
-    assert [row["value"] for row in chart_series(entropy, "entropy")] == pytest.approx([step.values["entropy"] for step in trace.per_layer if step.reached])
+    assert [row["value"] for row in chart_series(entropy, "entropy")] == pytest.approx(
+        [step.values["entropy"] for step in trace.per_layer if step.reached]
+    )
     assert (
-        chart_series(entropy, "entropy")[-1]["value"] < 0.6 <= min(row["value"] for row in chart_series(entropy, "entropy")[:-1])
+        chart_series(entropy, "entropy")[-1]["value"]
+        < 0.6
+        <= min(row["value"] for row in chart_series(entropy, "entropy")[:-1])
     )  # exits at the first below S
     assert {"value": 0.6, "label": "S = 0.6"} in chart_rows(entropy, "label")
     assert {"layer": trace.exit_layer, "label": f"exit after layer {trace.exit_layer}"} in chart_rows(entropy, "label")
 
     trace = dact_traces[0]
     lower = chart_series(charts.method_chart(trace), "top class: lower bound")
-    assert [row["value"] for row in lower] == pytest.approx([step.values["top_lower_bound"] for step in trace.per_layer if step.reached])
-    assert not any("S = " in row["label"] for row in chart_rows(charts.method_chart(trace), "label"))  # no knob, no rule
+    assert [row["value"] for row in lower] == pytest.approx(
+        [step.values["top_lower_bound"] for step in trace.per_layer if step.reached]
+    )
+    assert not any(
+        "S = " in row["label"] for row in chart_rows(charts.method_chart(trace), "label")
+    )  # no knob, no rule
 
     trace = next(trace for trace in dpbert_traces if trace.layers_skipped)
     planner = chart_series(charts.method_chart(trace), "planner probability")
@@ -176,7 +194,9 @@ def test_method_charts_show_the_knob_the_exit_and_the_skipped_layers(varied_trac
     trace = next(trace for trace in pabee_traces if trace.exit_layer and trace.exit_layer < trace.num_layers)
     patience = charts.method_chart(trace)
     agreeing = chart_series(patience, "agreeing in a row")
-    assert agreeing[-1]["layer"] == trace.exit_layer and agreeing[-1]["value"] >= 1 > max(row["value"] for row in agreeing[:-1])
+    assert agreeing[-1]["layer"] == trace.exit_layer and agreeing[-1]["value"] >= 1 > max(
+        row["value"] for row in agreeing[:-1]
+    )
     assert {"value": 1, "label": "patience t = 1"} in chart_rows(patience, "label")
 
 
@@ -191,7 +211,9 @@ RECORDS = [
 def test_layer_usage_counts_executions_and_exits():
     usage = layer_usage(RECORDS).set_index(["method", "layer"])
     assert usage.loc[("deebert", 3), "executed"] == 0.5
-    assert usage.loc[("deebert", 2), "exited"] == 0.5 and usage.loc[("deebert", 4), "exited"] == 0.0  # ran to the end: no exit
+    assert (
+        usage.loc[("deebert", 2), "exited"] == 0.5 and usage.loc[("deebert", 4), "exited"] == 0.0
+    )  # ran to the end: no exit
     assert usage.loc[("dpbert", 2), "executed"] == 0.0 and usage.loc[("dpbert", 1), "executed"] == 1.0
     assert usage.loc[("dpbert", 4), "exited"] is None or usage["exited"].isna()[("dpbert", 4)]
     assert usage.loc[("deebert", 1), "inputs"] == 2
@@ -225,13 +247,23 @@ def test_nothing_in_interpret_or_the_demo_imports_training():
 
 
 def test_only_interpret_charts_imports_altair():
-    sources = [path for folder in ("core", "core/methods", "training", "interpret") for path in sorted((ROOT / folder).glob("*.py"))] + [ROOT / "app.py"]
-    assert [path.relative_to(ROOT).as_posix() for path in sources if "altair" in imported_packages(path)] == ["interpret/charts.py"]
+    sources = [
+        path
+        for folder in ("core", "core/methods", "training", "interpret")
+        for path in sorted((ROOT / folder).glob("*.py"))
+    ] + [ROOT / "app.py"]
+    assert [path.relative_to(ROOT).as_posix() for path in sources if "altair" in imported_packages(path)] == [
+        "interpret/charts.py"
+    ]
 
 
 def test_metric_lines_draw_one_line_per_series_with_every_column_in_the_tooltip():
-    frame = pd.DataFrame({"avg_layers": [2.0, 3.0, 4.0], "metric": [0.7, 0.8, 0.85], "kind": ["sweep", "sweep", "full model"]})
-    spec = charts.metric_lines(frame, "avg_layers", "metric", "a sweep", series="kind", axis_titles=("average layers", "f1")).to_dict()
+    frame = pd.DataFrame(
+        {"avg_layers": [2.0, 3.0, 4.0], "metric": [0.7, 0.8, 0.85], "kind": ["sweep", "sweep", "full model"]}
+    )
+    spec = charts.metric_lines(
+        frame, "avg_layers", "metric", "a sweep", series="kind", axis_titles=("average layers", "f1")
+    ).to_dict()
     assert spec["encoding"]["color"]["field"] == "kind" and spec["encoding"]["x"]["title"] == "average layers"
     assert [item["field"] for item in spec["encoding"]["tooltip"]] == ["avg_layers", "metric", "kind"]
     single = charts.metric_lines(frame.drop(columns="kind"), "avg_layers", "metric", "one line").to_dict()
@@ -241,16 +273,45 @@ def test_metric_lines_draw_one_line_per_series_with_every_column_in_the_tooltip(
 def test_speedup_chart_draws_methods_as_lines_and_the_full_model_as_labelled_squares():
     points = pd.DataFrame(
         [
-            {"method": "deebert", "precision": "fp32", "series": "deebert fp32", "threshold": 0.1, "operating_point": "sweep", "metric": 0.85},
-            {"method": "deebert", "precision": "fp32", "series": "deebert fp32", "threshold": 0.3, "operating_point": "shipped", "metric": 0.8},
-            {"method": "full", "precision": "int8", "series": "full int8", "threshold": None, "operating_point": "full", "metric": 0.86},
+            {
+                "method": "deebert",
+                "precision": "fp32",
+                "series": "deebert fp32",
+                "threshold": 0.1,
+                "operating_point": "sweep",
+                "metric": 0.85,
+            },
+            {
+                "method": "deebert",
+                "precision": "fp32",
+                "series": "deebert fp32",
+                "threshold": 0.3,
+                "operating_point": "shipped",
+                "metric": 0.8,
+            },
+            {
+                "method": "full",
+                "precision": "int8",
+                "series": "full int8",
+                "threshold": None,
+                "operating_point": "full",
+                "metric": 0.86,
+            },
         ]
     ).assign(metric_name="f1", measured_speedup=[1.2, 1.8, 2.0], reference=["full fp32", "full fp32", "full int8"])
     rules = pd.DataFrame({"metric": [0.84], "label": ["98% of full"]})
-    spec = charts.speedup_chart(points, "measured_speedup", "speed-up (batch 1)", ["method", "metric"], rules, "MRPC").to_dict()
+    spec = charts.speedup_chart(
+        points, "measured_speedup", "speed-up (batch 1)", ["method", "metric"], rules, "MRPC"
+    ).to_dict()
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
-    assert marks == ["line", "point", "point", "text", "rule"] and spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"
-    assert len(charts.speedup_chart(points, "measured_speedup", "speed-up", ["method"], None, "MRPC").to_dict()["layer"]) == 4
+    assert (
+        marks == ["line", "point", "point", "text", "rule"]
+        and spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"
+    )
+    assert (
+        len(charts.speedup_chart(points, "measured_speedup", "speed-up", ["method"], None, "MRPC").to_dict()["layer"])
+        == 4
+    )
 
 
 # --- query log ----------------------------------------------------------------------------
@@ -272,15 +333,21 @@ def test_query_log_writes_one_row_per_method_in_wal_mode(tmp_path, varied_traces
             written = dict(connection.execute(f"select * from {table}").fetchone())
             assert list(written) == list(declared), f"{table} has exactly the declared columns, in order"
             nullable = {"exit_layer", "checkpoint"}  # no early exit on this input, no checkpoint for untrained heads
-            assert [name for name, value in written.items() if value is None and name not in nullable] == [], f"a {table} row fills every column"
+            assert [name for name, value in written.items() if value is None and name not in nullable] == [], (
+                f"a {table} row fills every column"
+            )
     shared = {"id", "query_id"}
-    assert set(rows[0]) == {"query_id"} | (set(QUERY_COLUMNS) - shared) | (set(RESULT_COLUMNS) - shared), "a read row holds every declared column"
+    assert set(rows[0]) == {"query_id"} | (set(QUERY_COLUMNS) - shared) | (set(RESULT_COLUMNS) - shared), (
+        "a read row holds every declared column"
+    )
 
 
 def test_query_log_keeps_every_row_from_many_threads(tmp_path, varied_traces):
     _, traces = varied_traces("deebert")
     log = QueryLog(tmp_path / "q.db")
-    threads = [threading.Thread(target=log.record, args=("MRPC", f"query {i}", None, {}, traces[:3], {})) for i in range(50)]
+    threads = [
+        threading.Thread(target=log.record, args=("MRPC", f"query {i}", None, {}, traces[:3], {})) for i in range(50)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -338,7 +405,9 @@ def test_report_command_writes_csv_json_and_a_self_contained_page(logged_db, tmp
     rows = json.loads((out / JSON_FILE).read_text())
     assert len(rows) == 3 and {row["task"] for row in rows} == {"MRPC"}
     assert len((out / CSV_FILE).read_text().strip().splitlines()) == 1 + 3
-    assert (out / CSV_FILE).read_text().splitlines()[0].split(",") == list(rows[0]), "the CSV and the JSON hold the same columns"
+    assert (out / CSV_FILE).read_text().splitlines()[0].split(",") == list(rows[0]), (
+        "the CSV and the JSON hold the same columns"
+    )
     page = (out / HTML_FILE).read_text()
     assert "<svg" in page and "<script" not in page and 'src="http' not in page
     assert "DeeBERT" in page and "STS-B" not in page
@@ -350,7 +419,9 @@ def test_report_summary_and_filters(logged_db, tmp_path):
     table = summary_table(read_results(logged_db)).set_index("task")
     assert table.loc["MRPC", "queries"] == 3 and table.loc["STS-B", "method"] == "DPBERT"
     empty = export_report(logged_db, tmp_path / "none", since="2999-01-01")
-    assert empty.rows == 0 and empty.csv.read_text().splitlines()[0].split(",") == list(read_results(logged_db)[0]), "an empty CSV still has its header"
+    assert empty.rows == 0 and empty.csv.read_text().splitlines()[0].split(",") == list(read_results(logged_db)[0]), (
+        "an empty CSV still has its header"
+    )
 
 
 def test_report_command_explains_bad_arguments(tmp_path, capsys):

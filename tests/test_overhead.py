@@ -1,4 +1,6 @@
-"""The timed layer loop stays lean: at most one read-back per decision, no trace-only work, and lean rules equal the plain ones.
+"""The timed layer loop stays lean.
+
+At most one read-back per decision, no trace-only work, and lean rules equal the plain ones.
 
 Counted with torch.profiler (operator calls, not time): nothing here measures or asserts speed.
 """
@@ -24,14 +26,31 @@ def profiled_calls(model, threshold, texts, pairs) -> tuple[list[str], object]:
     """The top-level operator calls of one engine run (after a warm-up), and its result."""
     encoded = model.tokenize(texts, pairs)
     settings = model.settings(threshold)
-    run_batch(model.encoder, model.method, encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], settings)
+    run_batch(
+        model.encoder,
+        model.method,
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        encoded["token_type_ids"],
+        settings,
+    )
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        result = run_batch(model.encoder, model.method, encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], settings)
+        result = run_batch(
+            model.encoder,
+            model.method,
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            encoded["token_type_ids"],
+            settings,
+        )
     return [event.name for event in profiler.events() if event.cpu_parent is None], result
 
 
 def reshapes(result) -> int:
-    """Layers where the batch changed shape: some rows left after the previous layer, or a planner ran only some rows."""
+    """Layers where the batch changed shape.
+
+    Some rows left after the previous layer, or a planner ran only some rows.
+    """
     changes = 0
     for previous, record in zip([None, *result.layers], result.layers):
         if previous is not None and len(record.rows) < len(previous.rows):
@@ -44,7 +63,9 @@ def reshapes(result) -> int:
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("batch", [1, len(SENTENCES)])
 def test_the_loop_reads_back_at_most_one_number_per_layer(make_model, method, batch):
-    """One read-back per decision; besides, only the padding mask's own check when the batch is (re)shaped (trimmed padding, new mask)."""
+    """One read-back per decision; besides, only the padding mask's own check when the batch is (re)shaped (trimmed
+    padding, new mask).
+    """
     model, threshold = configured(make_model, method)
     calls, result = profiled_calls(model, threshold, SENTENCES[:batch], SECOND[:batch])
     read_backs = sum(name in READ_BACKS for name in calls)

@@ -1,4 +1,6 @@
-"""Training on one's own data: a file or a datasets dataset trains, predicts, calibrates and benchmarks like a GLUE task; bad data gets one line."""
+"""Training on one's own data: a file or a datasets dataset trains, predicts, calibrates and benchmarks like a GLUE
+task; bad data gets one line.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ from training import benchmark, calibration
 from training import train as train_module
 from training.data import Table, checkpoint_split, discover_classes
 
-TOPICS = {"sports": ["goal", "match", "team", "coach"], "politics": ["vote", "senate", "law", "party"], "science": ["atom", "cell", "lab", "gene"]}
+TOPICS = {
+    "sports": ["goal", "match", "team", "coach"],
+    "politics": ["vote", "senate", "law", "party"],
+    "science": ["atom", "cell", "lab", "gene"],
+}
 TOPIC_ROWS = 60
 
 
@@ -43,13 +49,34 @@ def write_pairs(path: Path, rows: int) -> Path:
     for row in range(rows):
         first = f"the {generator.choice(['cat', 'dog', 'bird'])} sat on mat {row}"
         same = row % 2 == 0
-        lines.append(json.dumps({"a": first, "b": first if same else f"prices rose by {row} percent", "score": 4.5 - row % 4 if same else 0.5 * (row % 3)}))
+        lines.append(
+            json.dumps(
+                {
+                    "a": first,
+                    "b": first if same else f"prices rose by {row} percent",
+                    "score": 4.5 - row % 4 if same else 0.5 * (row % 3),
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def train(tiny_backbone: str, out: Path, *options: str) -> int:
-    common = ["--backbone", tiny_backbone, "--out", str(out), "--batch-size", "8", "--lora-rank", "4", "--no-bf16", "--quiet", "--max-steps", "2"]
+    common = [
+        "--backbone",
+        tiny_backbone,
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--lora-rank",
+        "4",
+        "--no-bf16",
+        "--quiet",
+        "--max-steps",
+        "2",
+    ]
     return train_module.main([*options, *common])
 
 
@@ -57,10 +84,19 @@ def train(tiny_backbone: str, out: Path, *options: str) -> int:
 def topics(tiny_backbone, tmp_path_factory) -> Path:
     """A topics CSV and, beside it, runs/topics/{full,deebert} trained on it for a few steps."""
     folder = tmp_path_factory.mktemp("topics")
-    data = ["--train-file", str(write_topics(folder / "topics.csv")), "--text-column", "headline", "--label-column", "topic"]
+    data = [
+        "--train-file",
+        str(write_topics(folder / "topics.csv")),
+        "--text-column",
+        "headline",
+        "--label-column",
+        "topic",
+    ]
     assert train(tiny_backbone, folder / "runs" / "topics" / "full", "--method", "full", *data) == 0
     full = str(folder / "runs" / "topics" / "full")
-    assert train(tiny_backbone, folder / "runs" / "topics" / "deebert", "--method", "deebert", "--init", full, *data) == 0
+    assert (
+        train(tiny_backbone, folder / "runs" / "topics" / "deebert", "--method", "deebert", "--init", full, *data) == 0
+    )
     return folder
 
 
@@ -68,7 +104,12 @@ def topics(tiny_backbone, tmp_path_factory) -> Path:
 def similarity(tiny_backbone, tmp_path_factory) -> Path:
     """JSON-lines sentence pairs with scores, a dev file of its own, and full and PABEE models trained on them."""
     folder = tmp_path_factory.mktemp("similarity")
-    data = ["--train-file", str(write_pairs(folder / "similarity.jsonl", 40)), "--dev-file", str(write_pairs(folder / "dev.jsonl", 8))]
+    data = [
+        "--train-file",
+        str(write_pairs(folder / "similarity.jsonl", 40)),
+        "--dev-file",
+        str(write_pairs(folder / "dev.jsonl", 8)),
+    ]
     data += ["--text-column", "a", "--pair-column", "b", "--label-column", "score", "--regression"]
     assert train(tiny_backbone, folder / "full", "--method", "full", *data) == 0
     assert train(tiny_backbone, folder / "pabee", "--method", "pabee", "--init", str(folder / "full"), *data) == 0
@@ -86,9 +127,17 @@ def test_a_csv_of_three_string_classes_trains_predicts_and_calibrates(topics, ca
     config = read_config(full)
     assert (config.task, config.labels, config.pair) == ("topics", ["politics", "science", "sports"], False)
     data = config.training["data"]
-    assert data["source"]["train_file"] == str((topics / "topics.csv").resolve()) and data["source"]["text_column"] == "headline"
-    assert data["train_rows"] == TOPIC_ROWS and data["dev_carved"]["rows"] == 6  # no --dev-file: dev rows held out of the file, recorded
-    assert config.training["validation_split"]["of"] == TOPIC_ROWS - 6 and config.training["train_rows"] == TOPIC_ROWS - 6 - 5
+    assert (
+        data["source"]["train_file"] == str((topics / "topics.csv").resolve())
+        and data["source"]["text_column"] == "headline"
+    )
+    assert (
+        data["train_rows"] == TOPIC_ROWS and data["dev_carved"]["rows"] == 6
+    )  # no --dev-file: dev rows held out of the file, recorded
+    assert (
+        config.training["validation_split"]["of"] == TOPIC_ROWS - 6
+        and config.training["train_rows"] == TOPIC_ROWS - 6 - 5
+    )
     assert config.metrics["metric_name"] == "accuracy" and config.metrics["examples"] == 6
 
     validation, dev, fit = (checkpoint_split(config, split) for split in ("validation", "dev", "fit"))
@@ -96,43 +145,72 @@ def test_a_csv_of_three_string_classes_trains_predicts_and_calibrates(topics, ca
     assert not {*validation["text"]} & {*dev["text"]} and not {*fit["text"]} & ({*validation["text"]} | {*dev["text"]})
 
     [trace] = predicted(capsys, "--checkpoint", str(deebert), "--text", "the senate passed a law")
-    assert trace["task"] == "topics" and trace["prediction"] in config.labels and list(trace["probabilities"]) == config.labels
+    assert (
+        trace["task"] == "topics"
+        and trace["prediction"] in config.labels
+        and list(trace["probabilities"]) == config.labels
+    )
 
     assert calibration.main(["--checkpoint", str(deebert), "--reference", str(full), "--write"]) == 0
     assert "validation: accuracy" in capsys.readouterr().out
     calibrated = read_config(deebert)
-    assert calibrated.operating_point["chosen_on"] == "validation" and calibrated.operating_point["validation_split"]["rows"] == 5
+    assert (
+        calibrated.operating_point["chosen_on"] == "validation"
+        and calibrated.operating_point["validation_split"]["rows"] == 5
+    )
     assert calibrated.threshold is not None and calibrated.metrics["examples"] == 6
 
 
 def test_json_lines_of_scored_sentence_pairs_train_predict_and_calibrate(similarity, capsys):
     config = read_config(similarity / "full")
     assert (config.task, config.labels, config.pair) == ("similarity", None, True)
-    assert config.training["data"]["dev_carved"] is None and config.metrics["metric_name"] == "pearson" and config.metrics["examples"] == 8
-    [trace] = predicted(capsys, "--checkpoint", str(similarity / "pabee"), "--text", "the cat sat", "--text-pair", "a cat was sitting")
+    assert (
+        config.training["data"]["dev_carved"] is None
+        and config.metrics["metric_name"] == "pearson"
+        and config.metrics["examples"] == 8
+    )
+    [trace] = predicted(
+        capsys, "--checkpoint", str(similarity / "pabee"), "--text", "the cat sat", "--text-pair", "a cat was sitting"
+    )
     assert isinstance(trace["prediction"], float) and trace["probabilities"] == {}
     assert predict.main(["--checkpoint", str(similarity / "pabee"), "--text", "the cat sat"]) == 2
     assert "takes a sentence pair" in capsys.readouterr().err
-    assert predict.main(["--checkpoint", str(similarity / "full"), "--text", "the cat sat", "--text-pair", "a cat"]) == 0
+    assert (
+        predict.main(["--checkpoint", str(similarity / "full"), "--text", "the cat sat", "--text-pair", "a cat"]) == 0
+    )
     assert "score " in capsys.readouterr().out
-    assert calibration.main(["--checkpoint", str(similarity / "pabee"), "--reference", str(similarity / "full"), "--write"]) == 0
+    assert (
+        calibration.main(
+            ["--checkpoint", str(similarity / "pabee"), "--reference", str(similarity / "full"), "--write"]
+        )
+        == 0
+    )
     assert read_config(similarity / "pabee").operating_point["validation"]["metric_name"] == "pearson"
 
 
-def test_a_local_datasets_folder_trains_with_its_validation_split_as_dev_and_its_class_names(tiny_backbone, tmp_path, monkeypatch):
+def test_a_local_datasets_folder_trains_with_its_validation_split_as_dev_and_its_class_names(
+    tiny_backbone, tmp_path, monkeypatch
+):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "weather"
     folder.mkdir()
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["sun", "rain"])})
-    rows = {"text": [f"story {row} about {'rain' if row % 2 else 'sun'}" for row in range(30)], "label": [row % 2 for row in range(30)]}
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["sun", "rain"])}
+    )
+    rows = {
+        "text": [f"story {row} about {'rain' if row % 2 else 'sun'}" for row in range(30)],
+        "label": [row % 2 for row in range(30)],
+    }
     whole = datasets.Dataset.from_dict(rows, features=features)
     whole.select(range(24)).to_parquet(folder / "train.parquet")
     whole.select(range(24, 30)).to_parquet(folder / "validation.parquet")
     assert train(tiny_backbone, tmp_path / "run", "--method", "full", "--dataset", str(folder)) == 0
     config = read_config(tmp_path / "run")
-    assert (config.task, config.labels) == ("weather", ["sun", "rain"]) and config.training["data"]["source"]["dataset"] == str(folder)
+    assert (config.task, config.labels) == ("weather", ["sun", "rain"]) and config.training["data"]["source"][
+        "dataset"
+    ] == str(folder)
     assert config.metrics["examples"] == 6 and config.training["data"]["dev_carved"] is None
     validation, fit = checkpoint_split(config, "validation"), checkpoint_split(config, "fit")
     assert (len(validation), len(fit)) == (2, 22) and not {*validation["text"]} & {*fit["text"]}
@@ -147,8 +225,21 @@ def test_the_catalog_lists_tasks_and_methods_from_their_configs(topics, similari
 
 def test_benchmark_and_report_accept_a_task_of_ones_own(topics, tmp_path, capsys):
     out = tmp_path / "bench"
-    options = ["--checkpoints", str(topics / "runs" / "topics"), "--precisions", "fp32", "--batch-sizes", "1", "--no-onnxruntime"]
-    assert benchmark.main(["--task", "topics", *options, "--limit", "2", "--repeats", "1", "--warmup", "1", "--out", str(out)]) == 0
+    options = [
+        "--checkpoints",
+        str(topics / "runs" / "topics"),
+        "--precisions",
+        "fp32",
+        "--batch-sizes",
+        "1",
+        "--no-onnxruntime",
+    ]
+    assert (
+        benchmark.main(
+            ["--task", "topics", *options, "--limit", "2", "--repeats", "1", "--warmup", "1", "--out", str(out)]
+        )
+        == 0
+    )
     assert "topics" in (out / "results.md").read_text()
 
     model = load_checkpoint(topics / "runs" / "topics" / "deebert")
@@ -161,10 +252,17 @@ def test_benchmark_and_report_accept_a_task_of_ones_own(topics, tmp_path, capsys
 
 
 def test_classes_come_in_a_stable_order():
-    assert discover_classes(Table("t", {"label": ["10", "2", "1", "2"]}), "label") == ["1", "2", "10"]  # whole numbers by value
+    assert discover_classes(Table("t", {"label": ["10", "2", "1", "2"]}), "label") == [
+        "1",
+        "2",
+        "10",
+    ]  # whole numbers by value
     assert discover_classes(Table("t", {"label": ["b", "a", "c", "a"]}), "label") == ["a", "b", "c"]
     assert discover_classes(Table("t", {"label": [1, 0, 1.0]}), "label") == ["0", "1"]  # JSON numbers
-    assert discover_classes(Table("t", {"label": [0, 1]}, classes={"label": ["pos", "neg"]}), "label") == ["pos", "neg"]  # a ClassLabel's order
+    assert discover_classes(Table("t", {"label": [0, 1]}, classes={"label": ["pos", "neg"]}), "label") == [
+        "pos",
+        "neg",
+    ]  # a ClassLabel's order
 
 
 def write(path: Path, text: str) -> Path:
@@ -173,17 +271,47 @@ def write(path: Path, text: str) -> Path:
 
 
 BAD_FILES = {
-    "missing column": ("data.csv", "sentence,topic\na,x\n", [], "has no column 'headline' (--text-column); its columns: sentence, topic"),
+    "missing column": (
+        "data.csv",
+        "sentence,topic\na,x\n",
+        [],
+        "has no column 'headline' (--text-column); its columns: sentence, topic",
+    ),
     "empty file": ("data.csv", "", [], "is empty"),
     "header only": ("data.tsv", "headline\ttopic\n", [], "has a header but no rows"),
-    "score that is no number": ("data.csv", "headline,topic\n" + "a,1.5\n" * 11 + "b,high\n", ["--regression"], "row 12: label 'high'"),
-    "one class": ("data.jsonl", '{"headline": "a", "topic": "x"}\n' * 12, [], "holds only the class 'x'; a classifier needs at least two"),
-    "scores without --regression": ("data.csv", "headline,topic\n" + "a,0.5\nb,2\n" * 6, [], "pass --regression to learn a score"),
+    "score that is no number": (
+        "data.csv",
+        "headline,topic\n" + "a,1.5\n" * 11 + "b,high\n",
+        ["--regression"],
+        "row 12: label 'high'",
+    ),
+    "one class": (
+        "data.jsonl",
+        '{"headline": "a", "topic": "x"}\n' * 12,
+        [],
+        "holds only the class 'x'; a classifier needs at least two",
+    ),
+    "scores without --regression": (
+        "data.csv",
+        "headline,topic\n" + "a,0.5\nb,2\n" * 6,
+        [],
+        "pass --regression to learn a score",
+    ),
     "same score everywhere": ("data.csv", "headline,topic\n" + "a,2.5\n" * 12, ["--regression"], "nothing to learn"),
-    "empty text": ("data.csv", "headline,topic\n" + "a,x\nb,y\n" * 6 + " ,x\n", [], "row 13: column 'headline' (--text-column) is empty"),
+    "empty text": (
+        "data.csv",
+        "headline,topic\n" + "a,x\nb,y\n" * 6 + " ,x\n",
+        [],
+        "row 13: column 'headline' (--text-column) is empty",
+    ),
     "unknown format": ("data.xlsx", "headline,topic\n", [], "cannot tell the format from '.xlsx'"),
     "too few rows": ("data.csv", "headline,topic\na,x\nb,y\n", [], "2 row(s); training needs at least 10"),
-    "GLUE name": ("sst2.csv", "headline,topic\n" + "a,x\nb,y\n" * 6, [], "task name 'sst2' (the default, from the data's name) is a GLUE task's"),
+    "GLUE name": (
+        "sst2.csv",
+        "headline,topic\n" + "a,x\nb,y\n" * 6,
+        [],
+        "task name 'sst2' (the default, from the data's name) is a GLUE task's",
+    ),
     "ragged row": ("data.csv", "headline,topic\na,x\nb,y,z\n", [], "row 2: 3 fields but the header has 2"),
 }
 
@@ -193,7 +321,22 @@ def test_bad_data_gets_one_line_and_writes_nothing(case, tiny_backbone, tmp_path
     name, text, extra, expected = BAD_FILES[case]
     data = write(tmp_path / name, text)
     out = tmp_path / "run"
-    assert train(tiny_backbone, out, "--method", "full", "--train-file", str(data), "--text-column", "headline", "--label-column", "topic", *extra) == 2
+    assert (
+        train(
+            tiny_backbone,
+            out,
+            "--method",
+            "full",
+            "--train-file",
+            str(data),
+            "--text-column",
+            "headline",
+            "--label-column",
+            "topic",
+            *extra,
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and expected in error, error
     assert not out.exists() and sorted(path.name for path in tmp_path.iterdir()) == [name]
@@ -204,8 +347,13 @@ def test_a_dev_label_unseen_in_training_and_options_that_do_not_fit_are_refused(
     dev_file = write(tmp_path / "dev.csv", "id,headline,topic\n1,a new planet,astronomy\n")
     data = ["--train-file", str(train_file), "--text-column", "headline", "--label-column", "topic"]
     assert train(tiny_backbone, tmp_path / "run", "--method", "full", *data, "--dev-file", str(dev_file)) == 2
-    assert "row 1: label 'astronomy' is not one of the training rows' classes politics, science, sports" in capsys.readouterr().err
-    assert train(tiny_backbone, tmp_path / "run", "--method", "full", "--task", "MRPC", "--text-column", "headline") == 2
+    assert (
+        "row 1: label 'astronomy' is not one of the training rows' classes politics, science, sports"
+        in capsys.readouterr().err
+    )
+    assert (
+        train(tiny_backbone, tmp_path / "run", "--method", "full", "--task", "MRPC", "--text-column", "headline") == 2
+    )
     assert "--text-column cannot go with --task" in capsys.readouterr().err
     assert train(tiny_backbone, tmp_path / "run", "--method", "full", *data, "--dataset-config", "x") == 2
     assert "--dataset-config cannot go with --train-file" in capsys.readouterr().err
@@ -217,9 +365,23 @@ def test_a_dev_label_unseen_in_training_and_options_that_do_not_fit_are_refused(
 def test_a_later_stage_refuses_rows_with_other_classes_than_its_init(topics, tiny_backbone, tmp_path, capsys):
     other = write(tmp_path / "topics.csv", "headline,topic\n" + "a goal,sports\nthe vote,politics\n" * 6)
     init = str(topics / "runs" / "topics" / "full")
-    options = ["--method", "deebert", "--init", init, "--train-file", str(other), "--text-column", "headline", "--label-column", "topic"]
+    options = [
+        "--method",
+        "deebert",
+        "--init",
+        init,
+        "--train-file",
+        str(other),
+        "--text-column",
+        "headline",
+        "--label-column",
+        "topic",
+    ]
     assert train(tiny_backbone, tmp_path / "run", *options) == 2
-    assert "was trained on the labels ['politics', 'science', 'sports'], but these rows have ['politics', 'sports']" in capsys.readouterr().err
+    assert (
+        "was trained on the labels ['politics', 'science', 'sports'], but these rows have ['politics', 'sports']"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "run").exists()
 
 

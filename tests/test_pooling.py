@@ -1,4 +1,6 @@
-"""Pooling: what decisions read. ``auto`` follows the backbone, padding never enters the mean, cls models answer as before."""
+"""Pooling: what decisions read. ``auto`` follows the backbone, padding never enters the mean, cls models answer as
+before.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ def with_pooling_config(backbone: str, folder: Path, mean: bool) -> str:
     """A copy of the tiny backbone whose sentence-transformers pooling config declares mean (or [CLS]) pooling."""
     shutil.copytree(backbone, folder)
     (folder / POOLING_FILE).parent.mkdir()
-    (folder / POOLING_FILE).write_text(json.dumps({"pooling_mode_cls_token": not mean, "pooling_mode_mean_tokens": mean}))
+    (folder / POOLING_FILE).write_text(
+        json.dumps({"pooling_mode_cls_token": not mean, "pooling_mode_mean_tokens": mean})
+    )
     return str(folder)
 
 
@@ -35,7 +39,9 @@ def test_auto_takes_the_backbones_declared_pooling_and_cls_without_one(tiny_back
     mean_backbone = str(tmp_path / "mean")
     for method in METHODS:
         model = build_model(method, "MRPC", backbone=mean_backbone)
-        assert model.method.pooling == "mean" and model.config.method_config["pooling"] == "mean", "config.json records the resolved pooling"
+        assert model.method.pooling == "mean" and model.config.method_config["pooling"] == "mean", (
+            "config.json records the resolved pooling"
+        )
 
 
 def test_mean_pooling_of_a_padded_row_equals_the_unpadded_rows():

@@ -1,4 +1,5 @@
-"""Precision as a run option: bf16 and int8 change answers only within stated tolerances, really convert, and keep the engine's promises.
+"""Precision as a run option: bf16 and int8 change answers only within stated tolerances, really convert, and keep the
+engine's promises.
 
 The documented tolerances (README, "Precision"): on the tiny model's 64 fixed input pairs, every
 method at bf16 and at int8 gives the fp32 class for at least 95 % of them with every layer run,
@@ -37,12 +38,18 @@ def agreement(reference, other) -> float:
 @pytest.mark.parametrize("precision", [BF16, INT8])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_precision_agrees_with_fp32_within_the_documented_tolerance(make_model, method, precision):
-    model = randomise(make_model(method), seed=1, scale=0.3)  # heads small enough that probabilities are not saturated at 0 and 1
+    model = randomise(
+        make_model(method), seed=1, scale=0.3
+    )  # heads small enough that probabilities are not saturated at 0 and 1
     converted = model.with_precision(precision)
     every_layer = model.predict(TEXTS, SECONDS, early_exit=False)
     converted_every_layer = converted.predict(TEXTS, SECONDS, early_exit=False)
     assert agreement(every_layer, converted_every_layer) >= AGREEMENT_EVERY_LAYER
-    differences = [abs(a.probabilities[label] - b.probabilities[label]) for a, b in zip(every_layer, converted_every_layer) for label in a.probabilities]
+    differences = [
+        abs(a.probabilities[label] - b.probabilities[label])
+        for a, b in zip(every_layer, converted_every_layer)
+        for label in a.probabilities
+    ]
     assert max(differences) <= PROBABILITY_TOLERANCE
     assert max(differences) > 0, "the converted model should compute differently, or nothing was converted"
     assert agreement(model.predict(TEXTS, SECONDS), converted.predict(TEXTS, SECONDS)) >= AGREEMENT_WITH_DECISIONS
@@ -59,14 +66,27 @@ def test_int8_quantizes_the_encoders_and_heads_linear_layers_and_leaves_the_fp32
     model = make_model("dact")
     int8 = model.with_precision(INT8)
     quantized = torch.ao.nn.quantized.dynamic.Linear
-    layer_linears = [module for layer in int8.encoder.layers for module in layer.modules() if isinstance(module, (nn.Linear, quantized))]
+    layer_linears = [
+        module
+        for layer in int8.encoder.layers
+        for module in layer.modules()
+        if isinstance(module, (nn.Linear, quantized))
+    ]
     assert layer_linears and all(isinstance(module, quantized) for module in layer_linears)
     heads = [head for head in int8.method.classifiers]
     assert all(isinstance(head.dense, quantized) and isinstance(head.out, quantized) for head in heads)
     assert all(type(unit) is nn.Linear for unit in int8.method.halting), "one-output halting units stay fp32"
-    assert all(type(module) is nn.Linear for layer in model.encoder.layers for module in layer.modules() if isinstance(module, (nn.Linear, quantized)))
+    assert all(
+        type(module) is nn.Linear
+        for layer in model.encoder.layers
+        for module in layer.modules()
+        if isinstance(module, (nn.Linear, quantized))
+    )
     bf16 = model.with_precision(BF16)
-    assert next(bf16.encoder.parameters()).dtype == torch.bfloat16 and next(model.encoder.parameters()).dtype == torch.float32
+    assert (
+        next(bf16.encoder.parameters()).dtype == torch.bfloat16
+        and next(model.encoder.parameters()).dtype == torch.float32
+    )
     assert model.with_precision(FP32) is model
 
 
@@ -78,7 +98,9 @@ def test_skipped_and_unreached_layers_are_never_computed_under_int8(make_model, 
     traces = int8.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
     executed_per_layer = [sum(layer in trace.layers_executed for trace in traces) for layer in range(1, 5)]
     assert counter.rows == executed_per_layer
-    assert sum(executed_per_layer) < len(SENTENCES) * 4, "some layers must be skipped or unreached for the test to mean anything"
+    assert sum(executed_per_layer) < len(SENTENCES) * 4, (
+        "some layers must be skipped or unreached for the test to mean anything"
+    )
     assert all(trace.precision == INT8 for trace in traces)
 
 
@@ -101,16 +123,50 @@ def test_predict_command_line_runs_at_the_chosen_precision(make_model, tmp_path,
     from core.checkpoint import save_checkpoint
 
     folder = save_checkpoint(randomise(make_model("pabee"), seed=2), tmp_path / "pabee")
-    assert predict_main(["--checkpoint", str(folder), "--text", "a film", "--text-pair", "a movie", "--precision", "int8", "--json"]) == 0
+    assert (
+        predict_main(
+            [
+                "--checkpoint",
+                str(folder),
+                "--text",
+                "a film",
+                "--text-pair",
+                "a movie",
+                "--precision",
+                "int8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.splitlines()[0])["precision"] == INT8
-    assert predict_main(["--checkpoint", str(folder), "--text", "a film", "--text-pair", "a movie", "--precision", "int8", "--device", "cuda"]) == 2
+    assert (
+        predict_main(
+            [
+                "--checkpoint",
+                str(folder),
+                "--text",
+                "a film",
+                "--text-pair",
+                "a movie",
+                "--precision",
+                "int8",
+                "--device",
+                "cuda",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "CPU only" in error or "no CUDA GPU" in error, error  # refused in one line either way, never run on a GPU
 
 
 @pytest.fixture(scope="module")
 def onnx_models():
-    """Each method's tiny model and its onnx-fp32 and onnx-int8 conversions (exporting takes a few seconds per model)."""
+    """Each method's tiny model and its onnx-fp32 and onnx-int8 conversions.
+
+    Module-scoped: exporting takes a few seconds per model.
+    """
     return {}
 
 
@@ -128,7 +184,11 @@ def test_onnx_fp32_layers_answer_as_the_engine_does_along_the_same_paths(make_mo
     reference, converted = model.predict(TEXTS, SECONDS, batch_size=16), onnx.predict(TEXTS, SECONDS, batch_size=16)
     assert agreement(reference, converted) == 1.0
     assert sum(a.layers_executed == b.layers_executed for a, b in zip(reference, converted)) >= 0.95 * len(reference)
-    differences = [abs(a.probabilities[label] - b.probabilities[label]) for a, b in zip(reference, converted) for label in a.probabilities]
+    differences = [
+        abs(a.probabilities[label] - b.probabilities[label])
+        for a, b in zip(reference, converted)
+        for label in a.probabilities
+    ]
     assert max(differences) <= 1e-4
     assert all(trace.precision == ONNX_FP32 for trace in converted)
 
@@ -136,9 +196,16 @@ def test_onnx_fp32_layers_answer_as_the_engine_does_along_the_same_paths(make_mo
 @pytest.mark.parametrize("method", list(METHODS))
 def test_onnx_int8_agrees_with_fp32_within_the_documented_tolerance(make_model, method, onnx_models):
     model, onnx = onnx_pair(make_model, method, ONNX_INT8, onnx_models)
-    every_layer, converted_every_layer = model.predict(TEXTS, SECONDS, early_exit=False), onnx.predict(TEXTS, SECONDS, early_exit=False)
+    every_layer, converted_every_layer = (
+        model.predict(TEXTS, SECONDS, early_exit=False),
+        onnx.predict(TEXTS, SECONDS, early_exit=False),
+    )
     assert agreement(every_layer, converted_every_layer) >= AGREEMENT_EVERY_LAYER
-    differences = [abs(a.probabilities[label] - b.probabilities[label]) for a, b in zip(every_layer, converted_every_layer) for label in a.probabilities]
+    differences = [
+        abs(a.probabilities[label] - b.probabilities[label])
+        for a, b in zip(every_layer, converted_every_layer)
+        for label in a.probabilities
+    ]
     assert 0 < max(differences) <= PROBABILITY_TOLERANCE
     assert agreement(model.predict(TEXTS, SECONDS), onnx.predict(TEXTS, SECONDS)) >= AGREEMENT_WITH_DECISIONS
 
@@ -169,4 +236,6 @@ def test_skipped_and_unreached_layers_are_never_computed_in_onnx_runtime(make_mo
     traces = onnx.predict(SENTENCES, SECOND, threshold=threshold, batch_size=len(SENTENCES))
     executed_per_layer = [sum(layer in trace.layers_executed for trace in traces) for layer in range(1, 5)]
     assert counter.rows == executed_per_layer
-    assert sum(executed_per_layer) < len(SENTENCES) * 4, "some layers must be skipped or unreached for the test to mean anything"
+    assert sum(executed_per_layer) < len(SENTENCES) * 4, (
+        "some layers must be skipped or unreached for the test to mean anything"
+    )

@@ -46,7 +46,11 @@ def test_plain_output_names_the_model_and_repeats_each_input_numbered_by_file_li
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("DPBERT (dpbert) on MRPC, planner threshold 0.4; checkpoint ") and checkpoint in out[0]
     labelled = [line for line in out if line.startswith("[")]
-    assert labelled == ['[line 2] "first sentence" ‖ "second one"', '[line 5] "another \\u2028 one" ‖ "pair here"', '[line 6] "third" ‖ "x"']
+    assert labelled == [
+        '[line 2] "first sentence" ‖ "second one"',
+        '[line 5] "another \\u2028 one" ‖ "pair here"',
+        '[line 6] "third" ‖ "x"',
+    ]
     assert main(["--checkpoint", checkpoint, "--text", "a", "--text-pair", "b"]) == 0
     out = capsys.readouterr().out
     assert "planner threshold 0.5" in out.splitlines()[0] and '[input 1] "a" ‖ "b"' in out
@@ -73,7 +77,10 @@ def test_ambiguous_input_lines_are_refused_with_their_line_number(checkpoint, tm
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--text", "a", "--text-pair", "b", "--threshold", "0.3", "--no-early-exit"], "--no-early-exit runs every layer: give only one of them"),
+        (
+            ["--text", "a", "--text-pair", "b", "--threshold", "0.3", "--no-early-exit"],
+            "--no-early-exit runs every layer: give only one of them",
+        ),
         (["--input-file", "x.tsv", "--text-pair", "b"], "--text-pair goes with --text"),
         (["--text-pair", "b"], "--text-pair needs --text"),
         (["--text", "\u200b\u200d", "--text-pair", "b"], "only invisible characters"),
@@ -102,7 +109,10 @@ def test_a_regression_score_comes_with_its_scale_and_a_flag_when_outside(make_mo
     folder = save_checkpoint(model, tmp_path / "stsb")
     assert main(["--checkpoint", str(folder), "--text", "a man plays", "--text-pair", "a man is playing"]) == 0
     out = capsys.readouterr().out
-    assert "score 0.000 on the 0–5 scale (0: unrelated, 5: same meaning); the model gave -" in out and "outside the scale, shown clipped" in out
+    assert (
+        "score 0.000 on the 0–5 scale (0: unrelated, 5: same meaning); the model gave -" in out
+        and "outside the scale, shown clipped" in out
+    )
 
 
 def test_input_the_model_can_hardly_read_gets_a_note(checkpoint, capsys):
@@ -205,7 +215,9 @@ def test_each_input_is_tokenized_once_and_an_over_long_one_is_cut_to_the_limit_a
     engine_inputs = []
 
     def run_batch(encoder, method, input_ids, attention_mask, token_type_ids, settings):
-        engine_inputs.append({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+        engine_inputs.append(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        )
         return batch_run(encoder, method, input_ids, attention_mask, token_type_ids, settings)
 
     batch_run = core.model.run_batch
@@ -215,15 +227,20 @@ def test_each_input_is_tokenized_once_and_an_over_long_one_is_cut_to_the_limit_a
     assert [trace.truncated for trace in traces] == [False, True, True, False]
     engine_inputs.clear()
     model.predict(texts, pairs, batch_size=len(texts))
-    lengths = [len(ids) for ids in counting.tokenizer(texts, pairs, truncation=True, max_length=model.max_length)["input_ids"]]
+    lengths = [
+        len(ids) for ids in counting.tokenizer(texts, pairs, truncation=True, max_length=model.max_length)["input_ids"]
+    ]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     expected = model.tokenize([texts[i] for i in order], [pairs[i] for i in order])
     assert expected["input_ids"].shape[1] == model.max_length
-    assert all(torch.equal(engine_inputs[0][name], expected[name]) for name in expected), "the engine reads what one truncating, padding call gives"
+    assert all(torch.equal(engine_inputs[0][name], expected[name]) for name in expected), (
+        "the engine reads what one truncating, padding call gives"
+    )
 
 
 def fixed_batches() -> dict[tuple[str, str], BatchResult]:
-    """Engine outcomes of two rows written out by hand (exact binary fractions, so their JSON is the same on every machine).
+    """Engine outcomes of two rows written out by hand (exact binary fractions, so their JSON is the same on every
+    machine).
 
     DeeBERT: row 1 exits after layer 2. DPBERT: row 2 bypasses layer 3; once classifying, once scoring.
     """
@@ -231,10 +248,22 @@ def fixed_batches() -> dict[tuple[str, str], BatchResult]:
         outputs=torch.tensor([[0.75, 0.25], [0.125, 0.875]]),
         exit_layer=torch.tensor([2, 0]),
         layers=[
-            LayerRecord(torch.tensor([0, 1]), None, {"probs": torch.tensor([[0.5, 0.5], [0.25, 0.75]]), "entropy": torch.tensor([0.6875, 0.5625])}),
-            LayerRecord(torch.tensor([0, 1]), None, {"probs": torch.tensor([[0.75, 0.25], [0.375, 0.625]]), "entropy": torch.tensor([0.25, 0.625])}),
-            LayerRecord(torch.tensor([1]), None, {"probs": torch.tensor([[0.25, 0.75]]), "entropy": torch.tensor([0.5])}),
-            LayerRecord(torch.tensor([1]), None, {"probs": torch.tensor([[0.125, 0.875]]), "entropy": torch.tensor([0.375])}),
+            LayerRecord(
+                torch.tensor([0, 1]),
+                None,
+                {"probs": torch.tensor([[0.5, 0.5], [0.25, 0.75]]), "entropy": torch.tensor([0.6875, 0.5625])},
+            ),
+            LayerRecord(
+                torch.tensor([0, 1]),
+                None,
+                {"probs": torch.tensor([[0.75, 0.25], [0.375, 0.625]]), "entropy": torch.tensor([0.25, 0.625])},
+            ),
+            LayerRecord(
+                torch.tensor([1]), None, {"probs": torch.tensor([[0.25, 0.75]]), "entropy": torch.tensor([0.5])}
+            ),
+            LayerRecord(
+                torch.tensor([1]), None, {"probs": torch.tensor([[0.125, 0.875]]), "entropy": torch.tensor([0.375])}
+            ),
         ],
         num_layers=4,
     )
@@ -242,7 +271,10 @@ def fixed_batches() -> dict[tuple[str, str], BatchResult]:
     runs = [None, None, torch.tensor([True, False]), None]
 
     def dpbert(outputs: torch.Tensor) -> BatchResult:
-        layers = [LayerRecord(torch.tensor([0, 1]), ran, {"planner_logit": torch.tensor(logits)}) for logits, ran in zip(planner_logits, runs)]
+        layers = [
+            LayerRecord(torch.tensor([0, 1]), ran, {"planner_logit": torch.tensor(logits)})
+            for logits, ran in zip(planner_logits, runs)
+        ]
         return BatchResult(outputs=outputs, exit_layer=torch.tensor([0, 0]), layers=layers, num_layers=4)
 
     return {
@@ -264,7 +296,12 @@ TRACE_JSON_SHA256 = {
 def test_trace_json_of_a_fixed_batch_is_unchanged(make_model, method, task):
     batch = RanBatch([0, 1], fixed_batches()[method, task], latency_ms=2.5, truncated=[False, True])
     traces = build_traces(
-        make_model(method, task), batch, RunSettings(threshold=0.5), ["first text", "second text"], ["first pair", "second pair"], layer_values=True
+        make_model(method, task),
+        batch,
+        RunSettings(threshold=0.5),
+        ["first text", "second text"],
+        ["first pair", "second pair"],
+        layer_values=True,
     )
     lines = [trace.to_json() for trace in traces]
     assert json.loads(lines[0])["text"] == "first text" and json.loads(lines[1])["truncated"]

@@ -49,14 +49,18 @@ def test_predict_sends_its_inputs_to_the_model_device(make_model, monkeypatch):
     expected = model.predict(SENTENCES[:3], SECOND[:3], threshold=0.6)
     seen, tokenized, real_run, real_pad = [], [], core.model.run_batch, model.pad_batch
 
-    def keep(tokens, rows):  # the padded CPU tensors, kept so the spy can run the real batch (meta tensors hold no data)
+    def keep(
+        tokens, rows
+    ):  # the padded CPU tensors, kept so the spy can run the real batch (meta tensors hold no data)
         tokenized.append(real_pad(tokens, rows))
         return tokenized[-1]
 
     def spy(encoder, method, input_ids, attention_mask, token_type_ids, settings):
         seen.append({tensor.device for tensor in (input_ids, attention_mask, token_type_ids)})
         batch = tokenized.pop(0)
-        return real_run(encoder, method, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], settings)
+        return real_run(
+            encoder, method, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], settings
+        )
 
     monkeypatch.setattr(model, "pad_batch", keep)
     monkeypatch.setattr(core.model, "run_batch", spy)
@@ -64,7 +68,9 @@ def test_predict_sends_its_inputs_to_the_model_device(make_model, monkeypatch):
     traces = model.predict(SENTENCES[:3], SECOND[:3], threshold=0.6, batch_size=2)
     assert seen == [{META}, {META}]
     for got, want in zip(traces, expected, strict=True):  # other batches, other padding: equal up to float rounding
-        assert got.layers_executed == want.layers_executed and got.prediction == want.prediction and got.text == want.text
+        assert (
+            got.layers_executed == want.layers_executed and got.prediction == want.prediction and got.text == want.text
+        )
         assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
 
 
@@ -95,17 +101,39 @@ def free_port() -> int:
 
 
 def launch(*arguments: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with two processes. Its ``--cpu`` launcher starts one process unless MPI is set up, so two CPU
-    processes go through the multi-process launcher (torchrun); the scripts then pick the CPU and gloo themselves."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *arguments]
+    """``accelerate launch`` with two processes. Its ``--cpu`` launcher starts one process unless MPI is set up, so two
+    CPU processes go through the multi-process launcher (torchrun); the scripts then pick the CPU and gloo
+    themselves."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+    ]
+    command += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *arguments,
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if not torch.cuda.is_available():
         environment["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
-def test_training_runs_as_two_processes_and_saves_a_checkpoint_that_loads_and_predicts(glue_dir, tiny_backbone, tmp_path):  # noqa: F811
+def test_training_runs_as_two_processes_and_saves_a_checkpoint_that_loads_and_predicts(
+    glue_dir,  # noqa: F811
+    tiny_backbone,
+    tmp_path,
+):
     out = tmp_path / "full"
     done = launch(
         "-m",
@@ -139,7 +167,9 @@ def test_training_runs_as_two_processes_and_saves_a_checkpoint_that_loads_and_pr
     assert trace.prediction in ("not_equivalent", "equivalent") and trace.layers_executed == [1, 2, 3, 4]
 
 
-def test_batch_prediction_splits_a_file_across_processes_and_prints_one_output_in_input_order(make_model, tmp_path, capsys):
+def test_batch_prediction_splits_a_file_across_processes_and_prints_one_output_in_input_order(
+    make_model, tmp_path, capsys
+):
     model = randomise(make_model("deebert"), seed=4)
     model.config.trained = True
     checkpoint = str(save_checkpoint(model, tmp_path / "deebert"))
@@ -150,14 +180,28 @@ def test_batch_prediction_splits_a_file_across_processes_and_prints_one_output_i
             lines.append("")  # blank lines keep their place in the numbering
     inputs = tmp_path / "big.tsv"
     inputs.write_text("\n".join(lines) + "\n")
-    arguments = ["--checkpoint", checkpoint, "--input-file", str(inputs), "--batch-size", "4", "--threshold", "0.6", "--json"]
+    arguments = [
+        "--checkpoint",
+        checkpoint,
+        "--input-file",
+        str(inputs),
+        "--batch-size",
+        "4",
+        "--threshold",
+        "0.6",
+        "--json",
+    ]
     assert predict_main(arguments) == 0
     alone = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     done = launch("-m", "core.predict", *arguments)
     assert done.returncode == 0, done.stderr[-3000:]
     split = [json.loads(line) for line in done.stdout.splitlines()]
     assert "process 1 of 2: 19 input(s)" in done.stderr and "process 2 of 2: 18 input(s)" in done.stderr
-    assert [trace["line"] for trace in split] == [trace["line"] for trace in alone] == [i + 1 for i, line in enumerate(lines) if line]
+    assert (
+        [trace["line"] for trace in split]
+        == [trace["line"] for trace in alone]
+        == [i + 1 for i, line in enumerate(lines) if line]
+    )
     assert [trace["text"] for trace in split] == [line.split("\t")[0] for line in lines if line]
     for one, other in zip(split, alone):
         assert one["layers_executed"] == other["layers_executed"] and one["prediction"] == other["prediction"]

@@ -30,11 +30,19 @@ init = "full"
 
 def write_recipe(folder, backbone: str, data_dir) -> None:
     folder.mkdir()
-    common = f'backbone = "{backbone}"\ndata_dir = "{data_dir}"\nmax_steps = 1\nbatch_size = 4\neval_limit = 4\nmax_length = 32'
+    common = (
+        f'backbone = "{backbone}"\ndata_dir = "{data_dir}"\nmax_steps = 1\nbatch_size = 4\neval_limit = '
+        "4\nmax_length = 32"
+    )
     (folder / "mrpc.toml").write_text(RECIPE.format(common=common))
 
 
-def test_recipe_trains_every_stage_links_the_chosen_variant_and_skips_finished_ones(tiny_backbone, glue_dir, tmp_path, capsys):  # noqa: F811
+def test_recipe_trains_every_stage_links_the_chosen_variant_and_skips_finished_ones(
+    tiny_backbone,
+    glue_dir,  # noqa: F811
+    tmp_path,
+    capsys,
+):
     recipes, runs = tmp_path / "recipes", tmp_path / "runs"
     write_recipe(recipes, tiny_backbone, glue_dir)
     argv = ["--task", "MRPC", "--runs", str(runs), "--recipes", str(recipes), "--no-publish"]
@@ -43,12 +51,17 @@ def test_recipe_trains_every_stage_links_the_chosen_variant_and_skips_finished_o
     for folder in ("full-mean", "full-cls", "deebert"):
         assert (run / folder / "config.json").is_file()
     assert (run / "full").is_symlink() and (run / "full").resolve().name in ("full-mean", "full-cls")
-    poolings = {folder: json.loads((run / folder / "config.json").read_text())["method_config"]["pooling"] for folder in ("full-mean", "full-cls")}
+    poolings = {
+        folder: json.loads((run / folder / "config.json").read_text())["method_config"]["pooling"]
+        for folder in ("full-mean", "full-cls")
+    }
     assert poolings == {"full-mean": "mean", "full-cls": "cls"}
     chosen = json.loads((run / "full" / "config.json").read_text())["method_config"]["pooling"]
     deebert = json.loads((run / "deebert" / "config.json").read_text())
     assert deebert["method_config"]["pooling"] == chosen, "a stage built on the chosen full model reads what it read"
-    assert deebert["training"]["lr"] == 1e-3 and deebert["training"]["epochs"] == 2.0, "settings a recipe leaves out are the stage's own"
+    assert deebert["training"]["lr"] == 1e-3 and deebert["training"]["epochs"] == 2.0, (
+        "settings a recipe leaves out are the stage's own"
+    )
     capsys.readouterr()
     assert ship.main([*argv, "--dry-run"]) == 0
     listed = capsys.readouterr().out
@@ -61,7 +74,9 @@ def test_a_bad_recipe_names_the_file_and_the_stage(tmp_path):
     (folder / "mrpc.toml").write_text('task = "MRPC"\n[[stage]]\nname = "x"\nmethod = "nonsense"\n')
     with pytest.raises(UserError, match=r"mrpc\.toml stage 1: unknown method"):
         ship.recipes(None, folder)
-    (folder / "mrpc.toml").write_text('task = "MRPC"\n[[stage]]\nname = "x"\nmethod = "dact"\nsweep = {tau = [0.1]}\nchoose = {tau = [0.2]}\n')
+    (folder / "mrpc.toml").write_text(
+        'task = "MRPC"\n[[stage]]\nname = "x"\nmethod = "dact"\nsweep = {tau = [0.1]}\nchoose = {tau = [0.2]}\n'
+    )
     with pytest.raises(UserError, match="not both"):
         ship.recipes(None, folder)
     (folder / "mrpc.toml").write_text('task = "MRPC"\n[[stage]]\nname = "full"\nmethod = "full"\n')
@@ -77,7 +92,9 @@ def test_the_shipped_recipes_parse_and_build_on_earlier_stages():
                 for key in ("init", "encoder_from"):
                     if key in settings:
                         wanted = settings[key].format(**{k: ship.format_value(v) for k, v in settings.items()})
-                        assert wanted in trained, f"{recipe.path.name}: {folder} starts from {wanted}, which no earlier stage trains"
+                        assert wanted in trained, (
+                            f"{recipe.path.name}: {folder} starts from {wanted}, which no earlier stage trains"
+                        )
                 trained.add(folder)
             if stage.chosen_as:
                 trained.add(stage.chosen_as)

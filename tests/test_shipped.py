@@ -28,14 +28,23 @@ PROMISED = {
     "RTE": ["full", "deebert", "dact", "dpbert", "pabee"],
     "STS-B": ["full", "dpbert", "pabee"],
 }
-SHIPPED = [(task, method) for task, methods in PROMISED.items() for method in methods if shipped_checkpoint(task, method)]
+SHIPPED = [
+    (task, method) for task, methods in PROMISED.items() for method in methods if shipped_checkpoint(task, method)
+]
 ADAPTIVE = [(task, method) for task, method in SHIPPED if method != BASELINE]
 EXAMPLES = json.loads((SHIPPED_DIR.parent / "examples.json").read_text(encoding="utf-8"))
-needs_data = pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="the shared GLUE folder is not beside the project")
+needs_data = pytest.mark.skipif(
+    not DEFAULT_DATA_DIR.is_dir(), reason="the shared GLUE folder is not beside the project"
+)
 
 
 def test_every_promised_checkpoint_is_shipped():
-    missing = [f"{task}/{method}" for task, methods in PROMISED.items() for method in methods if shipped_checkpoint(task, method) is None]
+    missing = [
+        f"{task}/{method}"
+        for task, methods in PROMISED.items()
+        for method in methods
+        if shipped_checkpoint(task, method) is None
+    ]
     assert not missing, f"not shipped under {SHIPPED_DIR}: {missing}"
 
 
@@ -82,17 +91,29 @@ def test_adaptive_points_meet_the_targets_or_the_table_states_the_miss(task, met
     """% of full is against the shipped full model and compared as the targets compare (MRPC: accuracy and F1 both)."""
     recorded = read_config(shipped_checkpoint(task, method)).metrics
     reference = read_config(shipped_checkpoint(task, BASELINE)).metrics
-    assert recorded["reference_metric"] == pytest.approx(reference["metric"]), "% of full is against the shipped full model"
-    assert recorded["metric_pct_of_full"] == pytest.approx(100 * share_of_full(get_task(task).name, recorded, reference), abs=0.01)
+    assert recorded["reference_metric"] == pytest.approx(reference["metric"]), (
+        "% of full is against the shipped full model"
+    )
+    assert recorded["metric_pct_of_full"] == pytest.approx(
+        100 * share_of_full(get_task(task).name, recorded, reference), abs=0.01
+    )
     if get_task(task).name == "MRPC":
         lower = min(recorded["accuracy"] / reference["accuracy"], recorded["f1"] / reference["f1"])
-        assert recorded["metric_pct_of_full"] == pytest.approx(100 * lower, abs=0.01), "MRPC keeps the lower of accuracy's and F1's share"
+        assert recorded["metric_pct_of_full"] == pytest.approx(100 * lower, abs=0.01), (
+            "MRPC keeps the lower of accuracy's and F1's share"
+        )
     assert 0.0 <= recorded["no_layer_share"] <= 1.0, "the share of inputs answered with no layer is recorded"
     row = next(row for row in shipped_rows() if row["task"] == get_task(task).name and row["method"] == method)
     misses = row_misses(row)
     if recorded["no_layer_share"] > MAX_NO_LAYER_SHARE:
-        assert any(miss.startswith("no layer") for miss in misses), "more than the allowed share answered with no layer is a miss"
-    line = next(line for line in (SHIPPED_DIR / "README.md").read_text().splitlines() if line.startswith(f"| {get_task(task).name} | {method} |"))
+        assert any(miss.startswith("no layer") for miss in misses), (
+            "more than the allowed share answered with no layer is a miss"
+        )
+    line = next(
+        line
+        for line in (SHIPPED_DIR / "README.md").read_text().splitlines()
+        if line.startswith(f"| {get_task(task).name} | {method} |")
+    )
     assert ("; ".join(misses) or "met") in line, f"the table must state {misses or 'met'} for {task} {method}"
 
 
@@ -100,7 +121,9 @@ def test_adaptive_points_meet_the_targets_or_the_table_states_the_miss(task, met
 def test_the_full_model_answers_the_demo_examples_as_intended(task):
     model = load_checkpoint(shipped_checkpoint(task, BASELINE))
     examples = EXAMPLES[task]
-    traces = model.predict([item["text"] for item in examples], [item["text_pair"] for item in examples] if model.config.pair else None)
+    traces = model.predict(
+        [item["text"] for item in examples], [item["text_pair"] for item in examples] if model.config.pair else None
+    )
     for item, trace in zip(examples, traces):
         expected = item["expected"]
         if isinstance(expected, list):

@@ -1,4 +1,7 @@
-"""Publishing as a Hugging Face Space: the README's front matter, file sizes, persistent storage, and spreadsheet-safe CSVs."""
+"""Publishing as a Hugging Face Space.
+
+The README's front matter, file sizes, persistent storage, and spreadsheet-safe CSVs.
+"""
 
 from __future__ import annotations
 
@@ -31,25 +34,54 @@ def front_matter() -> dict:
 
 def test_readme_front_matter_sets_what_a_well_made_space_sets():
     meta = front_matter()
-    assert {"title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "python_version", "app_file", "short_description", "license", "tags"} <= set(meta)
+    assert {
+        "title",
+        "emoji",
+        "colorFrom",
+        "colorTo",
+        "sdk",
+        "sdk_version",
+        "python_version",
+        "app_file",
+        "short_description",
+        "license",
+        "tags",
+    } <= set(meta)
     assert meta["sdk"] == "gradio" and (ROOT / meta["app_file"]).is_file()
     assert meta["colorFrom"] in COLOURS and meta["colorTo"] in COLOURS
     assert len(meta["emoji"]) == 1 and unicodedata.category(meta["emoji"]) == "So"
     assert 0 < len(meta["short_description"]) <= 60
     assert meta["license"] == "apache-2.0" and "Apache-2.0" in (ROOT / "pyproject.toml").read_text()
-    assert isinstance(meta["tags"], list) and meta["tags"] and all(isinstance(tag, str) and tag == tag.lower() for tag in meta["tags"])
+    assert (
+        isinstance(meta["tags"], list)
+        and meta["tags"]
+        and all(isinstance(tag, str) and tag == tag.lower() for tag in meta["tags"])
+    )
     assert isinstance(meta["python_version"], str) and re.fullmatch(r"3\.\d+", meta["python_version"])
-    requirements = [Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    requirements = [
+        Requirement(line)
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     gradio_requirement = next(requirement for requirement in requirements if requirement.name == "gradio")
-    assert Version(str(meta["sdk_version"])) in gradio_requirement.specifier, "the Space's Gradio must be one requirements.txt allows"
+    assert Version(str(meta["sdk_version"])) in gradio_requirement.specifier, (
+        "the Space's Gradio must be one requirements.txt allows"
+    )
     assert Version(str(meta["sdk_version"])).major == Version(gradio.__version__).major
 
 
 def test_every_file_of_the_project_is_under_the_space_limit():
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
     files = [ROOT / name for name in listed.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
     assert len(files) > 50
-    too_big = {str(path.relative_to(ROOT)): path.stat().st_size for path in files if path.stat().st_size >= SPACE_LIMIT}
+    too_big = {
+        str(path.relative_to(ROOT)): path.stat().st_size for path in files if path.stat().st_size >= SPACE_LIMIT
+    }
     assert not too_big, f"files of 10 MB or more cannot be pushed to a Space without LFS: {too_big}"
 
 
@@ -107,17 +139,29 @@ def test_write_csv_neutralises_every_text_cell_and_header(tmp_path):
     path = write_csv(frame, tmp_path / "out.csv")
     written = pd.read_csv(path, keep_default_na=False)
     assert written["text"].tolist() == ["'=1+1", "fine"] and written["score"].tolist() == [-1.5, 2.0]
-    assert list(written.columns) == ["text", "score", "'=bad header"] and written["'=bad header"].tolist() == ["'@x", "'-y"]
+    assert list(written.columns) == ["text", "score", "'=bad header"] and written["'=bad header"].tolist() == [
+        "'@x",
+        "'-y",
+    ]
 
 
 PENDING_CSV_WRITERS: set[str] = set()
-PYTHON_SOURCES = [*sorted(str(path.relative_to(ROOT)) for folder in ("core", "training", "interpret") for path in (ROOT / folder).rglob("*.py")), "app.py"]
+PYTHON_SOURCES = [
+    *sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("core", "training", "interpret")
+        for path in (ROOT / folder).rglob("*.py")
+    ),
+    "app.py",
+]
 
 
 @pytest.mark.parametrize(
     "source",
     [
-        pytest.param(source, marks=pytest.mark.xfail(strict=True, reason="not yet through core.csvsafe.write_csv")) if source in PENDING_CSV_WRITERS else source
+        pytest.param(source, marks=pytest.mark.xfail(strict=True, reason="not yet through core.csvsafe.write_csv"))
+        if source in PENDING_CSV_WRITERS
+        else source
         for source in PYTHON_SOURCES
     ],
 )
@@ -125,4 +169,6 @@ def test_every_csv_the_project_writes_goes_through_write_csv(source):
     if source == "core/csvsafe.py":
         return
     text = (ROOT / source).read_text(encoding="utf-8")
-    assert not re.search(r"\.to_csv\(|csv\.writer\(|csv\.DictWriter\(", text), f"{source} writes a CSV without core.csvsafe.write_csv"
+    assert not re.search(r"\.to_csv\(|csv\.writer\(|csv\.DictWriter\(", text), (
+        f"{source} writes a CSV without core.csvsafe.write_csv"
+    )

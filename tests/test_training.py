@@ -41,7 +41,9 @@ def glue_dir(tmp_path) -> Path:
     mrpc = tmp_path / "MRPC"
     mrpc.mkdir()
     for split in ("train", "dev"):
-        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [f"{label}\t1\t2\t{a}\t{b}" for a, b, label in ROWS]
+        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [
+            f"{label}\t1\t2\t{a}\t{b}" for a, b, label in ROWS
+        ]
         (mrpc / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cola = tmp_path / "CoLA"
     cola.mkdir()
@@ -66,7 +68,14 @@ def test_missing_data_says_where_it_looked(tmp_path):
 @pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="the shared GLUE folder is not beside the project")
 @pytest.mark.parametrize(
     "task, split, rows",
-    [("MRPC", "train", 3668), ("RTE", "dev", 277), ("STS-B", "dev", 1500), ("CoLA", "train", 8551), ("QNLI", "dev", 5463), ("SST-2", "dev", 872)],
+    [
+        ("MRPC", "train", 3668),
+        ("RTE", "dev", 277),
+        ("STS-B", "dev", 1500),
+        ("CoLA", "train", 8551),
+        ("QNLI", "dev", 5463),
+        ("SST-2", "dev", 872),
+    ],
 )
 def test_shared_glue_files_give_the_official_counts(task, split, rows):
     dataset = load_split(task, split)
@@ -135,7 +144,9 @@ def test_dact_trains_encoder_and_halting_jointly(stage_one, tiny_backbone):
     assert model.method.config.tau == 0.1
     changed = changed_after_one_step(model)
     assert any("lora_" in name for name in changed)
-    assert any(name.startswith("method.halting.") for name in changed) and any(name.startswith("method.classifiers.") for name in changed)
+    assert any(name.startswith("method.halting.") for name in changed) and any(
+        name.startswith("method.classifiers.") for name in changed
+    )
 
 
 def test_dpbert_relaxed_stage_leaves_the_backbone_untouched(stage_one, tiny_backbone):
@@ -184,13 +195,42 @@ def test_every_recipe_runs_from_the_command_line_and_saves_an_evaluable_checkpoi
     config = run_training(glue_dir, tiny_backbone, tmp_path / "full", "--method", "full", "--max-steps", "2")
     assert config["trained"] and config["training"]["steps"] == 2 and config["metrics"]["metric_name"] == "f1"
     assert config["training"]["validation_split"]["rows"] == 2 and config["training"]["train_rows"] == len(ROWS) - 2
-    for method, extra in [("deebert", []), ("dact", ["--tau", "0.03"]), ("dpbert", ["--stage", "relaxed", "--first-layer", "mean"]), ("pabee", [])]:
-        config = run_training(glue_dir, tiny_backbone, tmp_path / method, "--method", method, "--init", str(tmp_path / "full"), "--max-steps", "1", *extra)
-        assert config["method"] == method and config["method_config"] == METHODS[method].Config.from_dict(config["method_config"]).to_dict()
+    for method, extra in [
+        ("deebert", []),
+        ("dact", ["--tau", "0.03"]),
+        ("dpbert", ["--stage", "relaxed", "--first-layer", "mean"]),
+        ("pabee", []),
+    ]:
+        config = run_training(
+            glue_dir,
+            tiny_backbone,
+            tmp_path / method,
+            "--method",
+            method,
+            "--init",
+            str(tmp_path / "full"),
+            "--max-steps",
+            "1",
+            *extra,
+        )
+        assert (
+            config["method"] == method
+            and config["method_config"] == METHODS[method].Config.from_dict(config["method_config"]).to_dict()
+        )
     assert json.loads((tmp_path / "dact" / "config.json").read_text())["method_config"]["tau"] == 0.03
     assert json.loads((tmp_path / "dpbert" / "config.json").read_text())["method_config"]["first_layer"] == "mean"
     config = run_training(
-        glue_dir, tiny_backbone, tmp_path / "rl", "--method", "dpbert", "--stage", "rl", "--init", str(tmp_path / "dpbert"), "--max-steps", "1"
+        glue_dir,
+        tiny_backbone,
+        tmp_path / "rl",
+        "--method",
+        "dpbert",
+        "--stage",
+        "rl",
+        "--init",
+        str(tmp_path / "dpbert"),
+        "--max-steps",
+        "1",
     )
     model = load_checkpoint(tmp_path / "rl")
     result = evaluate(model, load_split("MRPC", "dev", glue_dir))
@@ -213,20 +253,38 @@ def test_resumed_training_matches_an_uninterrupted_run(glue_dir, tiny_backbone, 
         run_training(glue_dir, tiny_backbone, interrupted, "--method", "full", "--max-steps", "6", "--save-every", "3")
     monkeypatch.setattr(train_module.ResumeState, "save", save)
     assert not (interrupted / "config.json").exists()
-    run_training(glue_dir, tiny_backbone, interrupted, "--method", "full", "--max-steps", "6", "--save-every", "3", "--resume")
+    run_training(
+        glue_dir, tiny_backbone, interrupted, "--method", "full", "--max-steps", "6", "--save-every", "3", "--resume"
+    )
     a, b = load_file(straight / "model.safetensors"), load_file(interrupted / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
 
     # a stage with running statistics (DPBERT's standardised planners): they are resumed too
-    dpbert = ("--method", "dpbert", "--stage", "relaxed", "--init", str(straight), "--planner-input", "standardized", "--max-steps", "6", "--save-every", "3")
+    dpbert = (
+        "--method",
+        "dpbert",
+        "--stage",
+        "relaxed",
+        "--init",
+        str(straight),
+        "--planner-input",
+        "standardized",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "3",
+    )
     run_training(glue_dir, tiny_backbone, tmp_path / "dpbert-straight", *dpbert)
     monkeypatch.setattr(train_module.ResumeState, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run_training(glue_dir, tiny_backbone, tmp_path / "dpbert-interrupted", *dpbert)
     monkeypatch.setattr(train_module.ResumeState, "save", save)
     run_training(glue_dir, tiny_backbone, tmp_path / "dpbert-interrupted", *dpbert, "--resume")
-    a, b = load_file(tmp_path / "dpbert-straight" / "model.safetensors"), load_file(tmp_path / "dpbert-interrupted" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "dpbert-straight" / "model.safetensors"),
+        load_file(tmp_path / "dpbert-interrupted" / "model.safetensors"),
+    )
     statistics = [name for name in a if "planner_norms" in name]
     assert statistics and all(torch.allclose(a[name], b[name], atol=1e-6) for name in statistics)
 
@@ -251,9 +309,20 @@ def test_one_pass_sweep_equals_separate_runs(make_model, glue_dir, method, thres
 
 
 def trace_summary(model, dataset, threshold=None) -> dict:
-    """An operating point counted from ``predict``'s traces: labels mapped back to indices, layers read off the layer lists."""
-    traces = model.predict(list(dataset["text"]), list(dataset["text_pair"]) if model.config.pair else None, threshold=threshold, batch_size=64)
-    predictions = [trace.prediction if model.config.labels is None else model.config.labels.index(trace.prediction) for trace in traces]
+    """An operating point counted from ``predict``'s traces.
+
+    Labels mapped back to indices, layers read off the layer lists.
+    """
+    traces = model.predict(
+        list(dataset["text"]),
+        list(dataset["text_pair"]) if model.config.pair else None,
+        threshold=threshold,
+        batch_size=64,
+    )
+    predictions = [
+        trace.prediction if model.config.labels is None else model.config.labels.index(trace.prediction)
+        for trace in traces
+    ]
     count, layers = len(traces), range(1, model.num_layers + 1)
     top_path, top_count = Counter(tuple(trace.layers_executed) for trace in traces).most_common(1)[0]
     return {
@@ -273,7 +342,11 @@ def test_evaluation_of_the_engine_tensors_counts_what_the_traces_show(make_model
     from tests.test_engine import configured
 
     model, threshold = configured(lambda name, **settings: make_model(name, task, **settings), method)
-    labels = [0.5 * i for i in range(len(SENTENCES) * 3)] if model.config.labels is None else [i % 3 % 2 for i in range(len(SENTENCES) * 3)]
+    labels = (
+        [0.5 * i for i in range(len(SENTENCES) * 3)]
+        if model.config.labels is None
+        else [i % 3 % 2 for i in range(len(SENTENCES) * 3)]
+    )
     dataset = Dataset.from_dict({"text": SENTENCES * 3, "text_pair": SECOND * 3, "label": labels})
     result = evaluate(model, dataset, threshold, with_predictions=True)
     expected = trace_summary(model, dataset, threshold)
@@ -286,17 +359,31 @@ def test_evaluation_of_the_engine_tensors_counts_what_the_traces_show(make_model
 
 def test_calibration_takes_the_fastest_point_that_keeps_the_metric_or_the_best_reaching_a_speedup():
     def point(metric, speedup, threshold, no_layer=0.0):
-        return {"task": "SST-2", "metric_name": "accuracy", "accuracy": metric, "expected_speedup": speedup, "threshold": threshold, "no_layer_share": no_layer}
+        return {
+            "task": "SST-2",
+            "metric_name": "accuracy",
+            "accuracy": metric,
+            "expected_speedup": speedup,
+            "threshold": threshold,
+            "no_layer_share": no_layer,
+        }
 
     results = [point(0.90, 1.0, 0.0), point(0.89, 1.5, 0.2), point(0.86, 1.8, 0.3), point(0.80, 2.5, 0.4)]
     reference, better = {"accuracy": 0.90}, {"accuracy": 0.99}
     assert choose(results, reference, Goal(keep=0.98))["threshold"] == 0.2
     assert choose(results, reference, Goal(keep=0.95))["threshold"] == 0.3
     assert choose(results, better, Goal(keep=0.98))["threshold"] == 0.0  # nothing keeps 98%: the most accurate
-    assert choose(results, reference, Goal(target_speedup=1.6))["threshold"] == 0.3  # the most accurate of those reaching 1.6x
+    assert (
+        choose(results, reference, Goal(target_speedup=1.6))["threshold"] == 0.3
+    )  # the most accurate of those reaching 1.6x
     assert choose(results, reference, Goal(target_speedup=3.0))["threshold"] == 0.4  # none reaches it: the fastest
-    shortcut = [*results, point(0.90, 4.0, 0.5, no_layer=0.4)]  # keeps the metric by answering 40 % with no layer at all
-    assert choose(shortcut, reference, Goal(keep=0.98))["threshold"] == 0.2, "a majority-answer shortcut is not an operating point"
+    shortcut = [
+        *results,
+        point(0.90, 4.0, 0.5, no_layer=0.4),
+    ]  # keeps the metric by answering 40 % with no layer at all
+    assert choose(shortcut, reference, Goal(keep=0.98))["threshold"] == 0.2, (
+        "a majority-answer shortcut is not an operating point"
+    )
 
 
 def test_mrpc_keeps_its_full_model_only_when_accuracy_and_f1_both_do():
@@ -304,9 +391,21 @@ def test_mrpc_keeps_its_full_model_only_when_accuracy_and_f1_both_do():
     reference = {"accuracy": 0.80, "f1": 0.86}
     majority = {"task": "MRPC", "metric_name": "f1", "metric": 0.812, "accuracy": 0.684, "f1": 0.812}
     assert share_of_full("MRPC", majority, reference) == pytest.approx(0.684 / 0.80)
-    assert share_of_full("SST-2", {"metric_name": "accuracy", "accuracy": 0.88}, {"accuracy": 0.90}) == pytest.approx(0.88 / 0.90)
+    assert share_of_full("SST-2", {"metric_name": "accuracy", "accuracy": 0.88}, {"accuracy": 0.90}) == pytest.approx(
+        0.88 / 0.90
+    )
     results = [majority | {"expected_speedup": 6.0, "threshold": 0.9, "no_layer_share": 0.0}]
-    results.append({"task": "MRPC", "metric_name": "f1", "accuracy": 0.79, "f1": 0.85, "expected_speedup": 1.5, "threshold": 0.2, "no_layer_share": 0.0})
+    results.append(
+        {
+            "task": "MRPC",
+            "metric_name": "f1",
+            "accuracy": 0.79,
+            "f1": 0.85,
+            "expected_speedup": 1.5,
+            "threshold": 0.2,
+            "no_layer_share": 0.0,
+        }
+    )
     assert choose(results, reference, Goal(keep=0.98))["threshold"] == 0.2
 
 
@@ -316,7 +415,9 @@ def test_command_line_refuses_settings_the_method_does_not_have(glue_dir, tiny_b
     assert stopped.value.code == 2 and "--tau" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_module.parse_args(["--method", "dpbert", "--task", "MRPC", "--first-layer", "sideways"])
-    args = train_module.parse_args(["--method", "dpbert", "--task", "MRPC", "--target-skip-rate", "0.3", "--reward-loss-weight", "20"])
+    args = train_module.parse_args(
+        ["--method", "dpbert", "--task", "MRPC", "--target-skip-rate", "0.3", "--reward-loss-weight", "20"]
+    )
     assert train_module.method_settings(args) == {"target_skip_rate": 0.3, "reward_loss_weight": 20.0}
 
 
@@ -325,7 +426,12 @@ def test_method_configs_refuse_unknown_keys_and_out_of_range_values():
         METHODS["dact"].Config.from_dict({"tau": 0.1, "taw": 0.2})
     with pytest.raises(UserError, match="out of range"):
         METHODS["dpbert"].Config.from_dict({"target_skip_rate": 1.5})
-    assert METHODS["dpbert"].Config().target_skip_rate == 0.4 and METHODS["dpbert"].Config().reward_loss_weight in (5.0, 20.0, 35.0, 50.0)
+    assert METHODS["dpbert"].Config().target_skip_rate == 0.4 and METHODS["dpbert"].Config().reward_loss_weight in (
+        5.0,
+        20.0,
+        35.0,
+        50.0,
+    )
 
 
 def test_validation_rows_are_held_out_of_training_and_always_the_same(glue_dir):
@@ -341,7 +447,9 @@ def test_pabee_trains_encoder_and_every_off_ramp_on_the_weighted_average(stage_o
     model = start("pabee", None, tiny_backbone, stage_one)
     changed = changed_after_one_step(model)
     assert any("lora_" in name for name in changed)
-    assert {name.split(".")[2] for name in changed if name.startswith("method.ramps.")} == {str(i) for i in range(model.num_layers)}
+    assert {name.split(".")[2] for name in changed if name.startswith("method.ramps.")} == {
+        str(i) for i in range(model.num_layers)
+    }
     batch = batch_of(model)
     model.eval()
     from core.heads import task_loss
@@ -349,16 +457,23 @@ def test_pabee_trains_encoder_and_every_off_ramp_on_the_weighted_average(stage_o
 
     train_batch = TrainBatch(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
     loss, _ = model.method.training_loss(model.encoder, train_batch, model.method.stage(None))
-    losses = [task_loss(ramp(cls), batch["labels"]) for ramp, cls in zip(model.method.ramps, run_all_layers(model.encoder, train_batch, model.method.pooling))]
+    losses = [
+        task_loss(ramp(cls), batch["labels"])
+        for ramp, cls in zip(model.method.ramps, run_all_layers(model.encoder, train_batch, model.method.pooling))
+    ]
     expected = sum((i + 1) * value for i, value in enumerate(losses)) / sum(range(1, len(losses) + 1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_dpbert_hard_rate_penalty_pushes_planners_across_the_inference_threshold(stage_one, tiny_backbone):
-    """With every planner at s = 0.6 (all layers run at threshold 0.5), the hard rate sees 100 % executed and pushes s down; the mean rate does not."""
+    """With every planner at s = 0.6 (all layers run at threshold 0.5), the hard rate sees 100 % executed and pushes s
+    down; the mean rate does not.
+    """
     grads = {}
     for rule in ("hard", "mean"):
-        model = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_penalty=rule, rate_weight=1.0)
+        model = start(
+            "dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_penalty=rule, rate_weight=1.0
+        )
         with torch.no_grad():
             for planner in model.method.planners:
                 planner.weight.zero_()
@@ -374,8 +489,12 @@ def test_dpbert_hard_rate_penalty_pushes_planners_across_the_inference_threshold
 
 
 def test_dpbert_rate_multiplier_rises_while_the_rate_is_too_high_and_then_prices_it(stage_one, tiny_backbone):
-    """Dual ascent: every step above 1 - t raises the multiplier, and a higher multiplier pushes the planner biases down harder."""
-    model = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_weight=0.0, rate_multiplier_step=0.5)
+    """Dual ascent: every step above 1 - t raises the multiplier, and a higher multiplier pushes the planner biases
+    down harder.
+    """
+    model = start(
+        "dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_weight=0.0, rate_multiplier_step=0.5
+    )
     with torch.no_grad():
         for planner in model.method.planners:
             planner.weight.zero_()
@@ -389,22 +508,62 @@ def test_dpbert_rate_multiplier_rises_while_the_rate_is_too_high_and_then_prices
         loss, stats = model.method.training_loss(model.encoder, batch, stage)
         loss.backward()
         pushes.append(sum(planner.bias.grad.item() for planner in model.method.planners))
-    assert stats["rate_multiplier"] == pytest.approx(3 * 0.5 * 0.4, abs=1e-4), "the multiplier grows by step * excess each step"
-    assert pushes[2] > pushes[1] > pushes[0], "descending the loss lowers the biases ever more strongly while the rate stays too high"
+    assert stats["rate_multiplier"] == pytest.approx(3 * 0.5 * 0.4, abs=1e-4), (
+        "the multiplier grows by step * excess each step"
+    )
+    assert pushes[2] > pushes[1] > pushes[0], (
+        "descending the loss lowers the biases ever more strongly while the rate stays too high"
+    )
     assert "rate_multiplier" not in model.method.state_dict(), "training state, not part of a saved model"
 
 
-def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chosen_on_validation(glue_dir, tiny_backbone, tmp_path, monkeypatch):
+def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chosen_on_validation(
+    glue_dir, tiny_backbone, tmp_path, monkeypatch
+):
     """The whole ship path on a tiny model: train, publish into a temporary assets folder, load what was shipped."""
     from training import publish
 
     run = tmp_path / "runs" / "mrpc"
     run_training(glue_dir, tiny_backbone, run / "full", "--method", "full", "--finetune", "full", "--max-steps", "2")
-    run_training(glue_dir, tiny_backbone, run / "deebert", "--method", "deebert", "--init", str(run / "full"), "--max-steps", "1")
+    run_training(
+        glue_dir,
+        tiny_backbone,
+        run / "deebert",
+        "--method",
+        "deebert",
+        "--init",
+        str(run / "full"),
+        "--max-steps",
+        "1",
+    )
     for tau in ("0.01", "0.1"):
-        run_training(glue_dir, tiny_backbone, run / f"dact-tau{tau}", "--method", "dact", "--init", str(run / "full"), "--max-steps", "1", "--tau", tau)
+        run_training(
+            glue_dir,
+            tiny_backbone,
+            run / f"dact-tau{tau}",
+            "--method",
+            "dact",
+            "--init",
+            str(run / "full"),
+            "--max-steps",
+            "1",
+            "--tau",
+            tau,
+        )
     intermediate = tmp_path / "runs" / "intermediate" / "full"  # trained on dev rows: never published
-    run_training(glue_dir, tiny_backbone, intermediate, "--method", "full", "--finetune", "full", "--max-steps", "1", "--train-split", "dev")
+    run_training(
+        glue_dir,
+        tiny_backbone,
+        intermediate,
+        "--method",
+        "full",
+        "--finetune",
+        "full",
+        "--max-steps",
+        "1",
+        "--train-split",
+        "dev",
+    )
     shipped = tmp_path / "assets" / "checkpoints"
     monkeypatch.setattr(publish, "SHIPPED_DIR", shipped)
     monkeypatch.setattr(publish, "RESULTS_DIR", tmp_path / "assets" / "results")
@@ -416,7 +575,10 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
     for method in ("deebert", "dact"):
         config = read_config(shipped / "mrpc" / method)
         assert config.base_checkpoint == "../full"
-        assert config.operating_point["chosen_on"] == "validation" and config.operating_point["validation_split"]["rows"] == 2
+        assert (
+            config.operating_point["chosen_on"] == "validation"
+            and config.operating_point["validation_split"]["rows"] == 2
+        )
         assert config.metrics["examples"] == len(ROWS), "the recorded metrics are the dev set's"
         load_checkpoint(shipped / "mrpc" / method).predict("a", "b")
     assert read_config(shipped / "mrpc" / "deebert").threshold is not None
@@ -425,18 +587,30 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
     pooling = read_config(shipped / "mrpc" / "dact").method_config["pooling"]
     assert f"| MRPC | dact | {pooling} | tau={tau:g} |" in table, "DACT's operating point is its trained tau"
     rows = {row.split(" | ")[1]: row for row in table.splitlines() if row.startswith("| MRPC |")}
-    assert all(("met" in rows[method]) or ("x (-" in rows[method]) or ("one path" in rows[method]) or ("pt)" in rows[method]) for method in ("deebert", "dact"))
-    assert all(row.count(" | ") == table.splitlines()[10].count(" | ") for row in rows.values()), "every row fills every column"
+    assert all(
+        ("met" in rows[method]) or ("x (-" in rows[method]) or ("one path" in rows[method]) or ("pt)" in rows[method])
+        for method in ("deebert", "dact")
+    )
+    assert all(row.count(" | ") == table.splitlines()[10].count(" | ") for row in rows.values()), (
+        "every row fills every column"
+    )
 
     # one method again: the others and the full model stay as shipped, the table still lists them all
-    dact_config, full_weights = (shipped / "mrpc" / "dact" / "config.json").read_text(), (shipped / "mrpc" / "full" / "model.safetensors").read_bytes()
+    dact_config, full_weights = (
+        (shipped / "mrpc" / "dact" / "config.json").read_text(),
+        (shipped / "mrpc" / "full" / "model.safetensors").read_bytes(),
+    )
     shutil.rmtree(shipped / "mrpc" / "deebert")
     (shipped / "mrpc" / "full" / "model.safetensors").touch()
     stamp = (shipped / "mrpc" / "full" / "model.safetensors").stat().st_mtime_ns
     assert publish.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(glue_dir), "--methods", "deebert"]) == 0
-    assert (shipped / "mrpc" / "deebert" / "config.json").is_file() and (shipped / "mrpc" / "dact" / "config.json").read_text() == dact_config
+    assert (shipped / "mrpc" / "deebert" / "config.json").is_file() and (
+        shipped / "mrpc" / "dact" / "config.json"
+    ).read_text() == dact_config
     full_file = shipped / "mrpc" / "full" / "model.safetensors"
-    assert full_file.stat().st_mtime_ns == stamp and full_file.read_bytes() == full_weights, "the full model is not re-shipped"
+    assert full_file.stat().st_mtime_ns == stamp and full_file.read_bytes() == full_weights, (
+        "the full model is not re-shipped"
+    )
     assert "| MRPC | dact |" in (shipped / "README.md").read_text()
 
 
@@ -452,8 +626,13 @@ def test_target_misses_say_by_how_much():
 
 
 def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_path(stage_one, tiny_backbone):
-    """Self-critical baseline: where every sampled action equals the inference rule's there is no policy signal; where they differ there is."""
-    model = start("dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy", first_layer="mean")  # a model to call the rl loss on
+    """Self-critical baseline: where every sampled action equals the inference rule's there is no policy signal.
+
+    Where they differ there is.
+    """
+    model = start(
+        "dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy", first_layer="mean"
+    )  # a model to call the rl loss on
     with torch.no_grad():
         for planner in model.method.planners:
             planner.weight.zero_()
@@ -462,12 +641,16 @@ def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_pat
     torch.manual_seed(0)
     loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
     assert stats["sampled_execute_rate"] == 1.0 and stats["policy"] == 0.0
-    model = start("dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy")  # s = 0.73 at the default bias: some samples skip
+    model = start(
+        "dpbert", "soft", tiny_backbone, stage_one, rl_baseline="greedy"
+    )  # s = 0.73 at the default bias: some samples skip
     model.train()
     torch.manual_seed(1)
     loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
     loss.backward()
-    assert stats["sampled_execute_rate"] < 1.0 and any(planner.bias.grad.abs().item() > 0 for planner in model.method.planners)
+    assert stats["sampled_execute_rate"] < 1.0 and any(
+        planner.bias.grad.abs().item() > 0 for planner in model.method.planners
+    )
 
 
 def test_dpbert_soft_gate_ablation_trains_backbone_and_planners_without_sampling(stage_one, tiny_backbone):
@@ -490,34 +673,53 @@ def test_tradeoff_labels_checkpoints_by_a_config_field_and_scores_each_layer(mak
         model.config.trained = True
         folders.append(str(save_checkpoint(model, tmp_path / f"dact-{tau}")))
     out = tmp_path / "tau"
-    assert tradeoff.main(["--checkpoints", *folders, "--label-by", "tau", "--data-dir", str(glue_dir), "--out", str(out)]) == 0
+    assert (
+        tradeoff.main(["--checkpoints", *folders, "--label-by", "tau", "--data-dir", str(glue_dir), "--out", str(out)])
+        == 0
+    )
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[1] == "0.01" and (out / "chart.png").stat().st_size > 0
-    assert tradeoff.main(["--checkpoints", folders[0], "--label-by", "taw", "--data-dir", str(glue_dir), "--out", str(out)]) == 2
+    assert (
+        tradeoff.main(
+            ["--checkpoints", folders[0], "--label-by", "taw", "--data-dir", str(glue_dir), "--out", str(out)]
+        )
+        == 2
+    )
     layers = tmp_path / "layers"
-    assert tradeoff.main(["--checkpoints", folders[0], "--per-layer", "--data-dir", str(glue_dir), "--out", str(layers)]) == 0
+    assert (
+        tradeoff.main(["--checkpoints", folders[0], "--per-layer", "--data-dir", str(glue_dir), "--out", str(layers)])
+        == 0
+    )
     per_layer = (layers / "results.csv").read_text().splitlines()
     assert len(per_layer) == 1 + make_model("dact").num_layers
 
 
 def test_dpbert_standardized_planners_see_only_what_differs_between_inputs(stage_one, tiny_backbone, tmp_path):
-    """A planner weight along the inputs' shared direction gives every input the same decision on raw states, different ones when standardized."""
+    """A planner weight along the inputs' shared direction gives every input the same decision on raw states, different
+    ones when standardized.
+    """
     decisions = {}
     for planner_input in ("raw", "standardized"):
         model = start("dpbert", "relaxed", tiny_backbone, stage_one, planner_input=planner_input)
         torch.manual_seed(0)
         shared = 3 * torch.randn(model.encoder.hidden_size)
-        hidden = shared + 0.05 * torch.randn(8, 5, model.encoder.hidden_size)  # [CLS] states: a large common part, small differences
+        hidden = shared + 0.05 * torch.randn(
+            8, 5, model.encoder.hidden_size
+        )  # [CLS] states: a large common part, small differences
         with torch.no_grad():
             model.method.planners[1].weight.copy_(1e-2 * shared.unsqueeze(0))
             model.method.planners[1].bias.zero_()
         model.train()
         decisions[planner_input] = model.method.planner_logit(1, hidden[:, 0]).detach()
     assert decisions["raw"].std() < 0.1 * decisions["raw"].abs().mean()
-    assert decisions["standardized"].mean().abs() < 1e-4 and decisions["standardized"].std() > 1e-3, "standardized: centred, and only the differences remain"
+    assert decisions["standardized"].mean().abs() < 1e-4 and decisions["standardized"].std() > 1e-3, (
+        "standardized: centred, and only the differences remain"
+    )
 
 
-def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row_batch(stage_one, tiny_backbone, tmp_path):
+def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row_batch(
+    stage_one, tiny_backbone, tmp_path
+):
     model = start("dpbert", "relaxed", tiny_backbone, stage_one, planner_input="standardized")
     model.train()
     stage = model.method.stage("relaxed")
@@ -526,11 +728,15 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
     assert running.abs().sum() > 0, "training batches update the running statistics"
     norm, states = model.method.planner_norms[2], torch.randn(8, model.encoder.hidden_size) * 4 + 1
     in_training = norm(states)
-    assert torch.allclose(norm.eval()(states), in_training), "training normalises with the running statistics inference uses"
+    assert torch.allclose(norm.eval()(states), in_training), (
+        "training normalises with the running statistics inference uses"
+    )
     norm.train()
     one_row = batch_of(model, ROWS[:1])
     loss, _ = TrainingObjective(model, stage).train()(**one_row)
-    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[0].mean, running), "a one-row batch uses, and keeps, the running statistics"
+    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[0].mean, running), (
+        "a one-row batch uses, and keeps, the running statistics"
+    )
     with torch.no_grad():  # weights that read the standardised state, so the statistics matter
         for planner in model.method.planners:
             planner.weight.normal_()
@@ -540,19 +746,27 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
     assert loaded.method.config.planner_input == "standardized"
     assert torch.equal(loaded.method.planner_norms[3].var, model.method.planner_norms[3].var)
     after = loaded.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
-    probabilities = [[step.values["planner_prob"] for t in traces for step in t.per_layer] for traces in (before, after)]
+    probabilities = [
+        [step.values["planner_prob"] for t in traces for step in t.per_layer] for traces in (before, after)
+    ]
     assert len(set(probabilities[0])) > 1 and probabilities[1] == pytest.approx(probabilities[0], abs=1e-6)
 
 
 def test_dpbert_rl_rate_penalty_measures_the_inference_rule_path(stage_one, tiny_backbone):
-    """The penalised rate is the one the rule s > 0.5 has at inference (its own path), not the rate the rule would have on sampled paths."""
-    model = start("dpbert", "soft", tiny_backbone, stage_one, rate_penalty="hard", target_skip_rate=0.4, first_layer="mean")
+    """The penalised rate is the one the rule s > 0.5 has at inference (its own path), not the rate the rule would have
+    on sampled paths.
+    """
+    model = start(
+        "dpbert", "soft", tiny_backbone, stage_one, rate_penalty="hard", target_skip_rate=0.4, first_layer="mean"
+    )
     model.eval()  # no dropout: the inference path of predict is the rule path of the loss
     rows = ROWS[:6]
     batch = batch_of(model, rows)
     with torch.no_grad():  # layer 1's planner is unsure for some rows; layer 2's runs exactly when layer 1 ran
         embedded = model.encoder.embed(batch["input_ids"], batch["token_type_ids"])
-        after_first = model.encoder.run_layer(0, embedded, model.encoder.attention_mask_for(embedded, batch["attention_mask"]))
+        after_first = model.encoder.run_layer(
+            0, embedded, model.encoder.attention_mask_for(embedded, batch["attention_mask"])
+        )
         torch.manual_seed(3)
         first, second, *rest = model.method.planners
         first.weight.normal_(0, 3.0)

@@ -1,7 +1,9 @@
-"""Wall-clock benchmark: every method at every precision against what a user would pick instead, interleaved in one process.
+"""Wall-clock benchmark: every method at every precision against what a user would pick instead, interleaved in one
+process.
 
     python -m training.benchmark --task MRPC
-    python -m training.benchmark --task RTE --methods deebert dpbert --precisions fp32,int8 --batch-sizes 1,32 --repeats 3 --limit 200 --profile
+    python -m training.benchmark --task RTE --methods deebert dpbert --precisions fp32,int8 --batch-sizes 1,32 \\
+        --repeats 3 --limit 200 --profile
 
 Layer counts promise more than clocks deliver (decisions, extra heads and batch bookkeeping cost
 time), so this measures both on the same inputs. Every operating point (each method at its
@@ -57,14 +59,18 @@ from training.targets import share_of_full
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
 PROFILED_INPUTS = 20
 REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, always measured
-DEFAULT_PRECISIONS = f"{FP32},{INT8}"  # every method's points (bf16 is slow on CPUs without native bf16, onnx-* export first: ask for them)
+# every method's points (bf16 is slow on CPUs without native bf16, onnx-* export first: ask for them)
+DEFAULT_PRECISIONS = f"{FP32},{INT8}"
 REGRESSION_AGREEMENT = 0.1  # two scores "agree" when they differ by at most this (STS-B's scale is 0-5)
 METRIC_BATCH = 64
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A method at one threshold and precision, in this engine or (the full model only) in ONNX Runtime: one measured row."""
+    """A method at one threshold and precision, in this engine or (the full model only) in ONNX Runtime.
+
+    One measured row.
+    """
 
     method: str
     threshold: float | None
@@ -119,7 +125,14 @@ class Runner:
         self.settings = self.model.settings(self.point.threshold)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> BatchResult:
-        return run_batch(self.model.encoder, self.model.method, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), self.settings)
+        return run_batch(
+            self.model.encoder,
+            self.model.method,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("token_type_ids"),
+            self.settings,
+        )
 
     def count(self, result: BatchResult) -> tuple[int, int]:
         """(rows, layers executed), read after the clock stopped."""
@@ -153,12 +166,15 @@ def missing_checkpoint(task: str, method: str, checkpoints: Path | None) -> User
     """One line naming the folder that was looked in and how to fill it."""
     if checkpoints is not None:
         return UserError(
-            f"no {method} checkpoint in {checkpoints / method}: --checkpoints needs a <method>/ folder with {CONFIG_FILE} and {WEIGHTS_FILE} per method"
+            f"no {method} checkpoint in {checkpoints / method}: --checkpoints needs a <method>/ folder with "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE} per method"
         )
     slug = task.replace("-", "").lower()
     return UserError(
-        f"no shipped {method} checkpoint for {task} in {SHIPPED_DIR / slug / method}: train it with `bash training/ship.sh {task}` and "
-        f"publish it with `python -m training.publish --tasks {slug}`, or pass --checkpoints DIR with <method>/ folders"
+        f"no shipped {method} checkpoint for {task} in {SHIPPED_DIR / slug / method}: train it with `bash "
+        f"training/ship.sh {task}` and "
+        f"publish it with `python -m training.publish --tasks {slug}`, or pass --checkpoints DIR with "
+        "<method>/ folders"
     )
 
 
@@ -174,27 +190,53 @@ def load_models(task: str, methods: list[str] | None, checkpoints: Path | None) 
             raise missing_checkpoint(task, method, checkpoints)
         model = load_checkpoint(folder)
         if model.config.task != task or model.config.method != method:
-            raise UserError(f"{folder} holds a {model.config.task} {model.config.method} checkpoint, not {task} {method}")
+            raise UserError(
+                f"{folder} holds a {model.config.task} {model.config.method} checkpoint, not {task} {method}"
+            )
         models[method] = model
     if len(models) == 1:
-        raise UserError(f"only the full model has a checkpoint for {task}: train a method first (`bash training/ship.sh {task}`)")
+        raise UserError(
+            f"only the full model has a checkpoint for {task}: train a method first (`bash training/ship.sh {task}`)"
+        )
     backbones = {model.config.backbone for model in models.values()}
     if len(backbones) > 1:
-        raise UserError(f"the checkpoints use different backbones ({', '.join(sorted(backbones))}); the benchmark tokenizes once for all of them")
+        raise UserError(
+            f"the checkpoints use different backbones ({', '.join(sorted(backbones))}); the benchmark "
+            "tokenizes once for all of them"
+        )
     return models
 
 
 def thresholds_of(model: AdaptiveModel) -> list[float | None]:
-    """The knob's default grid plus the shipped value (which replaces a grid value it equals up to rounding); no knob: the shipped point."""
+    """The knob's default grid plus the shipped value (which replaces a grid value it equals up to rounding).
+
+    No knob: the shipped point.
+    """
     shipped = model.default_threshold()
     knob = model.method.knob
-    grid = [] if knob is None else [value for value in knob.sweep if shipped is None or not math.isclose(value, shipped, rel_tol=1e-9, abs_tol=1e-12)]
+    grid = (
+        []
+        if knob is None
+        else [
+            value
+            for value in knob.sweep
+            if shipped is None or not math.isclose(value, shipped, rel_tol=1e-9, abs_tol=1e-12)
+        ]
+    )
     return sorted({*grid, *([] if shipped is None else [shipped])}) or [None]
 
 
-def operating_points(models: dict[str, AdaptiveModel], precisions: list[str], onnx: bool = True) -> list[OperatingPoint]:
-    """The reference rows (the full model at fp32, bf16, int8 and in ONNX Runtime), then each method's shipped threshold and knob grid at each precision."""
-    points = [OperatingPoint(BASELINE, None, True, precision) for precision in PRECISIONS if precision in REFERENCE_PRECISIONS or precision in precisions]
+def operating_points(
+    models: dict[str, AdaptiveModel], precisions: list[str], onnx: bool = True
+) -> list[OperatingPoint]:
+    """The reference rows (the full model at fp32, bf16, int8 and in ONNX Runtime), then each method's shipped
+    threshold and knob grid at each precision.
+    """
+    points = [
+        OperatingPoint(BASELINE, None, True, precision)
+        for precision in PRECISIONS
+        if precision in REFERENCE_PRECISIONS or precision in precisions
+    ]
     if onnx:
         points += [OperatingPoint(BASELINE, None, True, precision, ONNXRUNTIME) for precision in (FP32, INT8)]
     for method, model in models.items():
@@ -202,11 +244,16 @@ def operating_points(models: dict[str, AdaptiveModel], precisions: list[str], on
             continue
         shipped = model.default_threshold()
         for precision in precisions:
-            points += [OperatingPoint(method, threshold, threshold == shipped, precision) for threshold in thresholds_of(model)]
+            points += [
+                OperatingPoint(method, threshold, threshold == shipped, precision)
+                for threshold in thresholds_of(model)
+            ]
     return points
 
 
-def engine_models(models: dict[str, AdaptiveModel], points: list[OperatingPoint]) -> dict[tuple[str, str], AdaptiveModel]:
+def engine_models(
+    models: dict[str, AdaptiveModel], points: list[OperatingPoint]
+) -> dict[tuple[str, str], AdaptiveModel]:
     """Each (method, precision) the points need, converted once from the fp32 checkpoint."""
     needed = dict.fromkeys((point.method, point.precision) for point in points if point.runtime == ENGINE)
     return {(method, precision): models[method].with_precision(precision) for method, precision in needed}
@@ -222,11 +269,16 @@ def dataset_batches(model: AdaptiveModel, dataset, batch_size: int) -> list[dict
 
 
 def onnx_metrics(session, model: AdaptiveModel, dev) -> dict:
-    """The dev summary of an ONNX Runtime session, as training.evaluate gives it for the engine (every layer, by construction)."""
+    """The dev summary of an ONNX Runtime session, as training.evaluate gives it for the engine (every layer, by
+    construction).
+    """
     outputs = np.concatenate([session.run(batch) for batch in dataset_batches(model, dev, METRIC_BATCH)])
     predictions = outputs.tolist() if model.config.labels is None else outputs.argmax(-1).tolist()
     task, regression = model.config.task, model.config.labels is None
-    metrics, metric_name = glue_metrics(task, predictions, list(dev["label"]), regression), main_metric(task, regression)
+    metrics, metric_name = (
+        glue_metrics(task, predictions, list(dev["label"]), regression),
+        main_metric(task, regression),
+    )
     return {
         "metric_name": metric_name,
         "metric": metrics[metric_name],
@@ -245,17 +297,28 @@ def agreement(predictions: list, reference: list, regression: bool) -> float:
 
 
 def dev_metrics(
-    variants: dict[tuple[str, str], AdaptiveModel], sessions: dict[OperatingPoint, object], points: list[OperatingPoint], dev
+    variants: dict[tuple[str, str], AdaptiveModel],
+    sessions: dict[OperatingPoint, object],
+    points: list[OperatingPoint],
+    dev,
 ) -> dict[OperatingPoint, dict]:
-    """Each point's dev-set summary (one pass serves a whole sweep where the method allows it) and its agreement with fp32."""
+    """Each point's dev-set summary (one pass serves a whole sweep where the method allows it) and its agreement with
+    fp32.
+    """
     results = {}
     for (method, precision), model in variants.items():
-        own = [point for point in points if point.method == method and point.precision == precision and point.runtime == ENGINE]
+        own = [
+            point
+            for point in points
+            if point.method == method and point.precision == precision and point.runtime == ENGINE
+        ]
         thresholds = [point.threshold for point in own]
         if model.method.knob is not None and None not in thresholds:
             summaries = sweep(model, dev, thresholds, progress=True, with_predictions=True)
         else:
-            summaries = [evaluate(model, dev, threshold, progress=True, with_predictions=True) for threshold in thresholds]
+            summaries = [
+                evaluate(model, dev, threshold, progress=True, with_predictions=True) for threshold in thresholds
+            ]
         results.update(zip(own, summaries))
     full = variants[(BASELINE, FP32)]
     for point, session in sessions.items():
@@ -264,7 +327,11 @@ def dev_metrics(
     for point, summary in results.items():
         reference = results.get(point.same_in(FP32) if point.runtime == ENGINE else FP32_FULL)
         fp32_itself = point.same_in(FP32) == point
-        summary["agreement"] = None if fp32_itself or reference is None else agreement(summary["predictions"], reference["predictions"], regression)
+        summary["agreement"] = (
+            None
+            if fp32_itself or reference is None
+            else agreement(summary["predictions"], reference["predictions"], regression)
+        )
     return results
 
 
@@ -289,7 +356,9 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def time_interleaved(runners: list, batches: list[dict[str, torch.Tensor]], repeats: int, warmup: int) -> dict[OperatingPoint, Timing]:
+def time_interleaved(
+    runners: list, batches: list[dict[str, torch.Tensor]], repeats: int, warmup: int
+) -> dict[OperatingPoint, Timing]:
     """Run every operating point on every batch, rotating their order from batch to batch."""
     for batch in batches[:warmup]:
         for runner in runners:
@@ -320,12 +389,18 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def against(timings: dict[OperatingPoint, Timing], point: OperatingPoint, reference: OperatingPoint) -> float | None:
-    """How many times faster ``point`` ran than ``reference`` on the same calls (None if the reference was not timed)."""
+    """How many times faster ``point`` ran than ``reference`` on the same calls.
+
+    None if the reference was not timed.
+    """
     return ratio(timings[reference].total_seconds, timings[point].total_seconds) if reference in timings else None
 
 
 def latency_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint, num_layers: int) -> dict:
-    """Batch size 1: per-input latency (median over repeats); speed-ups over the fp32 and int8 full models and over the full model at the same precision."""
+    """Batch size 1: per-input latency (median over repeats).
+
+    Speed-ups over the fp32 and int8 full models and over the full model at the same precision.
+    """
     timing = timings[point]
     per_input_ms = sorted(1000 * statistics.median(seconds) for seconds in timing.per_batch_seconds)
     expected = num_layers / timing.avg_layers
@@ -342,7 +417,9 @@ def latency_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint
     }
 
 
-def batched_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint, num_layers: int, batch_size: int) -> dict:
+def batched_columns(
+    timings: dict[OperatingPoint, Timing], point: OperatingPoint, num_layers: int, batch_size: int
+) -> dict:
     """A larger batch: throughput and speed-ups over the fp32 and int8 full models at the same batch size."""
     timing = timings[point]
     expected = num_layers / timing.avg_layers
@@ -357,9 +434,16 @@ def batched_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint
     }
 
 
-def runners_for(points: list[OperatingPoint], variants: dict[tuple[str, str], AdaptiveModel], sessions: dict[OperatingPoint, object], num_layers: int) -> list:
+def runners_for(
+    points: list[OperatingPoint],
+    variants: dict[tuple[str, str], AdaptiveModel],
+    sessions: dict[OperatingPoint, object],
+    num_layers: int,
+) -> list:
     return [
-        Runner(point, variants[(point.method, point.precision)]) if point.runtime == ENGINE else OnnxRunner(point, sessions[point], num_layers)
+        Runner(point, variants[(point.method, point.precision)])
+        if point.runtime == ENGINE
+        else OnnxRunner(point, sessions[point], num_layers)
         for point in points
     ]
 
@@ -378,7 +462,11 @@ def measure(
     runners = runners_for(points, variants, sessions, full.num_layers)
     columns: dict[OperatingPoint, dict] = {point: {} for point in points}
     for batch_size in batch_sizes:
-        print(f"timing {len(points)} operating points on {len(dev)} inputs at batch size {batch_size}, {repeats} repeats", file=sys.stderr)
+        print(
+            f"timing {len(points)} operating points on {len(dev)} inputs at batch size {batch_size}, "
+            f"{repeats} repeats",
+            file=sys.stderr,
+        )
         batches = timing_batches(full, dev, batch_size)
         timings = time_interleaved(runners, batches, repeats, warmup if batch_size == 1 else 1)
         for point in points:
@@ -390,7 +478,12 @@ def measure(
 
 
 def measured_rows(
-    task: str, points: list[OperatingPoint], metrics: dict[OperatingPoint, dict], timings: dict[OperatingPoint, dict], timed_inputs: int, repeats: int
+    task: str,
+    points: list[OperatingPoint],
+    metrics: dict[OperatingPoint, dict],
+    timings: dict[OperatingPoint, dict],
+    timed_inputs: int,
+    repeats: int,
 ) -> list[dict]:
     reference = metrics[FP32_FULL]
     rows = []
@@ -432,7 +525,9 @@ def machine_details() -> dict:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return {
         "cpu": cpu,
@@ -448,7 +543,10 @@ def machine_details() -> dict:
 
 
 def profile(variants: dict[tuple[str, str], AdaptiveModel], precisions: list[str], dev, out: Path) -> None:
-    """torch.profiler over a few inputs per method and precision at its shipped threshold: the top operators by own CPU time."""
+    """torch.profiler over a few inputs per method and precision at its shipped threshold.
+
+    The top operators by own CPU time.
+    """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -468,7 +566,10 @@ def profile(variants: dict[tuple[str, str], AdaptiveModel], precisions: list[str
 
 
 def onnx_sessions(full: AdaptiveModel, folder: Path) -> dict[OperatingPoint, object]:
-    """The full model exported to ONNX Runtime, fp32 and int8, as sessions with torch's thread count and no spinning."""
+    """The full model exported to ONNX Runtime, fp32 and int8.
+
+    The sessions use torch's thread count and do not spin.
+    """
     from core.onnx_layers import quantize_onnx
     from training.onnx_reference import OnnxModel, export_full_model
 
@@ -476,7 +577,10 @@ def onnx_sessions(full: AdaptiveModel, folder: Path) -> dict[OperatingPoint, obj
     exported = export_full_model(full, folder)
     quantized = quantize_onnx(exported, folder / "full-int8.onnx")
     threads = torch.get_num_threads()
-    return {OperatingPoint(BASELINE, None, True, precision, ONNXRUNTIME): OnnxModel(path, threads) for precision, path in ((FP32, exported), (INT8, quantized))}
+    return {
+        OperatingPoint(BASELINE, None, True, precision, ONNXRUNTIME): OnnxModel(path, threads)
+        for precision, path in ((FP32, exported), (INT8, quantized))
+    }
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -497,27 +601,57 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", required=True)
     parser.add_argument(
-        "--methods", nargs="+", choices=adaptive_methods(), help="adaptive methods to run (default: every one with a checkpoint); the full model always runs"
+        "--methods",
+        nargs="+",
+        choices=adaptive_methods(),
+        help="adaptive methods to run (default: every one with a checkpoint); the full model always runs",
     )
     parser.add_argument(
         "--precisions",
         default=DEFAULT_PRECISIONS,
-        help=f"precisions of every method's points, from {', '.join(PRECISIONS)} (default: %(default)s); the full model always runs at fp32, bf16 and int8",
+        help=f"precisions of every method's points, from {', '.join(PRECISIONS)} (default: %(default)s); the full "
+        "model always runs at fp32, bf16 and int8",
     )
-    parser.add_argument("--no-onnxruntime", action="store_true", help="leave out the ONNX Runtime reference rows (fp32 and int8 full model)")
-    parser.add_argument("--batch-sizes", default="1,32", help="1 for latency and/or one larger size for throughput (default: %(default)s)")
+    parser.add_argument(
+        "--no-onnxruntime",
+        action="store_true",
+        help="leave out the ONNX Runtime reference rows (fp32 and int8 full model)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,32",
+        help="1 for latency and/or one larger size for throughput (default: %(default)s)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="passes over the timed inputs (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=200, help="dev inputs to time (default: %(default)s); the metric always uses --metric-limit")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=200,
+        help="dev inputs to time (default: %(default)s); the metric always uses --metric-limit",
+    )
     parser.add_argument("--metric-limit", type=int, help="dev inputs for the metric (default: the whole dev set)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed inputs per operating point before timing at batch size 1 (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, which follows OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed inputs per operating point before timing at batch size 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's own, which follows OMP_NUM_THREADS)"
+    )
     parser.add_argument("--checkpoints", help="folder of <method>/ checkpoints to use instead of the shipped ones")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--out", help="output folder (default: assets/benchmarks/<task>)")
-    parser.add_argument("--profile", action="store_true", help=f"also profile {PROFILED_INPUTS} inputs per method with torch.profiler (profile.txt)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"also profile {PROFILED_INPUTS} inputs per method with torch.profiler (profile.txt)",
+    )
     return parser.parse_args(argv)
 
 
@@ -550,7 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         profile(variants, precisions, timed_dev, out)
     table = write_report(out, task, rows, machine_details(), args.profile)
     print(table)
-    print(f"wrote {out}/results.csv, results.md, tradeoff.html, tradeoff.png, machine.json{', profile.txt' if args.profile else ''}")
+    print(
+        f"wrote {out}/results.csv, results.md, tradeoff.html, tradeoff.png, "
+        f"machine.json{', profile.txt' if args.profile else ''}"
+    )
     return 0
 
 

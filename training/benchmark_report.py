@@ -21,7 +21,7 @@ OVERHEAD_TARGET = 0.95  # measured / expected speed-up at batch size 1, against 
 BATCHED_TARGET = 0.9  # batched speed-up / batched expected speed-up
 KEEP_TARGET = 100 * KEEP  # % of the full model's metric an operating point must keep ...
 SPEEDUP_AIM = 1.5  # ... and the measured speed-up we aim for at the fastest such point
-INT8_KEEP_TARGET = 97.0  # issue 10: the best adaptive int8 point keeps this % of the fp32 full model's metric ...
+INT8_KEEP_TARGET = 97.0  # the best adaptive int8 point keeps this % of the fp32 full model's metric ...
 INT8_SPEEDUP_AIM = 2.5  # ... runs this many times faster than the fp32 full model at batch 1 ...
 VS_INT8_AIM = 1.25  # ... and this many times faster than the int8 full model
 
@@ -106,41 +106,61 @@ def overhead_lines(measured: list[dict]) -> list[str]:
         name = point_name(row)
         overhead = row.get("overhead_ratio")
         if overhead is not None:
-            lines.append(f"- {name}: overhead ratio at batch 1 = {overhead:.3f} (target >= {OVERHEAD_TARGET}): {verdict(overhead, OVERHEAD_TARGET)}")
+            lines.append(
+                f"- {name}: overhead ratio at batch 1 = {overhead:.3f} (target >= {OVERHEAD_TARGET}): "
+                f"{verdict(overhead, OVERHEAD_TARGET)}"
+            )
         batched = row.get("batched_overhead_ratio")
         if batched is not None:
             lines.append(
-                f"- {name}: batched speed-up at batch {row['batch_size']} {row['batched_expected_speedup'] * batched:.2f}x over its full model against an expected "
-                f"{row['batched_expected_speedup']:.2f}x, ratio {batched:.3f} (target >= {BATCHED_TARGET}): {verdict(batched, BATCHED_TARGET)}"
+                f"- {name}: batched speed-up at batch {row['batch_size']} "
+                f"{row['batched_expected_speedup'] * batched:.2f}x over its full model against an expected "
+                f"{row['batched_expected_speedup']:.2f}x, ratio {batched:.3f} (target >= {BATCHED_TARGET}): "
+                f"{verdict(batched, BATCHED_TARGET)}"
             )
     return lines
 
 
 def keep_lines(measured: list[dict], speed_column: str) -> list[str]:
-    """Issue 5, per method and precision: the fastest point keeping 98 % of the fp32 full model."""
+    """Per method and precision: the fastest point keeping ``KEEP_TARGET`` % of the fp32 full model, against
+    ``SPEEDUP_AIM``.
+    """
     lines = []
     adaptive = [row for row in _engine(measured) if row["method"] != BASELINE]
     for method, precision in dict.fromkeys((row["method"], row.get("precision", "fp32")) for row in adaptive):
         own = [row for row in adaptive if row["method"] == method and row.get("precision", "fp32") == precision]
         keeping = [
-            row for row in own if row["metric_pct_of_full"] is not None and row["metric_pct_of_full"] >= KEEP_TARGET and row.get(speed_column) is not None
+            row
+            for row in own
+            if row["metric_pct_of_full"] is not None
+            and row["metric_pct_of_full"] >= KEEP_TARGET
+            and row.get(speed_column) is not None
         ]
         if not keeping:
-            best = max((row["metric_pct_of_full"] for row in own if row["metric_pct_of_full"] is not None), default=None)
+            best = max(
+                (row["metric_pct_of_full"] for row in own if row["metric_pct_of_full"] is not None), default=None
+            )
             kept = "the full model's metric is 0 or undefined" if best is None else f"the best keeps {best:.1f}%"
-            lines.append(f"- {method} ({precision}): no operating point keeps >= {KEEP_TARGET:g}% of the full metric ({kept}): missed")
+            lines.append(
+                f"- {method} ({precision}): no operating point keeps >= {KEEP_TARGET:g}% of the full metric "
+                f"({kept}): missed"
+            )
             continue
         fastest = max(keeping, key=lambda row: row[speed_column])
         threshold = "" if fastest["threshold"] is None else f" at threshold {fastest['threshold']:g}"
         lines.append(
-            f"- {method} ({precision}): fastest point keeping >= {KEEP_TARGET:g}% of full{threshold} ({fastest['metric_pct_of_full']:.1f}%): "
-            f"{speed_column.replace('_speedup', ' speed-up')} {fastest[speed_column]:.2f}x (aim >= {SPEEDUP_AIM}x): {verdict(fastest[speed_column], SPEEDUP_AIM)}"
+            f"- {method} ({precision}): fastest point keeping >= {KEEP_TARGET:g}% of full{threshold} "
+            f"({fastest['metric_pct_of_full']:.1f}%): "
+            f"{speed_column.replace('_speedup', ' speed-up')} {fastest[speed_column]:.2f}x (aim >= "
+            f"{SPEEDUP_AIM}x): {verdict(fastest[speed_column], SPEEDUP_AIM)}"
         )
     return lines
 
 
 def best_int8_point(measured: list[dict], speed_column: str) -> dict | None:
-    """Issue 10: the fastest adaptive int8 point (PyTorch's int8 layers or ONNX Runtime's) keeping ``INT8_KEEP_TARGET`` % of the fp32 full model."""
+    """The fastest adaptive int8 point (PyTorch's int8 layers or ONNX Runtime's) keeping ``INT8_KEEP_TARGET`` % of the
+    fp32 full model.
+    """
     keeping = [
         row
         for row in _engine(measured)
@@ -154,23 +174,37 @@ def best_int8_point(measured: list[dict], speed_column: str) -> dict | None:
 
 
 def int8_lines(measured: list[dict], speed_column: str, versus_int8: str) -> list[str]:
-    """Issue 10: adaptive depth on top of int8 against the fp32 and int8 full models, and ONNX Runtime int8 against it."""
+    """Adaptive depth on top of int8 against the fp32 and int8 full models, and ONNX Runtime int8 against it."""
     if not any(row.get("precision") in INT8_PRECISIONS and row["method"] != BASELINE for row in measured):
         return []
     batch = "batch 1" if speed_column == "measured_speedup" else f"batch {measured[0].get('batch_size')}"
     best = best_int8_point(measured, speed_column)
     if best is None:
-        lines = [f"- best adaptive int8 point: none keeps >= {INT8_KEEP_TARGET:g}% of the fp32 full model's metric: missed"]
+        lines = [
+            f"- best adaptive int8 point: none keeps >= {INT8_KEEP_TARGET:g}% of the fp32 full model's metric: missed"
+        ]
     else:
         over_int8 = best.get(versus_int8)
         lines = [
-            f"- best adaptive int8 point keeping >= {INT8_KEEP_TARGET:g}% of the fp32 full model: {point_name(best)} ({best['metric_pct_of_full']:.1f}%): "
-            f"{best[speed_column]:.2f}x over fp32 full at {batch} (aim >= {INT8_SPEEDUP_AIM}x): {verdict(best[speed_column], INT8_SPEEDUP_AIM)}; "
-            + ("" if over_int8 is None else f"{over_int8:.2f}x over the int8 full model (aim >= {VS_INT8_AIM}x): {verdict(over_int8, VS_INT8_AIM)}")
+            f"- best adaptive int8 point keeping >= {INT8_KEEP_TARGET:g}% of the fp32 full model: "
+            f"{point_name(best)} ({best['metric_pct_of_full']:.1f}%): "
+            f"{best[speed_column]:.2f}x over fp32 full at {batch} (aim >= {INT8_SPEEDUP_AIM}x): "
+            f"{verdict(best[speed_column], INT8_SPEEDUP_AIM)}; "
+            + (
+                ""
+                if over_int8 is None
+                else f"{over_int8:.2f}x over the int8 full model (aim >= {VS_INT8_AIM}x): "
+                f"{verdict(over_int8, VS_INT8_AIM)}"
+            )
         ]
-    onnx = next((row for row in measured if row.get("runtime") == ONNXRUNTIME and row.get("precision") == "int8"), None)
+    onnx = next(
+        (row for row in measured if row.get("runtime") == ONNXRUNTIME and row.get("precision") == "int8"), None
+    )
     if onnx is not None and onnx.get(speed_column) is not None:
-        line = f"- ONNX Runtime int8 full model: {onnx[speed_column]:.2f}x over fp32 full at {batch} ({cell(onnx['metric_pct_of_full'], 1)}% of full)"
+        line = (
+            f"- ONNX Runtime int8 full model: {onnx[speed_column]:.2f}x over fp32 full at {batch} "
+            f"({cell(onnx['metric_pct_of_full'], 1)}% of full)"
+        )
         if best is not None:
             gap = onnx[speed_column] / best[speed_column]
             line += (
@@ -183,12 +217,17 @@ def int8_lines(measured: list[dict], speed_column: str, versus_int8: str) -> lis
 
 
 def target_summary(rows: list[dict]) -> list[str]:
-    """Each target of issues 5 and 10 per measured method and precision: met, or by how much it was missed."""
+    """Each target (overhead ratios, the metric kept at a speed-up, int8) per measured method and precision.
+
+    Met, or by how much it was missed.
+    """
     measured = [row for row in rows if row["source"] == MEASURED]
     batch_one = any(row.get("measured_speedup") is not None for row in measured)
     speed_column = "measured_speedup" if batch_one else "batched_speedup"
     versus_int8 = "speedup_vs_int8_full" if batch_one else "batched_speedup_vs_int8_full"
-    return overhead_lines(measured) + keep_lines(measured, speed_column) + int8_lines(measured, speed_column, versus_int8)
+    return (
+        overhead_lines(measured) + keep_lines(measured, speed_column) + int8_lines(measured, speed_column, versus_int8)
+    )
 
 
 def cell(value, digits: int = 3) -> str:
@@ -207,24 +246,37 @@ def markdown(task: str, rows: list[dict], machine: dict, targets: list[str], pro
     lines = [
         f"# Benchmark: {task}",
         "",
-        f"{measured[0]['timed_inputs']} dev inputs timed ({measured[0]['repeats']} repeats, interleaved), metric on {measured[0]['dev_examples']} dev inputs.",
-        "Speed-ups are against the fp32 full model (and the int8 full model) on the same inputs in the same run; % of full is of the fp32 full model's metric;",
-        "agreement is the share of dev inputs answered as the same point in fp32 answers them; overhead = speed-up over the full model at the same precision / expected.",
-        "The full model's rows at bf16, int8 and in ONNX Runtime are the reference rows: what a user would pick instead.",
+        f"{measured[0]['timed_inputs']} dev inputs timed ({measured[0]['repeats']} repeats, interleaved), "
+        f"metric on {measured[0]['dev_examples']} dev inputs.",
+        "Speed-ups are against the fp32 full model (and the int8 full model) on the same inputs in the same "
+        "run; % of full is of the fp32 full model's metric;",
+        "agreement is the share of dev inputs answered as the same point in fp32 answers them; overhead = "
+        "speed-up over the full model at the same precision / expected.",
+        "The full model's rows at bf16, int8 and in ONNX Runtime are the reference rows: what a user would "
+        "pick instead.",
         "",
-        "| method | precision | runtime | threshold | point | metric | % of full | agreement | avg layers | expected | measured | vs int8 full | overhead "
-        "| p50 ms | p95 ms | batch | throughput/s | batched expected | batched | batched vs int8 full | batched overhead |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | precision | runtime | threshold | point | metric | % of full | agreement | avg layers | "
+        "expected | measured | vs int8 full | overhead "
+        "| p50 ms | p95 ms | batch | throughput/s | batched expected | batched | batched vs int8 full | "
+        "batched overhead |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+        "--- | --- | --- | --- | --- |",
     ]
     for row in measured:
         agreement = row.get("agreement")
         lines.append(
-            f"| {row['method']} | {row.get('precision', 'fp32')} | {row.get('runtime', ENGINE)} | {cell(row['threshold'], 2)} | {row['operating_point']} "
-            f"| {row['metric_name']} {cell(row['metric'], 4)} | {cell(row['metric_pct_of_full'], 1)} | {'' if agreement is None else f'{100 * agreement:.1f}%'} "
-            f"| {cell(row.get('avg_layers'), 2)} | {cell(row.get('expected_speedup'), 2)} | {cell(row.get('measured_speedup'), 2)} "
-            f"| {cell(row.get('speedup_vs_int8_full'), 2)} | {cell(row.get('overhead_ratio'))} | {cell(row.get('p50_ms'), 2)} | {cell(row.get('p95_ms'), 2)} "
-            f"| {cell(row.get('batch_size'))} | {cell(row.get('throughput_per_s'), 1)} | {cell(row.get('batched_expected_speedup'), 2)} "
-            f"| {cell(row.get('batched_speedup'), 2)} | {cell(row.get('batched_speedup_vs_int8_full'), 2)} | {cell(row.get('batched_overhead_ratio'))} |"
+            f"| {row['method']} | {row.get('precision', 'fp32')} | {row.get('runtime', ENGINE)} | "
+            f"{cell(row['threshold'], 2)} | {row['operating_point']} "
+            f"| {row['metric_name']} {cell(row['metric'], 4)} | {cell(row['metric_pct_of_full'], 1)} | "
+            f"{'' if agreement is None else f'{100 * agreement:.1f}%'} "
+            f"| {cell(row.get('avg_layers'), 2)} | {cell(row.get('expected_speedup'), 2)} | "
+            f"{cell(row.get('measured_speedup'), 2)} "
+            f"| {cell(row.get('speedup_vs_int8_full'), 2)} | {cell(row.get('overhead_ratio'))} | "
+            f"{cell(row.get('p50_ms'), 2)} | {cell(row.get('p95_ms'), 2)} "
+            f"| {cell(row.get('batch_size'))} | {cell(row.get('throughput_per_s'), 1)} | "
+            f"{cell(row.get('batched_expected_speedup'), 2)} "
+            f"| {cell(row.get('batched_speedup'), 2)} | {cell(row.get('batched_speedup_vs_int8_full'), 2)} | "
+            f"{cell(row.get('batched_overhead_ratio'))} |"
         )
     lines += [
         "",
@@ -234,8 +286,11 @@ def markdown(task: str, rows: list[dict], machine: dict, targets: list[str], pro
         "| --- | --- | --- | --- | --- |",
     ]
     for row in quoted:
-        lines.append(f"| {row['source']} | {row['method']} | {cell(row.get('metric_pct_of_full'), 1)} | {cell(row.get('quoted_speedup'), 2)} | {row['note']} |")
-    lines += ["", "## Targets (issues 5 and 10)", "", *targets, "", "## Machine", "", *machine_lines(machine)]
+        lines.append(
+            f"| {row['source']} | {row['method']} | {cell(row.get('metric_pct_of_full'), 1)} | "
+            f"{cell(row.get('quoted_speedup'), 2)} | {row['note']} |"
+        )
+    lines += ["", "## Targets", "", *targets, "", "## Machine", "", *machine_lines(machine)]
     if profiled:
         lines += ["", "Where the time goes: profile.txt (torch.profiler, top operators per method and precision)."]
     return "\n".join(lines) + "\n"
@@ -248,7 +303,10 @@ def write_rows(rows: list[dict], path: Path) -> None:
 
 
 def write_chart(rows: list[dict], out: Path) -> None:
-    """Metric against measured speed-up over the fp32 full model: one line per method and precision, the reference rows as labelled points."""
+    """Metric against measured speed-up over the fp32 full model.
+
+    One line per method and precision, the reference rows as labelled points.
+    """
     import pandas as pd
 
     from interpret.charts import speedup_chart  # Altair: imported only when a chart is written
@@ -256,16 +314,45 @@ def write_chart(rows: list[dict], out: Path) -> None:
     measured = pd.DataFrame([row for row in rows if row["source"] == MEASURED])
     for column, default in (("precision", "fp32"), ("runtime", ENGINE)):
         measured[column] = measured[column].fillna(default) if column in measured else default
-    speed = "measured_speedup" if "measured_speedup" in measured and measured["measured_speedup"].notna().any() else "batched_speedup"
-    speed_title = "speed-up over the fp32 full model" + (" (batch 1)" if speed == "measured_speedup" else f" (batch {int(measured['batch_size'].iloc[0])})")
+    speed = (
+        "measured_speedup"
+        if "measured_speedup" in measured and measured["measured_speedup"].notna().any()
+        else "batched_speedup"
+    )
+    speed_title = "speed-up over the fp32 full model" + (
+        " (batch 1)" if speed == "measured_speedup" else f" (batch {int(measured['batch_size'].iloc[0])})"
+    )
     points = measured.dropna(subset=["metric", speed]).assign(
         threshold=lambda frame: frame["threshold"].astype(float),
         series=lambda frame: frame["method"] + " " + frame["precision"],
-        reference=lambda frame: frame["runtime"].map(lambda runtime: "full" if runtime == ENGINE else "ORT") + " " + frame["precision"],
+        reference=lambda frame: (
+            frame["runtime"].map(lambda runtime: "full" if runtime == ENGINE else "ORT") + " " + frame["precision"]
+        ),
     )
-    expected, layers = ("expected_speedup", "avg_layers") if speed == "measured_speedup" else ("batched_expected_speedup", "dev_avg_layers")
-    tooltip = ["method", "precision", "runtime", "threshold", "operating_point", "metric", "metric_pct_of_full", "agreement", speed, expected, layers]
-    full_metric = float(measured.loc[(measured["method"] == BASELINE) & (measured["precision"] == "fp32") & (measured["runtime"] == ENGINE), "metric"].iloc[0])
+    expected, layers = (
+        ("expected_speedup", "avg_layers")
+        if speed == "measured_speedup"
+        else ("batched_expected_speedup", "dev_avg_layers")
+    )
+    tooltip = [
+        "method",
+        "precision",
+        "runtime",
+        "threshold",
+        "operating_point",
+        "metric",
+        "metric_pct_of_full",
+        "agreement",
+        speed,
+        expected,
+        layers,
+    ]
+    full_metric = float(
+        measured.loc[
+            (measured["method"] == BASELINE) & (measured["precision"] == "fp32") & (measured["runtime"] == ENGINE),
+            "metric",
+        ].iloc[0]
+    )
     keep_rules = None
     if math.isfinite(full_metric) and full_metric > 0:
         keep_rules = pd.DataFrame(
@@ -275,16 +362,22 @@ def write_chart(rows: list[dict], out: Path) -> None:
             }
         )
     title = (
-        f"{measured['task'].iloc[0]}: {measured['metric_name'].iloc[0]} vs speed-up (squares: the full model in this engine and in ONNX Runtime (ORT); "
-        "diamonds: shipped points; dashed: 98% and 97% of full)"
+        f"{measured['task'].iloc[0]}: {measured['metric_name'].iloc[0]} vs speed-up (squares: the full model "
+        "in this engine and in ONNX Runtime (ORT); "
+        f"diamonds: shipped points; dashed: {KEEP_TARGET:g}% and {INT8_KEEP_TARGET:g}% of full)"
     )
-    chart = speedup_chart(points, speed, speed_title, [column for column in tooltip if column in points], keep_rules, title)
+    chart = speedup_chart(
+        points, speed, speed_title, [column for column in tooltip if column in points], keep_rules, title
+    )
     chart.save(str(out / "tradeoff.html"))
     chart.save(str(out / "tradeoff.png"))
 
 
 def write_report(out: Path, task: str, measured: list[dict], machine: dict, profiled: bool) -> str:
-    """results.csv (measured rows, then the quoted ones), results.md, machine.json and the chart; returns the markdown."""
+    """results.csv (measured rows, then the quoted ones), results.md, machine.json and the chart.
+
+    Returns the markdown.
+    """
     targets = target_summary(measured)
     rows = measured + reference_rows()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Choosing an operating point on the validation rows held out of train; dev is only reported.
 
     python -m training.calibration --checkpoint runs/mrpc/deebert --reference runs/mrpc/full --max-metric-drop 0.02
-    python -m training.calibration --checkpoint runs/mrpc/dpbert --reference runs/mrpc/full --target-speedup 1.5 --write
+    python -m training.calibration --checkpoint runs/mrpc/dpbert --reference runs/mrpc/full --target-speedup 1.5 \\
+        --write
 
 Every knob value of the method's grid (or, for a method whose trade-off is set in training, every
 trained variant given) is evaluated on the validation split; the goal picks one; that point is
@@ -29,7 +30,8 @@ from training.targets import KEEP, MAX_NO_LAYER_SHARE, compared_metrics, share_o
 
 @dataclass(frozen=True)
 class Goal:
-    """Keep at least ``keep`` of the reference metric (fastest such point), or reach ``target_speedup`` (most accurate such point).
+    """Keep at least ``keep`` of the reference metric (fastest such point), or reach ``target_speedup`` (most accurate
+    such point).
 
     Either way a point that answers more than ``max_no_layer_share`` of the inputs without running
     a layer is only taken when no other point is left: such a point keeps its metric by answering
@@ -45,7 +47,10 @@ class Goal:
             rule = f"most accurate point reaching {self.target_speedup:g}x expected speed-up"
         else:
             rule = f"fastest point keeping {self.keep:.0%} of the full model's metric (MRPC: accuracy and F1 both)"
-        return f"{rule} and answering at most {self.max_no_layer_share:.0%} of the inputs with no layer, on the validation split"
+        return (
+            f"{rule} and answering at most {self.max_no_layer_share:.0%} of the inputs with no layer, on the "
+            "validation split"
+        )
 
 
 def choose(results: list[dict], reference: dict, goal: Goal) -> dict:
@@ -84,14 +89,24 @@ class Calibration:
             "precision": self.model.precision,
             "validation_split": asdict(VALIDATION) | {"rows": self.validation["examples"]},
             "validation": {key: self.validation.get(key) for key in keys}
-            | {"reference_metric": self.validation_reference["metric"], "metric_pct_of_full": pct_of_full(self.validation, self.validation_reference)},
+            | {
+                "reference_metric": self.validation_reference["metric"],
+                "metric_pct_of_full": pct_of_full(self.validation, self.validation_reference),
+            },
         }
 
 
 def calibrate(
-    candidates: list[AdaptiveModel], reference: AdaptiveModel, validation: Dataset, dev: Dataset, goal: Goal = Goal(), dev_reference: dict | None = None
+    candidates: list[AdaptiveModel],
+    reference: AdaptiveModel,
+    validation: Dataset,
+    dev: Dataset,
+    goal: Goal = Goal(),
+    dev_reference: dict | None = None,
 ) -> Calibration:
-    """Evaluate every candidate's knob grid (or its one point) on ``validation``, choose by ``goal``, report it on ``dev``."""
+    """Evaluate every candidate's knob grid (or its one point) on ``validation``, choose by ``goal``, report it on
+    ``dev``.
+    """
     if not candidates:
         raise UserError("nothing to calibrate: give at least one checkpoint")
     validation_reference = evaluate(reference, validation)
@@ -118,18 +133,38 @@ def record(folder: str | Path, calibration: Calibration, goal: Goal) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.calibration", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="the checkpoint (several: trained variants of one method, e.g. DACT's tau values)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.calibration",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=True,
+        help="the checkpoint (several: trained variants of one method, e.g. DACT's tau values)",
+    )
     parser.add_argument("--reference", required=True, help="the task's full model")
     goal = parser.add_mutually_exclusive_group()
     goal.add_argument(
-        "--max-metric-drop", type=float, help=f"keep at least (1 - D) of the full model's metric, as fast as possible (default D = {1 - KEEP:.2f})"
+        "--max-metric-drop",
+        type=float,
+        help=f"keep at least (1 - D) of the full model's metric, as fast as possible (default D = {1 - KEEP:.2f})",
     )
-    goal.add_argument("--target-speedup", type=float, help="the most accurate point with at least this expected speed-up (6 / average layers)")
+    goal.add_argument(
+        "--target-speedup",
+        type=float,
+        help="the most accurate point with at least this expected speed-up (6 / average layers)",
+    )
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--write", action="store_true", help="record the chosen point in the chosen checkpoint's config.json")
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default=FP32, help="calibrate the model as it will run: fp32 (default), bf16 or int8 (both models at this precision)"
+        "--write", action="store_true", help="record the chosen point in the chosen checkpoint's config.json"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=FP32,
+        help="calibrate the model as it will run: fp32 (default), bf16 or int8 (both models at this precision)",
     )
     return parser.parse_args(argv)
 
@@ -141,24 +176,30 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--max-metric-drop is a fraction in [0, 1), such as 0.02, not {args.max_metric_drop}")
     if args.target_speedup is not None and args.target_speedup < 1:
         raise UserError(f"--target-speedup is at least 1 (no speed-up), not {args.target_speedup}")
-    goal = Goal(keep=KEEP if args.max_metric_drop is None else 1 - args.max_metric_drop, target_speedup=args.target_speedup)
+    goal = Goal(
+        keep=KEEP if args.max_metric_drop is None else 1 - args.max_metric_drop, target_speedup=args.target_speedup
+    )
     reference = load_checkpoint(args.reference).with_precision(args.precision)
     candidates = [load_checkpoint(folder).with_precision(args.precision) for folder in args.checkpoint]
     for model in candidates:
         if model.config.task != reference.config.task:
-            raise UserError(f"{model.source} is a {model.config.task} model but the reference is {reference.config.task}")
+            raise UserError(
+                f"{model.source} is a {model.config.task} model but the reference is {reference.config.task}"
+            )
     validation, dev = (checkpoint_split(reference.config, split, args.data_dir) for split in ("validation", "dev"))
     result = calibrate(candidates, reference, validation, dev, goal)
     threshold = "–" if result.threshold is None else f"{result.threshold:g}"
     print(f"{goal.describe()}: {result.model.source} at threshold {threshold} ({result.model.precision})")
     print(
-        f"  validation: {result.validation['metric_name']} {result.validation['metric']:.4f} (full {result.validation_reference['metric']:.4f}), "
+        f"  validation: {result.validation['metric_name']} {result.validation['metric']:.4f} (full "
+        f"{result.validation_reference['metric']:.4f}), "
         f"{result.validation['avg_layers']:.2f} layers, {result.validation['expected_speedup']:.2f}x"
     )
     share = "n/a" if result.dev["metric_pct_of_full"] is None else f"{result.dev['metric_pct_of_full']:.1f}%"
     print(
         f"  dev:        {result.dev['metric_name']} {result.dev['metric']:.4f} ({share} of full), "
-        f"{result.dev['avg_layers']:.2f} layers, {result.dev['expected_speedup']:.2f}x, most common path {result.dev['top_path_share']:.0%}"
+        f"{result.dev['avg_layers']:.2f} layers, {result.dev['expected_speedup']:.2f}x, most common path "
+        f"{result.dev['top_path_share']:.0%}"
     )
     if args.write:
         record(result.model.source, result, goal)

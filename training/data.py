@@ -53,7 +53,13 @@ class ValidationSplit:
         return max(1, min(self.max_rows, round(self.fraction * total)))
 
     def to_dict(self, total: int) -> dict:
-        return {"fraction": self.fraction, "max_rows": self.max_rows, "seed": self.seed, "rows": self.rows(total), "of": total}
+        return {
+            "fraction": self.fraction,
+            "max_rows": self.max_rows,
+            "seed": self.seed,
+            "rows": self.rows(total),
+            "of": total,
+        }
 
 
 VALIDATION = ValidationSplit()
@@ -78,7 +84,15 @@ COLUMNS = {
     "WNLI": TsvColumns("sentence1", "label", "sentence2"),
     "STS-B": TsvColumns("sentence1", "score", "sentence2"),
 }
-HUB_NAMES = {"SST-2": "sst2", "CoLA": "cola", "MRPC": "mrpc", "RTE": "rte", "QNLI": "qnli", "WNLI": "wnli", "STS-B": "stsb"}
+HUB_NAMES = {
+    "SST-2": "sst2",
+    "CoLA": "cola",
+    "MRPC": "mrpc",
+    "RTE": "rte",
+    "QNLI": "qnli",
+    "WNLI": "wnli",
+    "STS-B": "stsb",
+}
 
 
 def _label_value(spec: TaskSpec, raw: str) -> float | int:
@@ -95,7 +109,9 @@ def read_tsv(path: Path, spec: TaskSpec) -> Dataset:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     if columns.header:
         header, rows = rows[0], rows[1:]
-        position = {name: header.index(name) for name in (columns.text, columns.label, columns.pair) if name is not None}
+        position = {
+            name: header.index(name) for name in (columns.text, columns.label, columns.pair) if name is not None
+        }
     else:
         position = {index: index for index in (columns.text, columns.label, columns.pair) if index is not None}
     data = {
@@ -130,28 +146,44 @@ def load_split(task: str, split: str, data_dir: str | Path | None = None, from_h
         from datasets import load_dataset
 
         hub = load_dataset("nyu-mll/glue", HUB_NAMES[spec.name], split=HUB_SPLITS[split])
-        first, second = {"SST-2": ("sentence", None), "CoLA": ("sentence", None), "QNLI": ("question", "sentence")}.get(spec.name, ("sentence1", "sentence2"))
+        first, second = {
+            "SST-2": ("sentence", None),
+            "CoLA": ("sentence", None),
+            "QNLI": ("question", "sentence"),
+        }.get(spec.name, ("sentence1", "sentence2"))
         renamed = {first: "text", **({second: "text_pair"} if second else {})}
         return hub.rename_columns(renamed).select_columns(["text", "label", *(["text_pair"] if second else [])])
     folder = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     path = folder / spec.name / SPLIT_FILES[split]
     if not folder.is_dir():
-        raise UserError(f"GLUE data folder {folder} not found: pass --data-dir (a glue_data folder with <TASK>/{{train,dev}}.tsv) or set GLUE_DIR")
+        raise UserError(
+            f"GLUE data folder {folder} not found: pass --data-dir (a glue_data folder with "
+            f"<TASK>/{{train,dev}}.tsv) or set GLUE_DIR"
+        )
     if not path.is_file():
         raise UserError(f"{path} not found: the GLUE folder {folder} has no {split} split of {spec.name}")
     return read_tsv(path, spec)
 
 
-FILE_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".jsonl": "JSON", ".json": "JSON"}  # JSON: one object per line, or one array of objects
+FILE_FORMATS = {
+    ".csv": "CSV",
+    ".tsv": "TSV",
+    ".jsonl": "JSON",
+    ".json": "JSON",
+}  # JSON: one object per line, or one array of objects
 DELIMITERS = {"CSV": ",", "TSV": "\t"}
-DEV_CARVE = ValidationSplit(seed=2021)  # the dev rows held out of a training file that comes without a dev file or split
+DEV_CARVE = ValidationSplit(
+    seed=2021
+)  # the dev rows held out of a training file that comes without a dev file or split
 MIN_TRAINING_ROWS = 10  # fewer cannot spare dev and validation rows and still train
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a task name is also a folder name (runs/<task>/<method>)
 
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where a task of one's own comes from and which columns hold what (recorded in config.json under ``training.data``).
+    """Where a task of one's own comes from and which columns hold what.
+
+    It is recorded in config.json under ``training.data``.
 
     Exactly one of ``train_file`` (CSV, TSV, JSON lines; its format from its extension) and
     ``dataset`` (a ``datasets.load_dataset`` name or local folder) is set. Without ``dev_file``
@@ -175,7 +207,11 @@ class DataSource:
 
     def columns(self) -> list[tuple[str, str]]:
         """(column, the option that names it) for each column the task reads."""
-        named = [(self.text_column, "--text-column"), (self.pair_column, "--pair-column"), (self.label_column, "--label-column")]
+        named = [
+            (self.text_column, "--text-column"),
+            (self.pair_column, "--pair-column"),
+            (self.label_column, "--label-column"),
+        ]
         return [(name, option) for name, option in named if name is not None]
 
     def default_task_name(self) -> str:
@@ -187,17 +223,23 @@ class DataSource:
     def read(self) -> tuple[Table, Table | None]:
         """The training rows and the dev rows (None: carve them from the training rows)."""
         if self.train_file is not None:
-            return read_table(Path(self.train_file)), None if self.dev_file is None else read_table(Path(self.dev_file))
+            return read_table(Path(self.train_file)), None if self.dev_file is None else read_table(
+                Path(self.dev_file)
+            )
         return read_dataset(self.dataset, self.dataset_config, self.dev_split)
 
 
 @dataclass
 class Table:
-    """Rows of a file or a dataset split, column by column, before they become a task's ``text``, ``label`` and ``text_pair``."""
+    """Rows of a file or a dataset split, column by column, before they become a task's ``text``, ``label`` and
+    ``text_pair``.
+    """
 
     where: str  # the file, or the dataset and split, for messages
     columns: dict[str, list]
-    classes: dict[str, list[str]] = field(default_factory=dict)  # the class names of each ``ClassLabel`` column (a ``datasets`` dataset)
+    classes: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # the class names of each ``ClassLabel`` column (a ``datasets`` dataset)
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()), []))
@@ -211,7 +253,9 @@ class Table:
         values = self.column(name, option)
         for row, value in enumerate(values, start=1):
             if value is None or not str(value).strip():
-                raise UserError(f"{self.where}, row {row}: column {name!r} ({option}) is empty; every row needs a text")
+                raise UserError(
+                    f"{self.where}, row {row}: column {name!r} ({option}) is empty; every row needs a text"
+                )
         return [str(value) for value in values]
 
     def label_names(self, name: str) -> list[str]:
@@ -220,22 +264,33 @@ class Table:
         for row, value in enumerate(self.column(name, "--label-column"), start=1):
             if known is not None:
                 if not (isinstance(value, int) and 0 <= value < len(known)):
-                    raise UserError(f"{self.where}, row {row}: label {value!r} is not one of the dataset's classes {', '.join(known)}")
+                    raise UserError(
+                        f"{self.where}, row {row}: label {value!r} is not one of the dataset's classes "
+                        f"{', '.join(known)}"
+                    )
                 names.append(known[value])
             elif value is None or not str(value).strip():
                 raise UserError(f"{self.where}, row {row}: no label in column {name!r}; every row needs one")
             else:
-                names.append(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip())
+                names.append(
+                    str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
+                )
         return names
 
     def scores(self, name: str) -> list[float]:
         if name in self.classes:
-            raise UserError(f"{self.where}: column {name!r} holds classes ({', '.join(self.classes[name])}), not scores: leave out --regression")
+            raise UserError(
+                f"{self.where}: column {name!r} holds classes ({', '.join(self.classes[name])}), not scores: "
+                "leave out --regression"
+            )
         scores = []
         for row, value in enumerate(self.column(name, "--label-column"), start=1):
             score = number(value)
             if score is None or isinstance(value, bool) or not math.isfinite(score):
-                raise UserError(f"{self.where}, row {row}: label {value!r} in column {name!r} is not a number, which --regression needs")
+                raise UserError(
+                    f"{self.where}, row {row}: label {value!r} in column {name!r} is not a number, which "
+                    "--regression needs"
+                )
             scores.append(score)
         return scores
 
@@ -249,10 +304,15 @@ def number(value: object) -> float | None:
 
 
 def read_table(path: Path) -> Table:
-    """A CSV or TSV file (header line, standard quoting) or JSON lines (one object per line; ``.json`` may also hold one array of objects)."""
+    """A CSV or TSV file (header line, standard quoting) or JSON lines (one object per line; ``.json`` may also hold
+    one array of objects).
+    """
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
-        raise UserError(f"{path}: cannot tell the format from {suffix or 'no extension'!r}; name the file .csv, .tsv, .jsonl or .json")
+        raise UserError(
+            f"{path}: cannot tell the format from {suffix or 'no extension'!r}; name the file .csv, .tsv, "
+            ".jsonl or .json"
+        )
     if not path.is_file():
         raise UserError(f"{path} not found")
     try:
@@ -275,9 +335,14 @@ def read_delimited_rows(path: Path, text: str, kind: str) -> list[dict]:
     except csv.Error as error:
         raise UserError(f"{path} is not a readable {kind} file: {error}") from error
     rows = []
-    for row, values in enumerate((values for values in lines if any(value.strip() for value in values)), start=1):  # blank lines skipped
+    for row, values in enumerate(
+        (values for values in lines if any(value.strip() for value in values)), start=1
+    ):  # blank lines skipped
         if len(values) != len(header):
-            raise UserError(f"{path}, row {row}: {len(values)} fields but the header has {len(header)} (a field holding the delimiter needs quotes)")
+            raise UserError(
+                f"{path}, row {row}: {len(values)} fields but the header has {len(header)} (a field holding "
+                "the delimiter needs quotes)"
+            )
         rows.append(dict(zip(header, values)))
     return rows
 
@@ -285,7 +350,11 @@ def read_delimited_rows(path: Path, text: str, kind: str) -> list[dict]:
 def read_json_rows(path: Path, text: str) -> list[dict]:
     """One object per line (blank lines skipped), or one array of objects; each object is a row."""
     array = text.lstrip().startswith("[")
-    pieces = [("the file", text)] if array else [(f"line {number}", line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    pieces = (
+        [("the file", text)]
+        if array
+        else [(f"line {number}", line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    )
     parsed = []
     for position, piece in pieces:
         try:
@@ -301,15 +370,23 @@ def read_json_rows(path: Path, text: str) -> list[dict]:
 
 
 def read_dataset(name: str, config: str | None, dev_split: str | None) -> tuple[Table, Table | None]:
-    """The ``train`` split of a ``datasets`` dataset, and its dev rows: ``dev_split``, else its ``validation`` split, else None (carve)."""
+    """The ``train`` split of a ``datasets`` dataset, and its dev rows.
+
+    ``dev_split``, else its ``validation`` split, else None (carve).
+    """
     from datasets import load_dataset
 
     try:
         loaded = load_dataset(name, config)
     except (OSError, ValueError) as error:  # not found, offline, unknown config
-        raise UserError(f"cannot load dataset {name!r}{f' ({config})' if config else ''}: {str(error).splitlines()[0]}") from error
+        raise UserError(
+            f"cannot load dataset {name!r}{f' ({config})' if config else ''}: {str(error).splitlines()[0]}"
+        ) from error
     if not isinstance(loaded, DatasetDict) or "train" not in loaded:
-        raise UserError(f"dataset {name!r} has no 'train' split; its splits: {', '.join(loaded) if isinstance(loaded, DatasetDict) else 'none'}")
+        raise UserError(
+            f"dataset {name!r} has no 'train' split; its splits: "
+            f"{', '.join(loaded) if isinstance(loaded, DatasetDict) else 'none'}"
+        )
     if dev_split is not None and dev_split not in loaded:
         raise UserError(f"dataset {name!r} has no {dev_split!r} split (--dev-split); its splits: {', '.join(loaded)}")
     chosen = dev_split or ("validation" if "validation" in loaded else None)
@@ -318,15 +395,21 @@ def read_dataset(name: str, config: str | None, dev_split: str | None) -> tuple[
         part = loaded[split]
         if len(part) == 0:
             raise UserError(f"dataset {name!r}, split {split}: no rows")
-        classes = {column: feature.names for column, feature in part.features.items() if isinstance(feature, ClassLabel)}
-        return Table(f"dataset {name!r}, split {split}", {column: part[column] for column in part.column_names}, classes)
+        classes = {
+            column: feature.names for column, feature in part.features.items() if isinstance(feature, ClassLabel)
+        }
+        return Table(
+            f"dataset {name!r}, split {split}", {column: part[column] for column in part.column_names}, classes
+        )
 
     train, dev = table("train"), None if chosen is None else table(chosen)
     return train, dev
 
 
 def discover_classes(table: Table, column: str) -> list[str]:
-    """The classes of a label column in a stable order: a ``ClassLabel``'s own order, whole numbers by value, other names sorted.
+    """The classes of a label column in a stable order.
+
+    A ``ClassLabel``'s own order, whole numbers by value, other names sorted.
 
     A column of numbers that are not whole is refused: it is a score (``--regression``), not classes.
     """
@@ -343,12 +426,18 @@ def discover_classes(table: Table, column: str) -> list[str]:
             )
         names = sorted(names, key=float)
     if len(names) < 2:
-        raise UserError(f"{table.where}: column {column!r} holds only the class {names[0]!r}; a classifier needs at least two classes")
+        raise UserError(
+            f"{table.where}: column {column!r} holds only the class {names[0]!r}; a classifier needs at least "
+            "two classes"
+        )
     return names
 
 
 def task_rows(table: Table, source: DataSource, labels: list[str] | None) -> Dataset:
-    """The table as ``text``, ``label`` (class index, or score when ``labels`` is None) and, for pairs, ``text_pair``."""
+    """The table as ``text``, ``label`` and, for pairs, ``text_pair``.
+
+    ``label`` is the class index, or the score when ``labels`` is None.
+    """
     data = {"text": table.texts(source.text_column, "--text-column")}
     if labels is None:
         data["label"] = table.scores(source.label_column)
@@ -357,7 +446,10 @@ def task_rows(table: Table, source: DataSource, labels: list[str] | None) -> Dat
         data["label"] = []
         for row, name in enumerate(table.label_names(source.label_column), start=1):
             if name not in index:
-                raise UserError(f"{table.where}, row {row}: label {name!r} is not one of the training rows' classes {', '.join(labels)}")
+                raise UserError(
+                    f"{table.where}, row {row}: label {name!r} is not one of the training rows' classes "
+                    f"{', '.join(labels)}"
+                )
             data["label"].append(index[name])
     if source.pair_column is not None:
         data["text_pair"] = table.texts(source.pair_column, "--pair-column")
@@ -370,7 +462,9 @@ def file_digest(path: str) -> str:
 
 @dataclass
 class OwnData:
-    """A task of one's own: its spec (classes, pair), its training and dev rows, and what config.json records about them."""
+    """A task of one's own: its spec (classes, pair), its training and dev rows, and what config.json records about
+    them.
+    """
 
     spec: TaskSpec
     train: Dataset  # the training rows (without the carved dev rows)
@@ -378,7 +472,10 @@ class OwnData:
     record: dict
 
     def split(self, name: str) -> Dataset:
-        """``train``, ``dev``, or ``fit`` / ``validation``: the training rows without / only the held-out rows, as ``load_split``."""
+        """``train``, ``dev``, or ``fit`` / ``validation``.
+
+        The training rows without / only the held-out rows, as ``load_split``.
+        """
         if name in ("fit", "validation"):
             fit, validation = carve_validation(self.train)
             return fit if name == "fit" else validation
@@ -388,15 +485,25 @@ class OwnData:
 
 
 def check_task_name(name: str, option: str) -> str:
-    """A name a task of one's own can have: a folder name that is no GLUE task's (whose metric and checkpoints it would take)."""
+    """A name a task of one's own can have.
+
+    A folder name that is no GLUE task's (whose metric and checkpoints it would take).
+    """
     if not TASK_NAME.fullmatch(name):
-        raise UserError(f"task name {name!r} ({option}) may hold only letters, digits, '.', '_' and '-': pass --task-name NAME")
+        raise UserError(
+            f"task name {name!r} ({option}) may hold only letters, digits, '.', '_' and '-': pass --task-name NAME"
+        )
     if find_task(name) is not None:
-        raise UserError(f"task name {name!r} ({option}) is a GLUE task's: pass --task-name with another name, or --task {name} for GLUE's own files")
+        raise UserError(
+            f"task name {name!r} ({option}) is a GLUE task's: pass --task-name with another name, or --task "
+            f"{name} for GLUE's own files"
+        )
     return name
 
 
-def load_own_data(source: DataSource, task: str, labels: list[str] | None = None, recorded: dict | None = None) -> OwnData:
+def load_own_data(
+    source: DataSource, task: str, labels: list[str] | None = None, recorded: dict | None = None
+) -> OwnData:
     """Read, check and split a task of one's own.
 
     In training, ``labels`` is None and the classes are read off the training rows. Reloading a
@@ -408,15 +515,31 @@ def load_own_data(source: DataSource, task: str, labels: list[str] | None = None
         for name, option in source.columns():
             table.column(name, option)
     if len(train_table) < MIN_TRAINING_ROWS:
-        raise UserError(f"{train_table.where}: {len(train_table)} row(s); training needs at least {MIN_TRAINING_ROWS} (dev and validation rows are held out)")
+        raise UserError(
+            f"{train_table.where}: {len(train_table)} row(s); training needs at least {MIN_TRAINING_ROWS} "
+            "(dev and validation rows are held out)"
+        )
     if labels is None and not source.regression:
         labels = discover_classes(train_table, source.label_column)
     whole = task_rows(train_table, source, labels)
     if labels is None and len(set(whole["label"])) < 2:
-        raise UserError(f"{train_table.where}: every score in column {source.label_column!r} is {whole['label'][0]:g}; there is nothing to learn")
-    record = {"source": asdict(source), "train_rows": len(whole), "train_sha256": None if source.train_file is None else file_digest(source.train_file)}
-    if recorded is not None and (recorded["train_rows"], recorded["train_sha256"]) != (record["train_rows"], record["train_sha256"]):
-        raise UserError(f"{train_table.where} changed since the checkpoint was trained: its held-out validation and dev rows would not be the same ones")
+        raise UserError(
+            f"{train_table.where}: every score in column {source.label_column!r} is {whole['label'][0]:g}; "
+            "there is nothing to learn"
+        )
+    record = {
+        "source": asdict(source),
+        "train_rows": len(whole),
+        "train_sha256": None if source.train_file is None else file_digest(source.train_file),
+    }
+    if recorded is not None and (recorded["train_rows"], recorded["train_sha256"]) != (
+        record["train_rows"],
+        record["train_sha256"],
+    ):
+        raise UserError(
+            f"{train_table.where} changed since the checkpoint was trained: its held-out validation and dev "
+            "rows would not be the same ones"
+        )
     if dev_table is None:
         train, dev = carve_validation(whole, DEV_CARVE)
         record["dev_carved"] = DEV_CARVE.to_dict(len(whole))
@@ -428,7 +551,10 @@ def load_own_data(source: DataSource, task: str, labels: list[str] | None = None
 
 
 def checkpoint_split(config: ModelConfig, split: str, data_dir: str | Path | None = None) -> Dataset:
-    """A split of the data a checkpoint was trained on: its own file or dataset when config.json records one, else its GLUE task's."""
+    """A split of the data a checkpoint was trained on.
+
+    Its own file or dataset when config.json records one, else its GLUE task's.
+    """
     recorded = config.training.get("data")
     if recorded is None:
         return load_split(config.task, split, data_dir)

@@ -35,10 +35,18 @@ from training.targets import share_of_full
 EVALUATION_BATCH_SIZE = 64
 
 
-def run(model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False) -> Outcome:
+def run(
+    model: AdaptiveModel,
+    dataset: Dataset,
+    threshold: float | None = None,
+    early_exit: bool = True,
+    progress: bool = False,
+) -> Outcome:
     """The model over every row of ``dataset``: the engine's tables, in row order."""
     pairs = list(dataset["text_pair"]) if model.config.pair else None
-    return model.run_inputs(list(dataset["text"]), pairs, model.settings(threshold, early_exit), EVALUATION_BATCH_SIZE, progress)
+    return model.run_inputs(
+        list(dataset["text"]), pairs, model.settings(threshold, early_exit), EVALUATION_BATCH_SIZE, progress
+    )
 
 
 def answers(model: AdaptiveModel, outputs: torch.Tensor) -> list[int] | list[float]:
@@ -46,7 +54,14 @@ def answers(model: AdaptiveModel, outputs: torch.Tensor) -> list[int] | list[flo
     return outputs.tolist() if model.config.labels is None else outputs.argmax(-1).tolist()
 
 
-def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: torch.Tensor, exit_layer: torch.Tensor, threshold: float | None) -> dict:
+def summarise(
+    model: AdaptiveModel,
+    labels: list,
+    predictions: list,
+    executed: torch.Tensor,
+    exit_layer: torch.Tensor,
+    threshold: float | None,
+) -> dict:
     """One operating point: GLUE metrics, average layers, expected speed-up, per-layer frequencies and path spread.
 
     ``executed`` is the [N, L] table of layers computed per input, ``exit_layer`` each input's
@@ -77,22 +92,39 @@ def summarise(model: AdaptiveModel, labels: list, predictions: list, executed: t
 
 
 def pct_of_full(result: dict, reference: dict) -> float | None:
-    """``result``'s metric as a percentage of the full model's, compared as the targets compare (MRPC: the lower of accuracy and F1)."""
+    """``result``'s metric as a percentage of the full model's, compared as the targets compare (MRPC: the lower of
+    accuracy and F1).
+    """
     share = share_of_full(result["task"], result, reference)
     return None if share is None else 100 * share
 
 
 def evaluate(
-    model: AdaptiveModel, dataset: Dataset, threshold: float | None = None, early_exit: bool = True, progress: bool = False, with_predictions: bool = False
+    model: AdaptiveModel,
+    dataset: Dataset,
+    threshold: float | None = None,
+    early_exit: bool = True,
+    progress: bool = False,
+    with_predictions: bool = False,
 ) -> dict:
-    """One operating point's summary; ``with_predictions`` adds each input's answer (class index or score) as ``predictions``."""
+    """One operating point's summary; ``with_predictions`` adds each input's answer (class index or score) as
+    ``predictions``.
+    """
     outcome = run(model, dataset, threshold, early_exit, progress)
     predictions = answers(model, outcome.outputs)
-    result = summarise(model, list(dataset["label"]), predictions, outcome.executed, outcome.exit_layer, outcome.settings.threshold)
+    result = summarise(
+        model, list(dataset["label"]), predictions, outcome.executed, outcome.exit_layer, outcome.settings.threshold
+    )
     return result | {"predictions": predictions} if with_predictions else result
 
 
-def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None = None, progress: bool = False, with_predictions: bool = False) -> list[dict]:
+def sweep(
+    model: AdaptiveModel,
+    dataset: Dataset,
+    thresholds: list[float] | None = None,
+    progress: bool = False,
+    with_predictions: bool = False,
+) -> list[dict]:
     """Evaluate several knob values (default: the method's own grid); one pass where the method allows it."""
     knob = model.method.knob
     if knob is None:
@@ -101,10 +133,15 @@ def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None
     for threshold in thresholds:
         model.check_threshold(threshold)
     if not model.method.sweeps_in_one_pass:
-        return [evaluate(model, dataset, threshold, progress=progress, with_predictions=with_predictions) for threshold in thresholds]
+        return [
+            evaluate(model, dataset, threshold, progress=progress, with_predictions=with_predictions)
+            for threshold in thresholds
+        ]
     outcome = run(model, dataset, early_exit=False, progress=progress)
     numbers = [item.name for item in model.method.layer_fields if item.kind == "number"]
-    values = {name: outcome.layer_table(name).float() for name in numbers}  # the exit rules compare in float32, whatever the precision
+    values = {
+        name: outcome.layer_table(name).float() for name in numbers
+    }  # the exit rules compare in float32, whatever the precision
     layer_predictions = outcome.layer_table("prediction")
     labels = list(dataset["label"])
     layer_numbers = torch.arange(1, model.num_layers + 1)
@@ -113,7 +150,9 @@ def sweep(model: AdaptiveModel, dataset: Dataset, thresholds: list[float] | None
         exit_layer = model.method.sweep_exits(values, threshold)
         answered_at = torch.where(exit_layer > 0, exit_layer, model.num_layers)
         predictions = layer_predictions.gather(1, (answered_at - 1).unsqueeze(1)).squeeze(1).tolist()
-        result = summarise(model, labels, predictions, layer_numbers <= answered_at.unsqueeze(1), exit_layer, threshold)
+        result = summarise(
+            model, labels, predictions, layer_numbers <= answered_at.unsqueeze(1), exit_layer, threshold
+        )
         results.append(result | {"predictions": predictions} if with_predictions else result)
     return results
 
@@ -133,22 +172,36 @@ SWEEP_COLUMNS = [
 
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:
-    """A CSV of the sweep (with each point's per-layer run and exit shares) and an Altair chart of metric against average layers."""
+    """A CSV of the sweep (with each point's per-layer run and exit shares) and an Altair chart of metric against
+    average layers.
+    """
     import pandas as pd
 
     from interpret.charts import metric_lines  # Altair: imported only when a chart is written
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = [{key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS} for r in results]
+    rows = [
+        {key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS}
+        for r in results
+    ]
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     write_csv(table, out / "sweep.csv")
     plotted = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup"]
     points = table[plotted].assign(kind="sweep")
     if reference is not None:
-        points = pd.concat([points, pd.DataFrame([{**{key: reference[key] for key in plotted}, "kind": "full model"}])])
+        points = pd.concat(
+            [points, pd.DataFrame([{**{key: reference[key] for key in plotted}, "kind": "full model"}])]
+        )
     first = results[0]
     title = f"{first['task']} · {first['method']}: {first['metric_name']} vs layers"
-    chart = metric_lines(points, "avg_layers", "metric", title, series="kind", axis_titles=("average layers executed", first["metric_name"]))
+    chart = metric_lines(
+        points,
+        "avg_layers",
+        "metric",
+        title,
+        series="kind",
+        axis_titles=("average layers executed", first["metric_name"]),
+    )
     chart.save(str(out / "sweep.html"))
 
 
@@ -159,23 +212,36 @@ def parse_thresholds(text: str) -> list[float] | None:
     try:
         return [float(value) for value in text.split(",") if value.strip()]
     except ValueError:
-        raise UserError(f"--sweep takes 'default' or comma-separated numbers such as 0,0.1,0.2, not {text!r}") from None
+        raise UserError(
+            f"--sweep takes 'default' or comma-separated numbers such as 0,0.1,0.2, not {text!r}"
+        ) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument(
-        "--split", choices=["dev", "validation"], default="dev", help="dev (reported) or the validation rows held out of train (default: %(default)s)"
+        "--split",
+        choices=["dev", "validation"],
+        default="dev",
+        help="dev (reported) or the validation rows held out of train (default: %(default)s)",
     )
-    parser.add_argument("--threshold", type=float, nargs="*", help="one or more knob values (default: the checkpoint's)")
-    parser.add_argument("--sweep", help="knob values to sweep: 'default' (the method's grid) or comma-separated numbers")
+    parser.add_argument(
+        "--threshold", type=float, nargs="*", help="one or more knob values (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--sweep", help="knob values to sweep: 'default' (the method's grid) or comma-separated numbers"
+    )
     parser.add_argument("--no-early-exit", action="store_true", help="run every layer")
     parser.add_argument("--limit", type=int, help="only the first N rows")
     parser.add_argument("--out", help="folder for the sweep's CSV and chart")
     parser.add_argument("--reference", help="full-model checkpoint to compare with (metric %% of full, chart point)")
-    parser.add_argument("--json", action="store_true", help="end with one JSON object (a list of them for several thresholds)")
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON object (a list of them for several thresholds)"
+    )
     parser.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:N, mps or auto (default: the best available)")
     return parser.parse_args(argv)
 
@@ -186,9 +252,12 @@ def describe(result: dict, reference: dict | None) -> str:
     threshold = "default" if result["threshold"] is None else f"{result['threshold']:.4g}"
     frequencies = " ".join(f"{f:.2f}" for f in result["layer_frequency"])
     return (
-        f"{result['task']} {result['method']} threshold {threshold}: {result['metric_name']} {result['metric']:.4f}{share}, "
-        f"avg layers {result['avg_layers']:.2f}, expected speed-up {result['expected_speedup']:.2f}x, layer frequency [{frequencies}], "
-        f"most common path {result['top_path']} ({result['top_path_share']:.0%}), no layer for {result['no_layer_share']:.0%}"
+        f"{result['task']} {result['method']} threshold {threshold}: {result['metric_name']} "
+        f"{result['metric']:.4f}{share}, "
+        f"avg layers {result['avg_layers']:.2f}, expected speed-up {result['expected_speedup']:.2f}x, layer "
+        f"frequency [{frequencies}], "
+        f"most common path {result['top_path']} ({result['top_path_share']:.0%}), no layer for "
+        f"{result['no_layer_share']:.0%}"
     )
 
 
@@ -200,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = checkpoint_split(model.config, args.split, args.data_dir)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
-    reference = evaluate(load_checkpoint(args.reference).to(device), dataset, progress=True) if args.reference else None
+    reference = (
+        evaluate(load_checkpoint(args.reference).to(device), dataset, progress=True) if args.reference else None
+    )
     if args.sweep:
         results = sweep(model, dataset, parse_thresholds(args.sweep), progress=True)
     elif args.threshold:

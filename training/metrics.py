@@ -6,11 +6,22 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-MAIN_METRIC = {"SST-2": "accuracy", "RTE": "accuracy", "QNLI": "accuracy", "WNLI": "accuracy", "MRPC": "f1", "STS-B": "pearson", "CoLA": "matthews"}
+MAIN_METRIC = {
+    "SST-2": "accuracy",
+    "RTE": "accuracy",
+    "QNLI": "accuracy",
+    "WNLI": "accuracy",
+    "MRPC": "f1",
+    "STS-B": "pearson",
+    "CoLA": "matthews",
+}
 
 
 def main_metric(task: str, regression: bool) -> str:
-    """The metric a task is compared on: GLUE's for a GLUE task; for another task Pearson (scores) or accuracy (classes)."""
+    """The metric a task is compared on: GLUE's for a GLUE task.
+
+    For another task Pearson (scores) or accuracy (classes).
+    """
     return MAIN_METRIC.get(task, "pearson" if regression else "accuracy")
 
 
@@ -21,7 +32,10 @@ def glue_metrics(task: str, predictions: list, labels: list, regression: bool = 
     """
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if task == "STS-B" or regression:
-        return {"pearson": float(pearsonr(predictions, labels)[0]), "spearman": float(spearmanr(predictions, labels)[0])}
+        return {
+            "pearson": float(pearsonr(predictions, labels)[0]),
+            "spearman": float(spearmanr(predictions, labels)[0]),
+        }
     metrics = {"accuracy": float(accuracy_score(labels, predictions))}
     if task == "MRPC":
         metrics["f1"] = float(f1_score(labels, predictions))

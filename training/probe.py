@@ -1,6 +1,7 @@
 """What each layer knows: a linear probe on the [CLS] state and on the mean of the token states, after every layer.
 
-    python -m training.probe --task SST-2 --backbone --checkpoints assets/checkpoints/sst2/full --out assets/results/sst2-probe
+    python -m training.probe --task SST-2 --backbone --checkpoints assets/checkpoints/sst2/full \\
+        --out assets/results/sst2-probe
 
 For the backbone as published (``--backbone``) and for each checkpoint's encoder, the states of
 ``--train-rows`` rows of the fit split and of every dev row are taken after the embeddings and
@@ -40,12 +41,17 @@ COLUMNS = ["model", "layer", "pooling", "metric_name", "metric", "majority_share
 
 @torch.inference_mode()
 def pooled_states(model: AdaptiveModel, dataset, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Per pooling, [rows, layers + 1, hidden]: the pooled embeddings (layer 0) and the pooled state after every layer."""
+    """Per pooling, [rows, layers + 1, hidden].
+
+    The pooled embeddings (layer 0) and the pooled state after every layer.
+    """
     encoder = model.encoder.eval()
     texts, pairs = list(dataset["text"]), list(dataset["text_pair"]) if model.config.pair else None
     collected: dict[str, list[torch.Tensor]] = {pooling: [] for pooling in POOLINGS}
     for start in range(0, len(texts), batch_size):
-        encoded = model.tokenize(texts[start : start + batch_size], None if pairs is None else pairs[start : start + batch_size])
+        encoded = model.tokenize(
+            texts[start : start + batch_size], None if pairs is None else pairs[start : start + batch_size]
+        )
         hidden = encoder.embed(encoded["input_ids"], encoded.get("token_type_ids"))
         layer_mask = encoder.attention_mask_for(hidden, encoded["attention_mask"])
         states = [hidden]
@@ -53,12 +59,19 @@ def pooled_states(model: AdaptiveModel, dataset, batch_size: int = 64) -> dict[s
             hidden = encoder.run_layer(index, hidden, layer_mask)
             states.append(hidden)
         for pooling in POOLINGS:
-            collected[pooling].append(torch.stack([pool(state, encoded["attention_mask"], pooling) for state in states], 1))
+            collected[pooling].append(
+                torch.stack([pool(state, encoded["attention_mask"], pooling) for state in states], 1)
+            )
     return {pooling: torch.cat(parts).float().numpy() for pooling, parts in collected.items()}
 
 
-def probe_score(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray, regression: bool) -> float:
-    """Dev accuracy of a logistic regression (Pearson of a ridge regression for scores) fitted on standardised states."""
+def probe_score(
+    train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray, regression: bool
+) -> float:
+    """Dev accuracy of a logistic regression fitted on standardised states.
+
+    For scores: the Pearson correlation of a ridge regression.
+    """
     if regression:
         fitted = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(train_x, train_y)
         return float(pearsonr(fitted.predict(dev_x), dev_y)[0])
@@ -79,7 +92,9 @@ def probe_rows(models: list[tuple[str, AdaptiveModel]], train, dev) -> list[dict
         train_states, dev_states = pooled_states(model, train), pooled_states(model, dev)
         for pooling in POOLINGS:
             for layer in range(train_states[pooling].shape[1]):
-                score = probe_score(train_states[pooling][:, layer], train_y, dev_states[pooling][:, layer], dev_y, regression)
+                score = probe_score(
+                    train_states[pooling][:, layer], train_y, dev_states[pooling][:, layer], dev_y, regression
+                )
                 rows.append(
                     {
                         "model": label,
@@ -97,12 +112,18 @@ def probe_rows(models: list[tuple[str, AdaptiveModel]], train, dev) -> list[dict
 
 @command_line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", required=True)
     parser.add_argument("--checkpoints", nargs="*", default=[], help="checkpoints whose encoders are probed")
     parser.add_argument("--backbone", action="store_true", help="probe the backbone as published too")
-    parser.add_argument("--backbone-name", default=DEFAULT_BACKBONE, help="which backbone --backbone probes (default: %(default)s)")
-    parser.add_argument("--train-rows", type=int, default=3000, help="fit-split rows the probes are fitted on (default: %(default)s)")
+    parser.add_argument(
+        "--backbone-name", default=DEFAULT_BACKBONE, help="which backbone --backbone probes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--train-rows", type=int, default=3000, help="fit-split rows the probes are fitted on (default: %(default)s)"
+    )
     parser.add_argument("--dev-limit", type=int, help="only the first N dev rows")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--out", required=True, help="folder for results.csv and the chart")

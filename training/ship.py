@@ -80,7 +80,10 @@ class Stage:
             return [(self.name, self.settings)]
         keys = list(self.grid)
         combos = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
-        return [(self.name.format(**{key: format_value(value) for key, value in combo.items()}), self.settings | combo) for combo in combos]
+        return [
+            (self.name.format(**{key: format_value(value) for key, value in combo.items()}), self.settings | combo)
+            for combo in combos
+        ]
 
 
 def format_value(value: object) -> str:
@@ -88,7 +91,10 @@ def format_value(value: object) -> str:
 
 
 def option_arguments(settings: dict, run: Path) -> list[str]:
-    """``{"lr": 1e-4, "freeze_embeddings": False}`` -> ``["--lr", "0.0001", "--no-freeze-embeddings"]``; stage names become run folders."""
+    """``{"lr": 1e-4, "freeze_embeddings": False}`` -> ``["--lr", "0.0001", "--no-freeze-embeddings"]``.
+
+    Stage names become run folders.
+    """
     argv = []
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
@@ -121,9 +127,22 @@ class Recipe:
         for stage in stages:
             for folder, settings in stage.variants():
                 placed = {
-                    key: value.format(**{k: format_value(v) for k, v in settings.items()}) if key in PATH_OPTIONS else value for key, value in settings.items()
+                    key: value.format(**{k: format_value(v) for k, v in settings.items()})
+                    if key in PATH_OPTIONS
+                    else value
+                    for key, value in settings.items()
                 }
-                argv = ["--method", stage.method, "--task", stage.task, *option_arguments(placed, run), "--out", str(run / folder), "--resume", "--quiet"]
+                argv = [
+                    "--method",
+                    stage.method,
+                    "--task",
+                    stage.task,
+                    *option_arguments(placed, run),
+                    "--out",
+                    str(run / folder),
+                    "--resume",
+                    "--quiet",
+                ]
                 jobs.append(Job(run / folder, argv))
         return jobs
 
@@ -141,11 +160,16 @@ def parse_stage(table: dict, task: str, where: str) -> Stage:
     settings = {key: value for key, value in table.items() if key not in STAGE_KEYS}
     if "stage" in table:
         settings["stage"] = table["stage"]
-    return Stage(table["name"], table["method"], get_task(table.get("task", task)).name, settings, grid, table.get("as"))
+    return Stage(
+        table["name"], table["method"], get_task(table.get("task", task)).name, settings, grid, table.get("as")
+    )
 
 
 def load_recipe(path: Path) -> Recipe:
-    """A recipe file, checked: unknown methods, stage names and stage kinds are refused with the file and stage named."""
+    """A recipe file, checked.
+
+    Unknown methods, stage names and stage kinds are refused with the file and stage named.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
@@ -153,9 +177,15 @@ def load_recipe(path: Path) -> Recipe:
     if "task" not in data:
         raise UserError(f'{path.name}: say which task the recipe trains (task = "MRPC")')
     task = get_task(data["task"]).name
-    stages = [parse_stage(table, task, f"{path.name} stage {number}") for number, table in enumerate(data.get("stage", []), start=1)]
+    stages = [
+        parse_stage(table, task, f"{path.name} stage {number}")
+        for number, table in enumerate(data.get("stage", []), start=1)
+    ]
     analyses = data.get("analyses", {})
-    extra = [parse_stage(table, task, f"{path.name} analyses stage {number}") for number, table in enumerate(analyses.get("stage", []), start=1)]
+    extra = [
+        parse_stage(table, task, f"{path.name} analyses stage {number}")
+        for number, table in enumerate(analyses.get("stage", []), start=1)
+    ]
     return Recipe(path, task, stages, extra, list(analyses.get("commands", [])))
 
 
@@ -166,7 +196,10 @@ def recipes(tasks: list[str] | None, folder: Path = RECIPES_DIR) -> list[Recipe]
     wanted = [get_task(task).name for task in tasks]
     missing = [task for task in wanted if task not in {recipe.task for recipe in found}]
     if missing:
-        raise UserError(f"no recipe for {', '.join(missing)} in {folder.name}/; recipes exist for {', '.join(recipe.task for recipe in found)}")
+        raise UserError(
+            f"no recipe for {', '.join(missing)} in {folder.name}/; recipes exist for "
+            f"{', '.join(recipe.task for recipe in found)}"
+        )
     return [recipe for recipe in found if recipe.task in wanted]
 
 
@@ -190,7 +223,9 @@ def choose_variant(stage: Stage, run: Path) -> Path:
     for folder, _ in stage.variants():
         metrics = json.loads((run / folder / "config.json").read_text())["training"].get("validation_metrics")
         if not metrics:
-            raise UserError(f"{run / folder} has no validation metrics to choose by: train it on the fit split (the default)")
+            raise UserError(
+                f"{run / folder} has no validation metrics to choose by: train it on the fit split (the default)"
+            )
         scored.append((compared_value(stage.task, metrics), folder))
     best = max(scored)[1]
     link = run / stage.chosen_as
@@ -199,7 +234,12 @@ def choose_variant(stage: Stage, run: Path) -> Path:
     elif link.exists():
         raise UserError(f"{link} is a folder, not the link to the chosen variant: move it away and rerun")
     link.symlink_to(best)
-    print(f"  {stage.chosen_as} -> {best} (validation: " + ", ".join(f"{folder} {value:.4f}" for value, folder in scored) + ")", flush=True)
+    print(
+        f"  {stage.chosen_as} -> {best} (validation: "
+        + ", ".join(f"{folder} {value:.4f}" for value, folder in scored)
+        + ")",
+        flush=True,
+    )
     return run / best
 
 
@@ -215,17 +255,28 @@ def train_stages(recipe: Recipe, stages: list[Stage], runs: Path, dry_run: bool)
         if stage.chosen_as and not dry_run:
             choose_variant(stage, run)
         elif stage.chosen_as:
-            print(f"[choose] {stage.chosen_as} = the variant of {stage.name} with the best validation metrics", flush=True)
+            print(
+                f"[choose] {stage.chosen_as} = the variant of {stage.name} with the best validation metrics",
+                flush=True,
+            )
 
 
 def main_runner(description: str, prog: str, analyses: bool, argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", nargs="*", help="tasks to build (default: every recipe in training/recipes/)")
     parser.add_argument("--runs", default="runs", help="folder for the training outputs (default: %(default)s)")
-    parser.add_argument("--recipes", default=str(RECIPES_DIR), help="folder of recipe files (default: the shipped recipes)")
-    parser.add_argument("--dry-run", action="store_true", help="list every stage with its command and whether it is done, run nothing")
+    parser.add_argument(
+        "--recipes", default=str(RECIPES_DIR), help="folder of recipe files (default: the shipped recipes)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list every stage with its command and whether it is done, run nothing"
+    )
     if not analyses:
-        parser.add_argument("--no-publish", action="store_true", help="train only; do not choose operating points or write assets/")
+        parser.add_argument(
+            "--no-publish", action="store_true", help="train only; do not choose operating points or write assets/"
+        )
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     chosen = recipes(args.task, Path(args.recipes))
@@ -239,7 +290,9 @@ def main_runner(description: str, prog: str, analyses: bool, argv: list[str] | N
                 if args.dry_run:
                     print(f"[analysis] python -m {shlex.join(argv_command)}", flush=True)
                 else:
-                    run_logged(argv_command, runs / "logs" / f"{recipe.slug}-analysis-{argv_command[0].split('.')[-1]}.log")
+                    run_logged(
+                        argv_command, runs / "logs" / f"{recipe.slug}-analysis-{argv_command[0].split('.')[-1]}.log"
+                    )
     if not analyses and not args.no_publish:
         publish = ["training.publish", "--runs", str(runs), "--tasks", *[recipe.slug for recipe in chosen]]
         if args.dry_run:
@@ -250,7 +303,9 @@ def main_runner(description: str, prog: str, analyses: bool, argv: list[str] | N
 
 
 def expand_command(command: str, run: Path, slug: str) -> list[str]:
-    """A recipe's analysis command: ``{run}`` and ``{slug}`` filled in, ``*`` patterns expanded to the run folders they match."""
+    """A recipe's analysis command: ``{run}`` and ``{slug}`` filled in, ``*`` patterns expanded to the run folders they
+    match.
+    """
     argv = []
     for token in shlex.split(command.format(run=run, slug=slug)):
         matches = sorted(Path(token).parent.glob(Path(token).name)) if "*" in token else []

@@ -54,7 +54,9 @@ def starting_model(
     """
     method_class = get_method(method)
     if stage.starts_from == "backbone":
-        model = build_model(method, task, backbone=backbone, method_config=method_class.Config.from_dict(settings, where="settings"))
+        model = build_model(
+            method, task, backbone=backbone, method_config=method_class.Config.from_dict(settings, where="settings")
+        )
         if encoder_from:
             model.encoder.bert.load_state_dict(load_checkpoint(encoder_from).encoder.bert.state_dict())
         if finetune == "lora":
@@ -64,24 +66,38 @@ def starting_model(
             model.config.encoder_weights = "full"
         return model
     if init is None:
-        wanted = "the stage-1 full model" if stage.starts_from == BASELINE else f"a {method} checkpoint of the stage before {stage.name}"
-        raise UserError(f"{method_class.title} stage {stage.name} starts from a trained checkpoint: pass --init ({wanted})")
+        wanted = (
+            "the stage-1 full model"
+            if stage.starts_from == BASELINE
+            else f"a {method} checkpoint of the stage before {stage.name}"
+        )
+        raise UserError(
+            f"{method_class.title} stage {stage.name} starts from a trained checkpoint: pass --init ({wanted})"
+        )
     previous = load_checkpoint(init, merge_adapters=False)
     spec = as_task(task)
     if previous.config.task != spec.name:
         raise UserError(f"--init {init} was trained on {previous.config.task}, not {spec.name}")
     if previous.config.labels != (None if spec.labels is None else list(spec.labels)):
-        raise UserError(f"--init {init} was trained on the labels {previous.config.labels}, but these rows have {spec.labels and list(spec.labels)}")
+        raise UserError(
+            f"--init {init} was trained on the labels {previous.config.labels}, but these rows have "
+            f"{spec.labels and list(spec.labels)}"
+        )
     expected = method if stage.starts_from == "previous" else BASELINE
     if previous.config.method != expected:
-        raise UserError(f"--init {init} is a {previous.config.method} model; {method_class.title} stage {stage.name} starts from a {expected} model")
+        raise UserError(
+            f"--init {init} is a {previous.config.method} model; {method_class.title} stage {stage.name} "
+            f"starts from a {expected} model"
+        )
     if stage.starts_from == "previous":
         previous.method.config = previous.method.config.replace(**settings)
         previous.config.method_config = previous.method.config.to_dict()
         return share_encoder(previous, encoder_holder(previous), stage, finetune, lora_rank)
     encoder = previous.encoder
     # the heads start from the full model's, so they read what it read unless the stage says otherwise
-    config: MethodConfig = method_class.Config.from_dict({"pooling": previous.method.pooling} | settings, where="settings")
+    config: MethodConfig = method_class.Config.from_dict(
+        {"pooling": previous.method.pooling} | settings, where="settings"
+    )
     config = config.replace(pooling=resolve_pooling(config.pooling, resolve_backbone(previous.config.backbone)))
     new_method = method_class(encoder.hidden_size, encoder.num_layers, previous.method.num_outputs, config)
     new_method.start_from_full(previous.method.head)
@@ -92,7 +108,9 @@ def starting_model(
     return share_encoder(model, encoder_holder(previous), stage, finetune, lora_rank)
 
 
-def share_encoder(model: AdaptiveModel, holder: Path | None, stage: Stage, finetune: str, lora_rank: int) -> AdaptiveModel:
+def share_encoder(
+    model: AdaptiveModel, holder: Path | None, stage: Stage, finetune: str, lora_rank: int
+) -> AdaptiveModel:
     """Build on the encoder of a fully fine-tuned model instead of copying it.
 
     A stage that keeps the encoder frozen stores none of it; one that trains it with
@@ -121,7 +139,11 @@ def trainable_parameters(model: AdaptiveModel, stage: Stage, freeze_embeddings: 
         if model.config.encoder_weights == "lora":
             chosen += [p for name, p in model.encoder.named_parameters() if "lora_" in name]
         else:
-            chosen += [p for name, p in model.encoder.named_parameters() if not (freeze_embeddings and ".embeddings." in f".{name}")]
+            chosen += [
+                p
+                for name, p in model.encoder.named_parameters()
+                if not (freeze_embeddings and ".embeddings." in f".{name}")
+            ]
     for parameter in chosen:
         parameter.requires_grad_(True)
     return chosen

@@ -1,10 +1,12 @@
-"""What the project promises of a shipped model, declared once: calibration, publish, the benchmark and the tests read it here.
+"""What the project promises of a shipped model, declared once.
+
+Calibration, publish, the benchmark and the tests read it here.
 
 An adaptive operating point counts as adaptive when it keeps most of its full model's metric,
 saves layers, sends inputs down different paths and answers (almost) no input without running a
 layer. "Keeps" compares every metric in ``COMPARED_METRICS`` and takes the lowest share: on MRPC
 F1 alone would hide a model that answers the majority class ("equivalent") for everything, which
-already scores 94 % of the full model's F1, so MRPC compares accuracy and F1 both.
+already scores most of the full model's F1, so MRPC compares accuracy and F1 both.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ def compared_metrics(task: str, main_metric: str) -> tuple[str, ...]:
 
 
 def share_of_full(task: str, metrics: Mapping[str, float], reference: Mapping[str, float]) -> float | None:
-    """The lowest share of the reference's compared metrics that ``metrics`` keeps (1.0 = as good); None without a usable reference."""
+    """The lowest share of the reference's compared metrics that ``metrics`` keeps (1.0 = as good).
+
+    None without a usable reference.
+    """
     shares = []
     for name in compared_metrics(task, str(metrics["metric_name"])):
         if name not in metrics or not reference.get(name):
@@ -61,7 +66,11 @@ def target_misses(figures: AdaptivityFigures) -> list[str]:
     if figures.expected_speedup < MIN_EXPECTED_SPEEDUP:
         misses.append(f"{figures.expected_speedup:.2f}x ({figures.expected_speedup - MIN_EXPECTED_SPEEDUP:+.2f}x)")
     if figures.top_path_share > MAX_TOP_PATH_SHARE:
-        misses.append(f"one path {figures.top_path_share:.0%} ({100 * (figures.top_path_share - MAX_TOP_PATH_SHARE):+.0f}%)")
+        misses.append(
+            f"one path {figures.top_path_share:.0%} ({100 * (figures.top_path_share - MAX_TOP_PATH_SHARE):+.0f}%)"
+        )
     if figures.no_layer_share > MAX_NO_LAYER_SHARE:
-        misses.append(f"no layer for {figures.no_layer_share:.0%} ({100 * (figures.no_layer_share - MAX_NO_LAYER_SHARE):+.0f}%)")
+        misses.append(
+            f"no layer for {figures.no_layer_share:.0%} ({100 * (figures.no_layer_share - MAX_NO_LAYER_SHARE):+.0f}%)"
+        )
     return misses

@@ -1,12 +1,15 @@
 """Train one stage of one method on one GLUE task, or on a task of one's own (a file or a ``datasets`` dataset).
 
     python -m training.train --method full --task MRPC --out runs/mrpc/full
-    python -m training.train --method full --train-file reviews.csv --text-column review --label-column stars --out runs/reviews/full
+    python -m training.train --method full --train-file reviews.csv --text-column review --label-column stars \\
+        --out runs/reviews/full
     python -m training.train --method full --dataset imdb --text-column text --label-column label
     python -m training.train --method deebert --task MRPC --init runs/mrpc/full --out runs/mrpc/deebert
     python -m training.train --method dact --task MRPC --init runs/mrpc/full --tau 0.01
-    python -m training.train --method dpbert --stage relaxed --task MRPC --init runs/mrpc/full --out runs/mrpc/dpbert-relaxed
-    python -m training.train --method dpbert --stage rl --task MRPC --init runs/mrpc/dpbert-relaxed --out runs/mrpc/dpbert
+    python -m training.train --method dpbert --stage relaxed --task MRPC --init runs/mrpc/full \\
+        --out runs/mrpc/dpbert-relaxed
+    python -m training.train --method dpbert --stage rl --task MRPC --init runs/mrpc/dpbert-relaxed \\
+        --out runs/mrpc/dpbert
 
 Runs on the best device present (``--device``; bf16 autocast with --bf16), or as several processes under
 ``accelerate launch`` (several GPUs or machines; on CPUs: ``accelerate launch --multi_gpu --num_processes N``,
@@ -41,7 +44,15 @@ from core.devices import AUTO, resolve_device
 from core.errors import UserError, command_line
 from core.methods import METHODS, MethodConfig
 from core.tasks import TaskSpec, get_task
-from training.data import DEFAULT_DATA_DIR, VALIDATION, DataSource, carve_validation, check_task_name, load_own_data, load_split
+from training.data import (
+    DEFAULT_DATA_DIR,
+    VALIDATION,
+    DataSource,
+    carve_validation,
+    check_task_name,
+    load_own_data,
+    load_split,
+)
 from training.evaluate import evaluate
 from training.stages import TrainingObjective, starting_model, trainable_parameters
 
@@ -50,21 +61,41 @@ def option_flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type[MethodConfig]) -> None:
+def config_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type[MethodConfig]
+) -> None:
     """One option per field of a method's config (``--target-skip-rate``), from its type, choices and help."""
     for item in dataclasses.fields(config_class):
         flag = option_flag(item.name)
         meta = item.metadata
         help_text = f"{meta.get('help', '')} (default: {item.default})"
         if isinstance(item.default, bool):
-            parser.add_argument(flag, dest=f"setting_{item.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=f"setting_{item.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=f"setting_{item.name}", type=type(item.default), choices=meta.get("choices"), default=None, help=help_text)
+            parser.add_argument(
+                flag,
+                dest=f"setting_{item.name}",
+                type=type(item.default),
+                choices=meta.get("choices"),
+                default=None,
+                help=help_text,
+            )
 
 
 def method_settings(args: argparse.Namespace) -> dict:
     """The method settings given on the command line (the rest keep their defaults)."""
-    return {key.removeprefix("setting_"): value for key, value in vars(args).items() if key.startswith("setting_") and value is not None}
+    return {
+        key.removeprefix("setting_"): value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+
+
+def add_switch(parser: argparse.ArgumentParser, flag: str, default: bool, help_text: str) -> None:
+    """An on/off option with its ``--no-`` form."""
+    parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,39 +106,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ""
         if method_name
         else "Method settings (shown with --method M --help): "
-        + "; ".join(f"{name}: " + ", ".join(option_flag(item.name) for item in dataclasses.fields(cls.Config)) for name, cls in METHODS.items())
+        + "; ".join(
+            f"{name}: " + ", ".join(option_flag(item.name) for item in dataclasses.fields(cls.Config))
+            for name, cls in METHODS.items()
+        )
     )
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, epilog=others, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__,
+        epilog=others,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--method", required=True, choices=list(METHODS))
     data = parser.add_argument_group("data: a GLUE --task, or a task of one's own from --train-file or --dataset")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--task", help="a GLUE task: SST-2, CoLA, MRPC, RTE, QNLI, WNLI or STS-B")
-    source.add_argument("--train-file", help="a CSV, TSV or JSON-lines file (format from the extension: .csv, .tsv, .jsonl, .json)")
-    source.add_argument("--dataset", help="a Hugging Face datasets dataset: a hub name or a local folder (datasets.load_dataset)")
-    data.add_argument("--dev-file", help="with --train-file: the rows to report on (default: rows held out of --train-file, recorded in config.json)")
+    source.add_argument(
+        "--train-file", help="a CSV, TSV or JSON-lines file (format from the extension: .csv, .tsv, .jsonl, .json)"
+    )
+    source.add_argument(
+        "--dataset", help="a Hugging Face datasets dataset: a hub name or a local folder (datasets.load_dataset)"
+    )
+    data.add_argument(
+        "--dev-file",
+        help="with --train-file: the rows to report on (default: rows held out of --train-file, recorded in "
+        "config.json)",
+    )
     data.add_argument("--dataset-config", help="with --dataset: its configuration (subset)")
-    data.add_argument("--dev-split", help="with --dataset: the split to report on (default: its validation split, else rows held out of train)")
+    data.add_argument(
+        "--dev-split",
+        help="with --dataset: the split to report on (default: its validation split, else rows held out of train)",
+    )
     data.add_argument("--text-column", help="the column holding the text (default: text)")
     data.add_argument("--pair-column", help="the column holding the second sentence, for a task on sentence pairs")
-    data.add_argument("--label-column", help="the column holding the class (names or whole numbers) or, with --regression, the score (default: label)")
-    data.add_argument("--regression", action="store_true", help="learn a score from the label column instead of classes")
-    data.add_argument("--task-name", help="the task's name in the checkpoint (default: the file's stem, or the dataset's name)")
-    stages = [stage.name for stage in METHODS[method_name].stages] if method_name else sorted({stage.name for cls in METHODS.values() for stage in cls.stages})
+    data.add_argument(
+        "--label-column",
+        help="the column holding the class (names or whole numbers) or, with --regression, the score (default: label)",
+    )
+    data.add_argument(
+        "--regression", action="store_true", help="learn a score from the label column instead of classes"
+    )
+    data.add_argument(
+        "--task-name", help="the task's name in the checkpoint (default: the file's stem, or the dataset's name)"
+    )
+    stages = (
+        [stage.name for stage in METHODS[method_name].stages]
+        if method_name
+        else sorted({stage.name for cls in METHODS.values() for stage in cls.stages})
+    )
     parser.add_argument("--stage", choices=stages, help="training stage of the method's recipe (default: its first)")
-    parser.add_argument("--init", help="checkpoint to start from: the stage-1 full model, or the method's previous stage")
-    parser.add_argument("--out", help="output checkpoint folder (default runs/<task>/<method>)")
-    data.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="with --task: the glue_data folder (default: %(default)s; env GLUE_DIR)")
-    data.add_argument("--from-hub", action="store_true", help="with --task: load GLUE from the Hugging Face hub instead of --data-dir")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--finetune", choices=["lora", "full"], help="how the stage tunes the encoder (default: the stage's)")
     parser.add_argument(
-        "--freeze-embeddings",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="with --finetune full: keep the embedding layer as published (default on)",
+        "--init", help="checkpoint to start from: the stage-1 full model, or the method's previous stage"
+    )
+    parser.add_argument("--out", help="output checkpoint folder (default runs/<task>/<method>)")
+    data.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="with --task: the glue_data folder (default: %(default)s; env GLUE_DIR)",
+    )
+    data.add_argument(
+        "--from-hub",
+        action="store_true",
+        help="with --task: load GLUE from the Hugging Face hub instead of --data-dir",
+    )
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument(
+        "--finetune", choices=["lora", "full"], help="how the stage tunes the encoder (default: the stage's)"
+    )
+    add_switch(
+        parser, "--freeze-embeddings", True, "with --finetune full: keep the embedding layer as published (default on)"
     )
     parser.add_argument(
-        "--encoder-from", help="stage 1: start the encoder from this checkpoint's (any task: intermediate-task training) instead of the backbone"
+        "--encoder-from",
+        help="stage 1: start the encoder from this checkpoint's (any task: intermediate-task training) instead of "
+        "the backbone",
     )
     parser.add_argument(
         "--train-split",
@@ -121,18 +193,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="learning rate (adapters and heads)")
     parser.add_argument(
-        "--encoder-lr", type=float, help="learning rate of the encoder's own weights with --finetune full (default: the stage's, else --lr / 10)"
+        "--encoder-lr",
+        type=float,
+        help="learning rate of the encoder's own weights with --finetune full (default: the stage's, else --lr / 10)",
     )
     parser.add_argument("--warmup", type=float, help="fraction of steps for linear warm-up")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--train-limit", type=int, help="use only the first N training rows (smoke runs)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev rows")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast (default off: on CPUs without native bf16 it is ~27x slower, measured)",
+    add_switch(
+        parser, "--bf16", False, "bf16 autocast (default off: CPUs without native bf16 run it far slower than fp32)"
     )
     parser.add_argument(
         "--device",
@@ -144,7 +215,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out/resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     if method_name:
-        config_options(parser.add_argument_group(f"{METHODS[method_name].title} settings (recorded in config.json)"), METHODS[method_name].Config)
+        config_options(
+            parser.add_argument_group(f"{METHODS[method_name].title} settings (recorded in config.json)"),
+            METHODS[method_name].Config,
+        )
     parser.epilog = (
         (parser.epilog or "")
         + "\nTraining settings not given come from the stage (core/methods/<method>.py, Stage.training), else: "
@@ -153,11 +227,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return with_stage_defaults(parser.parse_args(argv))
 
 
-TRAINING_DEFAULTS = {"finetune": "lora", "lora_rank": 16, "epochs": 3.0, "batch_size": 32, "lr": 5e-4, "encoder_lr": None, "warmup": 0.06}
+TRAINING_DEFAULTS = {
+    "finetune": "lora",
+    "lora_rank": 16,
+    "epochs": 3.0,
+    "batch_size": 32,
+    "lr": 5e-4,
+    "encoder_lr": None,
+    "warmup": 0.06,
+}
 
 
 def with_stage_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the training settings the command line left out from the stage's own (what ships), then from ``TRAINING_DEFAULTS``."""
+    """Fill the training settings the command line left out from the stage's own (what ships), then from
+    ``TRAINING_DEFAULTS``.
+    """
     stage = METHODS[args.method].stage(args.stage)
     for key, default in TRAINING_DEFAULTS.items():
         if getattr(args, key) is None:
@@ -192,7 +276,9 @@ class ResumeState:
 
     def save(self, parameters, buffers, optimizer, step: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"param.{i}": storable(p) for i, p in enumerate(parameters)} | {f"buffer.{i}": storable(b) for i, b in enumerate(buffers)}
+        tensors = {f"param.{i}": storable(p) for i, p in enumerate(parameters)} | {
+            f"buffer.{i}": storable(b) for i, b in enumerate(buffers)
+        }
         for i, p in enumerate(parameters):
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"optim.{i}.{key}"] = storable(value)
@@ -208,9 +294,13 @@ class ResumeState:
                     b.copy_(tensors[f"buffer.{i}"].reshape(b.shape))
             for i, p in enumerate(parameters):
                 p.copy_(tensors[f"param.{i}"])
-                state = {key.split(".", 2)[2]: value for key, value in tensors.items() if key.startswith(f"optim.{i}.")}
+                state = {
+                    key.split(".", 2)[2]: value for key, value in tensors.items() if key.startswith(f"optim.{i}.")
+                }
                 if state:
-                    optimizer.state[p] = {key: value.reshape(()) if key == "step" else value.to(p.device) for key, value in state.items()}
+                    optimizer.state[p] = {
+                        key: value.reshape(()) if key == "step" else value.to(p.device) for key, value in state.items()
+                    }
         torch.set_rng_state(tensors["rng.torch"])
         return json.loads((self.folder / "position.json").read_text())["step"]
 
@@ -229,11 +319,17 @@ DATA_OPTIONS = {  # each data option, and the sources of data it goes with
 
 
 def data_source(args: argparse.Namespace) -> DataSource | None:
-    """Where a task of one's own comes from (None: a GLUE --task); options that do not go with the data given are refused."""
+    """Where a task of one's own comes from (None: a GLUE --task).
+
+    Options that do not go with the data given are refused.
+    """
     given = next(name for name in ("task", *OWN_DATA) if getattr(args, name))
     wrong = [name for name, sources in DATA_OPTIONS.items() if getattr(args, name) and given not in sources]
     if wrong:
-        raise UserError(f"{', '.join(map(option_flag, wrong))} cannot go with {option_flag(given)}: see python -m training.train --help")
+        raise UserError(
+            f"{', '.join(map(option_flag, wrong))} cannot go with {option_flag(given)}: see python -m "
+            "training.train --help"
+        )
     if args.task:
         return None
     return DataSource(
@@ -250,7 +346,9 @@ def data_source(args: argparse.Namespace) -> DataSource | None:
 
 
 def training_data(args: argparse.Namespace) -> tuple[TaskSpec, Dataset, Dataset | None, Dataset, dict]:
-    """The task, its training rows, the held-out validation rows (with --train-split fit), the dev rows, and what config.json records of them."""
+    """The task, its training rows, the held-out validation rows (with --train-split fit), the dev rows, and what
+    config.json records of them.
+    """
     source = data_source(args)
     if source is None:
         spec, recorded = get_task(args.task), {}
@@ -258,10 +356,15 @@ def training_data(args: argparse.Namespace) -> tuple[TaskSpec, Dataset, Dataset 
         def split(name: str) -> Dataset:
             return load_split(spec.name, name, args.data_dir, args.from_hub)
     else:
-        task = check_task_name(args.task_name or source.default_task_name(), "--task-name" if args.task_name else "the default, from the data's name")
+        task = check_task_name(
+            args.task_name or source.default_task_name(),
+            "--task-name" if args.task_name else "the default, from the data's name",
+        )
         own = load_own_data(source, task)
         spec, recorded, split = own.spec, {"data": own.record}, own.split
-    if args.train_split == "fit":  # the training rows once: their held-out rows are what recipes are compared on afterwards
+    if (
+        args.train_split == "fit"
+    ):  # the training rows once: their held-out rows are what recipes are compared on afterwards
         whole_train = split("train")
         train_set, validation_set = carve_validation(whole_train)
         recorded["validation_split"] = VALIDATION.to_dict(len(whole_train))
@@ -274,11 +377,26 @@ def train(args: argparse.Namespace) -> dict:
     spec, train_set, validation_set, dev_set, recorded = training_data(args)
     out = Path(args.out or f"runs/{spec.name.replace('-', '').lower()}/{args.method}")
     set_seed(args.seed)
-    # a stage may leave some trainable parameters out of a step (a bypassed layer, the unused pooler): DDP must not wait for them
+    # a stage may leave some trainable parameters out of a step (a bypassed layer, the unused pooler): DDP must not
+    # wait for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=resolve_device(args.device).type == "cpu", kwargs_handlers=[ddp])
+    accelerator = Accelerator(
+        mixed_precision="bf16" if args.bf16 else "no",
+        cpu=resolve_device(args.device).type == "cpu",
+        kwargs_handlers=[ddp],
+    )
     stage = METHODS[args.method].stage(args.stage)
-    model = starting_model(args.method, spec, stage, method_settings(args), args.backbone, args.init, args.finetune, args.lora_rank, args.encoder_from)
+    model = starting_model(
+        args.method,
+        spec,
+        stage,
+        method_settings(args),
+        args.backbone,
+        args.init,
+        args.finetune,
+        args.lora_rank,
+        args.encoder_from,
+    )
     parameters = trainable_parameters(model, stage, freeze_embeddings=args.freeze_embeddings)
     model.config.max_length = args.max_length
 
@@ -293,13 +411,19 @@ def train(args: argparse.Namespace) -> dict:
     lengths = [len(ids) for ids in encoded["input_ids"]]
 
     def collate(indices: list[int]) -> dict[str, torch.Tensor]:
-        features = [{key: encoded[key][i] for key in ("input_ids", "attention_mask", "token_type_ids")} for i in indices]
+        features = [
+            {key: encoded[key][i] for key in ("input_ids", "attention_mask", "token_type_ids")} for i in indices
+        ]
         batch = model.tokenizer.pad(features, return_tensors="pt")
-        batch["labels"] = torch.tensor([labels[i] for i in indices], dtype=torch.float if spec.is_regression else torch.long)
+        batch["labels"] = torch.tensor(
+            [labels[i] for i in indices], dtype=torch.float if spec.is_regression else torch.long
+        )
         return dict(batch)
 
     batches_per_epoch = -(-len(lengths) // args.batch_size)
-    steps_per_epoch = -(-batches_per_epoch // accelerator.num_processes)  # under accelerate launch each process takes its share
+    steps_per_epoch = -(
+        -batches_per_epoch // accelerator.num_processes
+    )  # under accelerate launch each process takes its share
     total_steps = args.max_steps or max(1, int(steps_per_epoch * args.epochs))
     encoder_lr = args.encoder_lr or args.lr / 10
     encoder_ids = {id(p) for p in model.encoder.parameters()}
@@ -324,15 +448,25 @@ def train(args: argparse.Namespace) -> dict:
 
     objective.train()
     progress = tqdm(
-        total=total_steps, initial=step, disable=args.quiet or not accelerator.is_main_process, desc=f"{args.method} {spec.name}", dynamic_ncols=True
+        total=total_steps,
+        initial=step,
+        disable=args.quiet or not accelerator.is_main_process,
+        desc=f"{args.method} {spec.name}",
+        dynamic_ncols=True,
     )
     began, seen = time.perf_counter(), 0
     epoch = step // steps_per_epoch
     while step < total_steps:
         batches = length_grouped_batches(lengths, args.batch_size, seed=args.seed + epoch)
-        # its own generator, so creating the loader does not draw from the global RNG (dropout), and a resumed run matches
+        # its own generator, so creating the loader does not draw from the global RNG (dropout), and a resumed run
+        # matches
         loader = accelerator.prepare_data_loader(
-            DataLoader(range(len(lengths)), batch_sampler=batches, collate_fn=collate, generator=torch.Generator().manual_seed(args.seed + epoch))
+            DataLoader(
+                range(len(lengths)),
+                batch_sampler=batches,
+                collate_fn=collate,
+                generator=torch.Generator().manual_seed(args.seed + epoch),
+            )
         )
         for position, batch in enumerate(loader):
             if position < step - epoch * steps_per_epoch:
@@ -349,7 +483,12 @@ def train(args: argparse.Namespace) -> dict:
             step += 1
             seen += len(batch["labels"])
             progress.update(1)
-            progress.set_postfix({**{k: f"{v:.4f}" for k, v in list(stats.items())[:3]}, "ex/s": f"{seen / (time.perf_counter() - began):.1f}"})
+            progress.set_postfix(
+                {
+                    **{k: f"{v:.4f}" for k, v in list(stats.items())[:3]},
+                    "ex/s": f"{seen / (time.perf_counter() - began):.1f}",
+                }
+            )
             if step % args.save_every == 0 and accelerator.is_main_process:  # every process holds the same weights
                 resume.save(parameters, buffers, optimizer, step)
             if step >= total_steps:
@@ -362,20 +501,37 @@ def train(args: argparse.Namespace) -> dict:
     result = evaluate(model, dev_set)
     model.config.trained = True
     model.config.training = (
-        {key: value for key, value in vars(args).items() if key not in ("quiet", "resume", "command") and not key.startswith("setting_")}
-        | {"steps": step, "stage": stage.name, "command": args.command, "train_rows": len(train_set), "processes": accelerator.num_processes}
+        {
+            key: value
+            for key, value in vars(args).items()
+            if key not in ("quiet", "resume", "command") and not key.startswith("setting_")
+        }
+        | {
+            "steps": step,
+            "stage": stage.name,
+            "command": args.command,
+            "train_rows": len(train_set),
+            "processes": accelerator.num_processes,
+        }
         | recorded
     )
     if validation_set is not None:
         validation = evaluate(model, validation_set)
-        # every metric of the task (MRPC: accuracy and F1 both), so variants can be compared the way the targets compare them
+        # every metric of the task (MRPC: accuracy and F1 both), so variants can be compared the way the targets
+        # compare them
         model.config.training["validation_metrics"] = {
-            key: value for key, value in validation.items() if isinstance(value, (int, float, str)) and key not in ("task", "method", "threshold")
+            key: value
+            for key, value in validation.items()
+            if isinstance(value, (int, float, str)) and key not in ("task", "method", "threshold")
         }
     model.config.metrics = result
     if accelerator.is_main_process:
         save_checkpoint(model, out)
-    accelerator.print(json.dumps({"out": str(out), **{k: v for k, v in result.items() if k not in ("layer_frequency", "exit_frequency")}}))
+    accelerator.print(
+        json.dumps(
+            {"out": str(out), **{k: v for k, v in result.items() if k not in ("layer_frequency", "exit_frequency")}}
+        )
+    )
     return result
 
 

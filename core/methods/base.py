@@ -33,7 +33,9 @@ State = dict[str, torch.Tensor]  # per-row running values; every tensor has the 
 Report = dict[str, torch.Tensor]  # per-row values recorded in the trace for one layer
 
 
-def option(default: Any, help: str, choices: tuple | None = None, low: float | None = None, high: float | None = None) -> Any:
+def option(
+    default: Any, help: str, choices: tuple | None = None, low: float | None = None, high: float | None = None
+) -> Any:
     """A config field with what the command line and the error messages need to know about it."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high})
 
@@ -49,7 +51,8 @@ class MethodConfig:
     dropout: float = option(0.1, "dropout in every head while training", low=0.0, high=1.0)
     pooling: str = option(
         AUTO,
-        "what every head, planner and halting unit reads: cls = the [CLS] state (the papers), mean = the mean of the token states, "
+        "what every head, planner and halting unit reads: cls = the [CLS] state (the papers), mean = the mean "
+        "of the token states, "
         "auto = the backbone's own pooling (its sentence-transformers config), else cls",
         choices=(AUTO, CLS, MEAN),
     )
@@ -59,7 +62,10 @@ class MethodConfig:
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(known))}")
+            raise UserError(
+                f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: "
+                f"{', '.join(sorted(known))}"
+            )
         config = cls(**data)
         config.validate(where)
         return config
@@ -75,7 +81,9 @@ class MethodConfig:
         for item in dataclasses.fields(self):
             value, meta = getattr(self, item.name), item.metadata
             if meta.get("choices") and value not in meta["choices"]:
-                raise UserError(f"{where}: {item.name} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
+                raise UserError(
+                    f"{where}: {item.name} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}"
+                )
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if not math.isfinite(value):
                     raise UserError(f"{where}: {item.name} must be a finite number, not {value}")
@@ -99,7 +107,9 @@ class Knob:
 
     def check(self, value: float, method: str) -> None:
         if not (math.isfinite(value) and self.low <= value <= self.high):
-            raise UserError(f"{self.name} {value} is out of range for {method}: use a value in [{self.low:.4g}, {self.high:.4g}]")
+            raise UserError(
+                f"{self.name} {value} is out of range for {method}: use a value in [{self.low:.4g}, {self.high:.4g}]"
+            )
         if self.integer and value != int(value):
             raise UserError(f"{self.name} of {method} is a whole number, not {value}")
 
@@ -114,7 +124,9 @@ class Stage:
     """
 
     name: str
-    starts_from: str  # "backbone": fresh heads; "full": the task's trained full model; "previous": this method's previous stage
+    starts_from: (
+        str  # "backbone": fresh heads; "full": the task's trained full model; "previous": this method's previous stage
+    )
     trains_encoder: bool  # False: the encoder (and its adapters) stay frozen
     help: str
     training: dict = field(default_factory=dict)
@@ -193,19 +205,26 @@ class Method(nn.Module):
     stages: ClassVar[tuple[Stage, ...]] = ()
     layer_fields: ClassVar[tuple[LayerField, ...]] = ()
     layer_chart: ClassVar[LayerChart | None] = None
-    variants_are_operating_points: ClassVar[bool] = False  # the trade-off is a training setting: each trained variant is a point
-    decides_every_layer: ClassVar[bool] = True  # reads the pooled state around every layer (False: never stops early, reads only the final state)
+    variants_are_operating_points: ClassVar[bool] = (
+        False  # the trade-off is a training setting: each trained variant is a point
+    )
+    decides_every_layer: ClassVar[bool] = (
+        True  # reads the pooled state around every layer (False: never stops early, reads only the final state)
+    )
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: MethodConfig | None = None):
         super().__init__()
         if num_outputs < 2 and not self.supports_regression:
-            raise UserError(f"{self.title} needs class probabilities, so it runs classification tasks only, not regression")
+            raise UserError(
+                f"{self.title} needs class probabilities, so it runs classification tasks only, not regression"
+            )
         self.config = config if config is not None else self.Config()
         if self.config.pooling == AUTO:
             raise UserError(
                 "method_config.pooling is missing or 'auto': a model must say which pooling its heads read. "
                 "Build new models with core.model.build_model (it resolves 'auto' against the backbone); "
-                'in a checkpoint written before this setting existed, add "pooling": "cls" to method_config in config.json'
+                'in a checkpoint written before this setting existed, add "pooling": "cls" to method_config '
+                "in config.json"
             )
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -223,7 +242,9 @@ class Method(nn.Module):
         for stage in cls.stages:
             if stage.name == name:
                 return stage
-        raise UserError(f"{cls.title} has no training stage {name!r}; its stages: {', '.join(stage.name for stage in cls.stages)}")
+        raise UserError(
+            f"{cls.title} has no training stage {name!r}; its stages: {', '.join(stage.name for stage in cls.stages)}"
+        )
 
     @property
     def knob(self) -> Knob | None:
@@ -264,17 +285,34 @@ class Method(nn.Module):
         return {}
 
     def plan(
-        self, layer: int, pooled: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings
+        self,
+        layer: int,
+        pooled: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        state: State,
+        settings: RunSettings,
     ) -> tuple[torch.Tensor | None, Report]:
-        """Before ``layer`` (0-based), from the states entering it (``pooled``: their pooled state): which rows run it (None: all of them)."""
+        """Before ``layer`` (0-based), from the states entering it (``pooled``: their pooled state).
+
+        Which rows run it (None: all of them).
+        """
         return None, {}
 
-    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
-        """After ``layer``, from the pooled state it left (called for every row that reached it, run or bypassed): which rows stop here (None: none)."""
+    def after_layer(
+        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
+    ) -> tuple[torch.Tensor | None, Report]:
+        """After ``layer``, from the pooled state it left (called for every row that reached it, run or bypassed).
+
+        Which rows stop here (None: none).
+        """
         return None, {}
 
     def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
-        """Final output for rows that stop, from their last pooled state: probabilities [b, C], or scores [b] for regression."""
+        """Final output for rows that stop, from their last pooled state.
+
+        Probabilities [b, C], or scores [b] for regression.
+        """
         raise NotImplementedError
 
     def layer_values(self, layer: int, report: Report) -> Report:
@@ -301,7 +339,9 @@ class Method(nn.Module):
         """The method's own parameters a stage trains (default: all of them)."""
         return self.parameters()
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, encoder: Encoder, batch: TrainBatch, stage: Stage
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
 

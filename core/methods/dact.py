@@ -41,16 +41,24 @@ from core.methods.presets import LORA_JOINT
 
 @dataclass
 class DACTConfig(MethodConfig):
-    tau: float = option(0.01, "weight of the sum of halting values in the loss (the speed/accuracy trade-off)", low=0.0)
+    tau: float = option(
+        0.01, "weight of the sum of halting values in the loss (the speed/accuracy trade-off)", low=0.0
+    )
     halting_bias: float = option(1.0, "initial bias of the halting units (larger: halt later at first)")
 
 
-def accumulate(answer: torch.Tensor, remaining: torch.Tensor, probs: torch.Tensor, halting: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DACT step: (a_{n-1}, p_{n-1}, y_n, h_n) -> (a_n, p_n), with a_n = a_{n-1} + p_{n-1} (y_n - a_{n-1}) as one lerp."""
+def accumulate(
+    answer: torch.Tensor, remaining: torch.Tensor, probs: torch.Tensor, halting: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DACT step: (a_{n-1}, p_{n-1}, y_n, h_n) -> (a_n, p_n), with a_n = a_{n-1} + p_{n-1} (y_n - a_{n-1}) as one
+    lerp.
+    """
     return answer.lerp(probs, remaining.unsqueeze(-1)), remaining * halting
 
 
-def halting_bounds(top_two: torch.Tensor, remaining: torch.Tensor, layers_left: int) -> tuple[torch.Tensor, torch.Tensor]:
+def halting_bounds(
+    top_two: torch.Tensor, remaining: torch.Tensor, layers_left: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower bound of the top class and upper bound of the runner-up after ``layers_left`` more layers."""
     lower = top_two[:, 0] * (1 - remaining) ** layers_left
     upper = top_two[:, 1] + remaining * layers_left
@@ -83,7 +91,9 @@ class DACT(Method):
         LayerField("top_class", "class with the largest a_n", kind="class"),
         LayerField("top_accumulated", "top class: accumulated"),
         LayerField("runner_up_accumulated", "runner-up: accumulated"),
-        LayerField("top_lower_bound", "top class: lower bound", help="the least the top class can still have at the end"),
+        LayerField(
+            "top_lower_bound", "top class: lower bound", help="the least the top class can still have at the end"
+        ),
         LayerField("runner_up_upper_bound", "runner-up: upper bound", help="the most the runner-up can still reach"),
     )
     layer_chart = LayerChart(
@@ -96,7 +106,8 @@ class DACT(Method):
             Series("runner_up_upper_bound", "runner-up: upper bound", "#fdba74", dashed=True),
         ),
         y_domain=(0.0, 1.0),
-        caption="The model halts at the first layer where the top class's lower bound reaches the runner-up's upper bound.",
+        caption="The model halts at the first layer where the top class's lower bound reaches the runner-up's upper "
+        "bound.",
     )
 
     def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: DACTConfig | None = None):
@@ -120,7 +131,9 @@ class DACT(Method):
             "remaining": torch.ones(batch_size, device=device),
         }
 
-    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(
+        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
+    ) -> tuple[torch.Tensor | None, Report]:
         probs = self.classifiers[layer].logits(pooled).softmax(-1)
         halting = self.halting_probability(layer, pooled)
         answer, remaining = accumulate(state["answer"], state["remaining"], probs, halting)
@@ -133,7 +146,9 @@ class DACT(Method):
         return stop, {"probs": probs, "halting_prob": halting, "accumulated": answer, "remaining": remaining}
 
     def layer_values(self, layer: int, report: Report) -> Report:
-        """The per-layer classifier's class, and the accumulated answer's top two with the bounds the halting rule compared."""
+        """The per-layer classifier's class, and the accumulated answer's top two with the bounds the halting rule
+        compared.
+        """
         top_two = report["accumulated"].topk(2, dim=-1)
         lower, upper = halting_bounds(top_two.values, report["remaining"], self.num_layers - layer - 1)
         return {
@@ -150,7 +165,9 @@ class DACT(Method):
     def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
         return state["answer"]
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, encoder: Encoder, batch: TrainBatch, stage: Stage
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative log-likelihood of the accumulated answer a_L plus tau * the sum of the halting values."""
         pooled_states = run_all_layers(encoder, batch, self.pooling)
         answer = torch.zeros(len(batch.labels), self.num_outputs, device=batch.labels.device)

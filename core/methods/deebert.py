@@ -17,7 +17,18 @@ from torch import nn
 
 from core.backbone import Encoder
 from core.heads import PooledHead
-from core.methods.base import Knob, LayerChart, LayerField, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch
+from core.methods.base import (
+    Knob,
+    LayerChart,
+    LayerField,
+    PaperClaim,
+    Report,
+    RunSettings,
+    Series,
+    Stage,
+    State,
+    TrainBatch,
+)
 from core.methods.offramps import OffRampMethod, first_exit
 from core.methods.presets import HEADS_ONLY
 
@@ -39,10 +50,20 @@ class DeeBERT(OffRampMethod):
     paper_claim = PaperClaim("up to ~40% less inference time with minimal quality loss (BERT-base, GLUE)")
     summary = "an off-ramp after every layer; exit when its entropy is below a threshold S"
     supports_regression = False
-    stages = (Stage("ramps", starts_from="full", trains_encoder=False, help="freeze the full model, train off-ramps 1..L-1", training=HEADS_ONLY),)
+    stages = (
+        Stage(
+            "ramps",
+            starts_from="full",
+            trains_encoder=False,
+            help="freeze the full model, train off-ramps 1..L-1",
+            training=HEADS_ONLY,
+        ),
+    )
     layer_fields = (
         LayerField("prediction", "off-ramp prediction", kind="class"),
-        LayerField("entropy", "off-ramp entropy (nats)", help="the input exits at the first off-ramp whose entropy is below S"),
+        LayerField(
+            "entropy", "off-ramp entropy (nats)", help="the input exits at the first off-ramp whose entropy is below S"
+        ),
     )
     layer_chart = LayerChart(
         title="DeeBERT: entropy per layer vs S",
@@ -77,7 +98,9 @@ class DeeBERT(OffRampMethod):
         """DeeBERT's exit rule, shared by the engine and the one-pass sweep."""
         return entropy < threshold
 
-    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(
+        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
+    ) -> tuple[torch.Tensor | None, Report]:
         probs = self.ramp_logits(layer, pooled).softmax(-1)
         ramp_entropy = entropy(probs)
         state["probs"] = probs
@@ -96,7 +119,9 @@ class DeeBERT(OffRampMethod):
     def trainable_heads(self, stage: Stage) -> Iterator[nn.Parameter]:
         return (parameter for ramp in self.ramps[:-1] for parameter in ramp.parameters())
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, encoder: Encoder, batch: TrainBatch, stage: Stage
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of the cross-entropies of off-ramps 1..L-1 (the last one is the frozen full head)."""
         losses, stats = self.ramp_losses(encoder, batch)
         loss = losses[:-1].sum()

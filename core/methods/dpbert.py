@@ -47,7 +47,21 @@ from torch.nn import functional as F
 
 from core.backbone import Encoder
 from core.heads import PooledHead, as_fp32, head_output, task_loss
-from core.methods.base import Knob, LayerChart, LayerField, Method, MethodConfig, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, option
+from core.methods.base import (
+    Knob,
+    LayerChart,
+    LayerField,
+    Method,
+    MethodConfig,
+    PaperClaim,
+    Report,
+    RunSettings,
+    Series,
+    Stage,
+    State,
+    TrainBatch,
+    option,
+)
 from core.methods.presets import HEADS_ONLY, LORA_JOINT
 from core.pooling import MEAN, pool
 
@@ -55,34 +69,45 @@ from core.pooling import MEAN, pool
 @dataclass
 class DPBERTConfig(MethodConfig):
     target_skip_rate: float = option(0.4, "t: the fraction of layers to bypass", low=0.0, high=1.0)
-    rate_weight: float = option(10.0, "lambda2: weight of the rate penalty (the paper's 1 leaves the rate far above 1 - t)", low=0.0)
+    rate_weight: float = option(
+        10.0, "lambda2: weight of the rate penalty (the paper's 1 leaves the rate far above 1 - t)", low=0.0
+    )
     policy_weight: float = option(1.0, "lambda1: weight of the policy-gradient loss (rl stage)", low=0.0)
-    reward_loss_weight: float = option(5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0)
+    reward_loss_weight: float = option(
+        5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0
+    )
     rate_penalty: str = option(
         "hard",
-        "what the rate penalty measures: hard = the inference rule s > 0.5 (straight-through), mean = mean planner probability (paper)",
+        "what the rate penalty measures: hard = the inference rule s > 0.5 (straight-through), mean = mean "
+        "planner probability (paper)",
         choices=("hard", "mean"),
     )
     first_layer: str = option(
         "planner",
-        "layer 1's decision: planner = a planner on the pooled embeddings, like every layer (paper), always = always run, "
+        "layer 1's decision: planner = a planner on the pooled embeddings, like every layer (paper), always = "
+        "always run, "
         "mean = a planner on the mean-pooled embeddings whatever the pooling (models trained before pooling existed)",
         choices=("planner", "always", "mean"),
     )
     planner_input: str = option(
         "standardized",
-        "what a planner reads: raw = the pooled state (paper), standardized = that state standardised per feature (running batch statistics)",
+        "what a planner reads: raw = the pooled state (paper), standardized = that state standardised per "
+        "feature (running batch statistics)",
         choices=("raw", "standardized"),
     )
     rate_multiplier_step: float = option(
         0.1,
-        "dual ascent on the rate: a multiplier that grows by this times (rate - (1 - t)) every step and prices the excess rate (0: off)",
+        "dual ascent on the rate: a multiplier that grows by this times (rate - (1 - t)) every step and "
+        "prices the excess rate (0: off)",
         low=0.0,
     )
-    planner_bias: float = option(1.0, "initial planner bias (1: run every layer at first, like the full model, but not saturated)")
+    planner_bias: float = option(
+        1.0, "initial planner bias (1: run every layer at first, like the full model, but not saturated)"
+    )
     rl_baseline: str = option(
         "greedy",
-        "REINFORCE baseline (rl stage): batch = the batch's mean reward per layer, greedy = the same input's reward on its inference-rule path (self-critical)",
+        "REINFORCE baseline (rl stage): batch = the batch's mean reward per layer, greedy = the same input's "
+        "reward on its inference-rule path (self-critical)",
         choices=("batch", "greedy"),
     )
 
@@ -142,7 +167,13 @@ class DPBERT(Method):
             training=LORA_JOINT,
         ),
     )
-    layer_fields = (LayerField("planner_prob", "planner probability of running the layer", help="the layer runs when it is above the threshold"),)
+    layer_fields = (
+        LayerField(
+            "planner_prob",
+            "planner probability of running the layer",
+            help="the layer runs when it is above the threshold",
+        ),
+    )
     layer_chart = LayerChart(
         title="DPBERT: planner probability per layer",
         y_title="planner probability",
@@ -184,7 +215,9 @@ class DPBERT(Method):
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())
 
-    def planner_state(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def planner_state(
+        self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """What the planner of ``layer`` reads: the pooled state entering it (``pooled``, if the caller has it)."""
         if layer == 0 and self.config.first_layer == MEAN:
             return pool(hidden, mask, MEAN)
@@ -200,7 +233,10 @@ class DPBERT(Method):
 
     @staticmethod
     def runs(logit: torch.Tensor, threshold: float) -> torch.Tensor:
-        """The rule sigmoid(logit) > threshold, compared on the logit (one call fewer per layer): logit > ln(t / (1 - t))."""
+        """The rule sigmoid(logit) > threshold, compared on the logit (one call fewer per layer).
+
+        Logit > ln(t / (1 - t)).
+        """
         if threshold <= 0.0:
             return logit > -math.inf
         if threshold >= 1.0:
@@ -208,7 +244,13 @@ class DPBERT(Method):
         return logit > math.log(threshold / (1 - threshold))
 
     def plan(
-        self, layer: int, pooled: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, state: State, settings: RunSettings
+        self,
+        layer: int,
+        pooled: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        state: State,
+        settings: RunSettings,
     ) -> tuple[torch.Tensor | None, Report]:
         logit = self.planner_logit(layer, self.planner_state(layer, hidden, mask, pooled))
         if logit is None:  # layer 1 always runs: as a planner certain to run it
@@ -221,7 +263,9 @@ class DPBERT(Method):
     def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
         return head_output(self.head.logits(pooled))
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, encoder: Encoder, batch: TrainBatch, stage: Stage
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """``relaxed``: h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.
 
         ``soft`` (the paper's ablation) is the relaxed gate with the backbone training too.
@@ -235,7 +279,9 @@ class DPBERT(Method):
         full_mask = encoder.attention_mask_for(embedded, batch.attention_mask)
         rule_hidden = None
         if stage.name == "rl":
-            hidden, probabilities, actions, log_probs = self.planned_pass(encoder, embedded, batch.attention_mask, full_mask, sample=True)
+            hidden, probabilities, actions, log_probs = self.planned_pass(
+                encoder, embedded, batch.attention_mask, full_mask, sample=True
+            )
             if config.rate_penalty == "hard" or config.rl_baseline == "greedy":  # the inference rule's own path
                 rule_hidden, rule_probabilities, rule_actions, _ = self.planned_pass(
                     encoder, embedded, batch.attention_mask, full_mask, sample=False, encoder_grad=False
@@ -243,17 +289,27 @@ class DPBERT(Method):
                 if config.rate_penalty == "hard":
                     probabilities = rule_probabilities
         else:
-            (hidden, probabilities), actions, log_probs = self.relaxed_pass(encoder, embedded, batch.attention_mask, full_mask), [], []
+            (hidden, probabilities), actions, log_probs = (
+                self.relaxed_pass(encoder, embedded, batch.attention_mask, full_mask),
+                [],
+                [],
+            )
         executed = torch.stack(probabilities, 1)  # [batch, layers]
         if config.rate_penalty == "hard":  # the inference rule's rate, with the probabilities' gradient
             executed = (executed > 0.5).to(executed.dtype) + executed - executed.detach()
         rate = executed.mean()
         excess = rate - (1 - config.target_skip_rate)
-        rate_penalty = config.rate_weight * excess**2 + self.rate_multiplier.clone() * excess  # this step's price; updated below
-        if self.training and config.rate_multiplier_step:  # dual ascent: the price of executing too much rises until the rate holds
+        rate_penalty = (
+            config.rate_weight * excess**2 + self.rate_multiplier.clone() * excess
+        )  # this step's price; updated below
+        if (
+            self.training and config.rate_multiplier_step
+        ):  # dual ascent: the price of executing too much rises until the rate holds
             with torch.no_grad():
                 self.rate_multiplier.add_(config.rate_multiplier_step * excess.detach()).clamp_(min=0.0)
-        per_row_loss = task_loss(self.head(pool(hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none")
+        per_row_loss = task_loss(
+            self.head(pool(hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none"
+        )
         stats = {"execute_rate": rate.item(), "rate_multiplier": self.rate_multiplier.item()}
         loss = per_row_loss.mean() + rate_penalty
         if actions:
@@ -261,7 +317,11 @@ class DPBERT(Method):
             reward = self.reward(taken, per_row_loss.detach())
             if config.rl_baseline == "greedy":
                 with torch.no_grad():
-                    rule_loss = task_loss(self.head(pool(rule_hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none")
+                    rule_loss = task_loss(
+                        self.head(pool(rule_hidden, batch.attention_mask, self.pooling)),
+                        batch.labels,
+                        reduction="none",
+                    )
                     advantage = reward - self.reward(torch.stack(rule_actions, 1), rule_loss)
             else:
                 advantage = reward - reward.mean(0, keepdim=True)
@@ -276,7 +336,9 @@ class DPBERT(Method):
         skipped_from_here = (1 - taken).flip(1).cumsum(1).flip(1) / self.num_layers
         return skipped_from_here - self.config.reward_loss_weight * per_row_loss.unsqueeze(1)
 
-    def relaxed_pass(self, encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor, full_mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def relaxed_pass(
+        self, encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor, full_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}; the planners' probabilities per layer."""
         probabilities = []
         for layer in range(self.num_layers):
@@ -292,7 +354,13 @@ class DPBERT(Method):
         return hidden, probabilities
 
     def planned_pass(
-        self, encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor, full_mask: torch.Tensor, sample: bool, encoder_grad: bool = True
+        self,
+        encoder: Encoder,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        full_mask: torch.Tensor,
+        sample: bool,
+        encoder_grad: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Layers run on the rows whose action is 1: a ~ Bernoulli(s) (``sample``) or the inference rule s > 0.5.
 

@@ -20,7 +20,14 @@ class FullModel(Method):
             starts_from="backbone",
             trains_encoder=True,
             help="fine-tune the backbone's layers in full with the task head (embeddings frozen)",
-            training={"finetune": "full", "warmup": 0.1, "epochs": 5.0, "lr": 5e-5, "encoder_lr": 5e-5, "batch_size": 16},
+            training={
+                "finetune": "full",
+                "warmup": 0.1,
+                "epochs": 5.0,
+                "lr": 5e-5,
+                "encoder_lr": 5e-5,
+                "batch_size": 16,
+            },
         ),
     )
 
@@ -34,7 +41,9 @@ class FullModel(Method):
     def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
         return head_output(self.head.logits(pooled))
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, encoder: Encoder, batch: TrainBatch, stage: Stage
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.head(run_all_layers(encoder, batch, self.pooling)[-1])
         loss = task_loss(logits, batch.labels)
         return loss, {"loss": loss.item()}

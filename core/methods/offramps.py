@@ -34,7 +34,11 @@ class OffRampMethod(Method):
         return self.ramps[layer].logits(pooled)
 
     def ramp_losses(self, encoder: Encoder, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Each off-ramp's task loss on the whole batch, every layer run ([layers]), and the same as numbers for the log."""
+        """Each off-ramp's task loss on the whole batch, every layer run ([layers]), and the same as numbers for the
+        log.
+        """
         pooled_states = run_all_layers(encoder, batch, self.pooling)
-        losses = torch.stack([task_loss(ramp(pooled), batch.labels) for ramp, pooled in zip(self.ramps, pooled_states)])
+        losses = torch.stack(
+            [task_loss(ramp(pooled), batch.labels) for ramp, pooled in zip(self.ramps, pooled_states)]
+        )
         return losses, {f"ramp{i + 1}": value for i, value in enumerate(losses.tolist())}

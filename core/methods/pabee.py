@@ -17,14 +17,29 @@ import torch
 
 from core.backbone import Encoder
 from core.heads import PooledHead, head_output
-from core.methods.base import Knob, LayerChart, LayerField, MethodConfig, PaperClaim, Report, RunSettings, Series, Stage, State, TrainBatch, option
+from core.methods.base import (
+    Knob,
+    LayerChart,
+    LayerField,
+    MethodConfig,
+    PaperClaim,
+    Report,
+    RunSettings,
+    Series,
+    Stage,
+    State,
+    TrainBatch,
+    option,
+)
 from core.methods.offramps import OffRampMethod, first_exit
 from core.methods.presets import LORA_JOINT
 
 
 @dataclass
 class PABEEConfig(MethodConfig):
-    regression_tolerance: float = option(0.1, "regression: consecutive off-ramp scores agree when they differ by less than this", low=0.0)
+    regression_tolerance: float = option(
+        0.1, "regression: consecutive off-ramp scores agree when they differ by less than this", low=0.0
+    )
 
 
 class PABEE(OffRampMethod):
@@ -38,11 +53,19 @@ class PABEE(OffRampMethod):
     summary = "an off-ramp after every layer; exit when t consecutive off-ramps agree"
     Config = PABEEConfig
     stages = (
-        Stage("joint", starts_from="full", trains_encoder=True, help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j", training=LORA_JOINT),
+        Stage(
+            "joint",
+            starts_from="full",
+            trains_encoder=True,
+            help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j",
+            training=LORA_JOINT,
+        ),
     )
     layer_fields = (
         LayerField("prediction", "off-ramp prediction", kind="class"),
-        LayerField("agreeing", "consecutive agreeing off-ramps", help="the input exits when this reaches the patience t"),
+        LayerField(
+            "agreeing", "consecutive agreeing off-ramps", help="the input exits when this reaches the patience t"
+        ),
     )
     layer_chart = LayerChart(
         title="PABEE: consecutive agreeing off-ramps vs patience",
@@ -50,7 +73,8 @@ class PABEE(OffRampMethod):
         series=(Series("agreeing", "agreeing in a row"),),
         mark="bar",
         knob_rule="patience t",
-        caption="The counter grows while each off-ramp agrees with the one before; the input exits when it reaches the patience t.",
+        caption="The counter grows while each off-ramp agrees with the one before; the input exits when it reaches "
+        "the patience t.",
     )
 
     @property
@@ -82,7 +106,9 @@ class PABEE(OffRampMethod):
             previous = torch.full((batch_size,), float("nan"), device=device)
         return {"previous": previous, "agreeing": torch.zeros(batch_size, device=device)}
 
-    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(
+        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
+    ) -> tuple[torch.Tensor | None, Report]:
         logits = self.ramp_logits(layer, pooled)
         if self.num_outputs > 1:
             current = logits.argmax(-1)
@@ -101,7 +127,9 @@ class PABEE(OffRampMethod):
     def sweep_exits(self, values: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
         return first_exit(values["agreeing"][:, :-1] >= threshold)
 
-    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, encoder: Encoder, batch: TrainBatch, stage: Stage
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The paper's weighted average of the off-ramp losses: deeper off-ramps weigh more (weight j for layer j)."""
         losses, stats = self.ramp_losses(encoder, batch)
         weights = torch.arange(1, len(losses) + 1, dtype=losses.dtype, device=losses.device)
