@@ -615,14 +615,18 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
 
 
 def test_target_misses_say_by_how_much():
-    from training.publish import target_misses
+    from training.targets import AdaptivityFigures, target_misses
 
-    assert target_misses({"metric_pct_of_full": 99.0, "expected_speedup": 1.6, "top_path_share": 0.5}) == []
-    assert target_misses({"metric_pct_of_full": 97.0, "expected_speedup": 1.2, "top_path_share": 0.88}) == [
+    assert target_misses(AdaptivityFigures(0.99, 1.6, 0.5, 0.0)) == []
+    assert target_misses(AdaptivityFigures(0.97, 1.2, 0.88, 0.57)) == [
         "keeps 97.0% (-1.0 pt)",
         "1.20x (-0.30x)",
         "one path 88% (+18%)",
+        "no layer for 57% (+52%)",
     ]
+    assert target_misses(AdaptivityFigures(None, 2.0, 0.5, 0.0)) == ["keeps n/a"], (
+        "no usable reference is a miss, not a pass"
+    )
 
 
 def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_path(stage_one, tiny_backbone):
