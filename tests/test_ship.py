@@ -98,3 +98,17 @@ def test_the_shipped_recipes_parse_and_build_on_earlier_stages():
                 trained.add(folder)
             if stage.chosen_as:
                 trained.add(stage.chosen_as)
+
+
+def test_choose_keeps_the_first_value_unless_another_is_better_by_more_than_the_margin(tmp_path):
+    run = tmp_path / "mrpc"
+    for folder, accuracy in (("full-mean", 0.766), ("full-cls", 0.790)):
+        (run / folder).mkdir(parents=True)
+        metrics = {"metric_name": "f1", "accuracy": accuracy, "f1": 0.85}
+        (run / folder / "config.json").write_text(json.dumps({"training": {"validation_metrics": metrics}}))
+    stage = ship.Stage("full-{pooling}", "full", "MRPC", {}, {"pooling": ["mean", "cls"]}, "full", margin=0.03)
+    assert ship.choose_variant(stage, run).name == "full-mean", (
+        "0.024 better is within the margin: the first value stays"
+    )
+    stage.margin = 0.01
+    assert ship.choose_variant(stage, run).name == "full-cls" and (run / "full").resolve().name == "full-cls"

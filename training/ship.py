@@ -13,7 +13,8 @@ and ``encoder_from`` name earlier stages. A stage may train several variants:
 - ``sweep = {tau = [...]}``: one checkpoint per value (``name`` holds ``{tau}``), all kept; publish
   chooses among them on the validation split (DACT's tau is its operating point);
 - ``choose = {pooling = [...]}``: one per value, and ``runs/<task>/<as>`` then points at the one
-  whose validation metrics are best (compared as the targets compare: MRPC by min(accuracy, F1)).
+  whose validation metrics are best (compared as the targets compare: MRPC by min(accuracy, F1)),
+  the first value unless another beats it by more than ``margin`` (the validation split's noise).
 
 A finished stage (its ``config.json`` exists) is skipped and an interrupted one resumes from its
 saved state, so the same command continues after an interruption. Logs go to ``runs/logs/``.
@@ -40,7 +41,8 @@ from core.tasks import get_task
 from training.targets import compared_value
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-STAGE_KEYS = {"name", "method", "stage", "task", "sweep", "choose", "as"}  # everything else is a training.train option
+# what a recipe stage says about itself; every other key is a training.train option
+STAGE_KEYS = {"name", "method", "stage", "task", "sweep", "choose", "as", "margin"}
 PATH_OPTIONS = ("init", "encoder_from")  # stage names, resolved inside the task's run folder
 
 
@@ -73,6 +75,7 @@ class Stage:
     settings: dict
     grid: dict = field(default_factory=dict)  # option -> values (sweep or choose)
     chosen_as: str | None = None  # choose: the name the best variant is linked as
+    margin: float = 0.0  # choose: how much better than the first value another must be on validation to be chosen
 
     def variants(self) -> list[tuple[str, dict]]:
         """(folder name, settings) per combination of the grid's values."""
@@ -160,9 +163,9 @@ def parse_stage(table: dict, task: str, where: str) -> Stage:
     settings = {key: value for key, value in table.items() if key not in STAGE_KEYS}
     if "stage" in table:
         settings["stage"] = table["stage"]
-    return Stage(
-        table["name"], table["method"], get_task(table.get("task", task)).name, settings, grid, table.get("as")
-    )
+    task_name = get_task(table.get("task", task)).name
+    margin = float(table.get("margin", 0.0))
+    return Stage(table["name"], table["method"], task_name, settings, grid, table.get("as"), margin)
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -218,7 +221,11 @@ def run_logged(argv: list[str], log: Path) -> None:
 
 
 def choose_variant(stage: Stage, run: Path) -> Path:
-    """Point ``run/<as>`` at the variant with the best validation metrics; return the chosen folder."""
+    """Point ``run/<as>`` at the variant with the best validation metrics; return the chosen folder.
+
+    The first value listed is the default: another is chosen only when it beats the first by more
+    than the stage's ``margin``, so a difference within the validation split's noise does not decide.
+    """
     scored = []
     for folder, _ in stage.variants():
         metrics = json.loads((run / folder / "config.json").read_text())["training"].get("validation_metrics")
@@ -227,7 +234,10 @@ def choose_variant(stage: Stage, run: Path) -> Path:
                 f"{run / folder} has no validation metrics to choose by: train it on the fit split (the default)"
             )
         scored.append((compared_value(stage.task, metrics), folder))
-    best = max(scored)[1]
+    first_value, first = scored[0]
+    best_value, best = max(scored)
+    if best_value <= first_value + stage.margin:
+        best = first
     link = run / stage.chosen_as
     if link.is_symlink():
         link.unlink()
