@@ -745,11 +745,15 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
         for planner in model.method.planners:
             planner.weight.normal_()
     model.config.trained = True
-    before = model.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
+    before = model.predict(
+        [a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False, layer_values=True
+    )
     loaded = load_checkpoint(save_checkpoint(model, tmp_path / "dpbert"))
     assert loaded.method.config.planner_input == "standardized"
     assert torch.equal(loaded.method.planner_norms[3].var, model.method.planner_norms[3].var)
-    after = loaded.predict([a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False)
+    after = loaded.predict(
+        [a for a, _, _ in ROWS[:4]], [b for _, b, _ in ROWS[:4]], early_exit=False, layer_values=True
+    )
     probabilities = [
         [step.values["planner_prob"] for t in traces for step in t.per_layer] for traces in (before, after)
     ]
