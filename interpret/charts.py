@@ -216,40 +216,41 @@ def layer_frequency_chart(usage: pd.DataFrame, title: str) -> alt.VConcatChart |
         exited=pd.to_numeric(usage["exited"]),
     )
     num_layers = int(usage["layer"].max())
-    colour = alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom"))
-    executed = (
+    executed = _layer_share_bars(
+        usage, "executed", "share of inputs that ran the layer", num_layers, 200, title, domain=[0, 1]
+    )
+    exits = usage.dropna(subset=["exited"])
+    if exits.empty:
+        return executed
+    exited = _layer_share_bars(
+        exits, "exited", "share of inputs that exited here", num_layers, 140, "Where inputs exited early"
+    )
+    return alt.vconcat(executed, exited)
+
+
+def _layer_share_bars(
+    usage: pd.DataFrame,
+    share: str,
+    y_title: str,
+    num_layers: int,
+    height: int,
+    title: str,
+    domain: list[float] | None = None,
+) -> alt.Chart:
+    """Bars of one share column of ``usage`` per layer, the methods side by side (one panel of the usage chart)."""
+    scale = alt.Undefined if domain is None else alt.Scale(domain=domain)
+    return (
         alt.Chart(chart_data(usage))
         .mark_bar()
         .encode(
             x=_layer_axis(num_layers),
             xOffset="method:N",
-            y=alt.Y(
-                "executed:Q",
-                title="share of inputs that ran the layer",
-                scale=alt.Scale(domain=[0, 1]),
-                axis=alt.Axis(format="%"),
-            ),
-            color=colour,
-            tooltip=["method", "layer", alt.Tooltip("executed:Q", format=".1%"), "inputs"],
+            y=alt.Y(f"{share}:Q", title=y_title, scale=scale, axis=alt.Axis(format="%")),
+            color=alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom")),
+            tooltip=["method", "layer", alt.Tooltip(f"{share}:Q", format=".1%"), "inputs"],
         )
-        .properties(width=WIDTH, height=200, title=title)
+        .properties(width=WIDTH, height=height, title=title)
     )
-    exits = usage.dropna(subset=["exited"])
-    if exits.empty:
-        return executed
-    exited = (
-        alt.Chart(chart_data(exits))
-        .mark_bar()
-        .encode(
-            x=_layer_axis(num_layers),
-            xOffset="method:N",
-            y=alt.Y("exited:Q", title="share of inputs that exited here", axis=alt.Axis(format="%")),
-            color=colour,
-            tooltip=["method", "layer", alt.Tooltip("exited:Q", format=".1%"), "inputs"],
-        )
-        .properties(width=WIDTH, height=140, title="Where inputs exited early")
-    )
-    return alt.vconcat(executed, exited)
 
 
 def stacked(charts: list[alt.TopLevelMixin]) -> alt.TopLevelMixin:

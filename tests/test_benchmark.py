@@ -147,31 +147,20 @@ def find(rows: list[dict], method: str, precision: str, runtime: str = "engine")
     )
 
 
+def run_benchmark(checkpoints: Path, glue_dir: Path, out: Path, capsys, options: str) -> tuple[list[str], list[dict]]:
+    """The benchmark on MRPC over the fixtures' checkpoints and data, written to ``out``, with ``options`` (the other
+    command-line options, space-separated): results.csv's columns and rows. A failed run fails with its error output.
+    """
+    places = ["--task", "MRPC", "--checkpoints", str(checkpoints), "--data-dir", str(glue_dir), "--out", str(out)]
+    code = benchmark.main([*places, *options.split()])
+    assert code == 0, capsys.readouterr().err
+    return read_rows(out / "results.csv")
+
+
 def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    code = benchmark.main(
-        [
-            "--task",
-            "MRPC",
-            "--checkpoints",
-            str(checkpoints),
-            "--data-dir",
-            str(glue_dir),
-            "--out",
-            str(out),
-            "--limit",
-            "4",
-            "--repeats",
-            "1",
-            "--warmup",
-            "1",
-            "--batch-sizes",
-            "1,4",
-            "--profile",
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    columns, rows = read_rows(out / "results.csv")
+    options = "--limit 4 --repeats 1 --warmup 1 --batch-sizes 1,4 --profile"
+    columns, rows = run_benchmark(checkpoints, glue_dir, out, capsys, options)
     assert columns == benchmark_report.COLUMNS and set(REQUIRED_COLUMNS) <= set(columns)
 
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
@@ -268,34 +257,8 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
 
 def test_onnx_int8_points_are_measured_and_count_as_int8_points(checkpoints, glue_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    args = [
-        "--task",
-        "MRPC",
-        "--checkpoints",
-        str(checkpoints),
-        "--data-dir",
-        str(glue_dir),
-        "--out",
-        str(out),
-        "--methods",
-        "pabee",
-    ]
-    code = benchmark.main(
-        [
-            *args,
-            "--precisions",
-            "onnx-int8",
-            "--no-onnxruntime",
-            "--limit",
-            "4",
-            "--repeats",
-            "1",
-            "--batch-sizes",
-            "1,4",
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    _, rows = read_rows(out / "results.csv")
+    options = "--methods pabee --precisions onnx-int8 --no-onnxruntime --limit 4 --repeats 1 --batch-sizes 1,4"
+    _, rows = run_benchmark(checkpoints, glue_dir, out, capsys, options)
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
     assert {row["precision"] for row in measured if row["method"] == "pabee"} == {"onnx-int8"}
     assert [row["precision"] for row in measured if row["method"] == BASELINE] == ["fp32", "bf16", "int8", "onnx-int8"]
@@ -307,31 +270,8 @@ def test_onnx_int8_points_are_measured_and_count_as_int8_points(checkpoints, glu
 def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoints, glue_dir, tmp_path, capsys):
     assert benchmark.parse_args(["--task", "MRPC", "--methods", *adaptive_methods()]).methods == adaptive_methods()
     out = tmp_path / "bench"
-    code = benchmark.main(
-        [
-            "--task",
-            "MRPC",
-            "--checkpoints",
-            str(checkpoints),
-            "--data-dir",
-            str(glue_dir),
-            "--out",
-            str(out),
-            "--methods",
-            "pabee",
-            "--precisions",
-            "int8",
-            "--no-onnxruntime",
-            "--limit",
-            "4",
-            "--repeats",
-            "1",
-            "--batch-sizes",
-            "4",
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    _, rows = read_rows(out / "results.csv")
+    options = "--methods pabee --precisions int8 --no-onnxruntime --limit 4 --repeats 1 --batch-sizes 4"
+    _, rows = run_benchmark(checkpoints, glue_dir, out, capsys, options)
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
     assert {row["method"] for row in measured} == {BASELINE, "pabee"}
     assert {row["precision"] for row in measured if row["method"] == "pabee"} == {

@@ -25,24 +25,10 @@ READ_BACKS = ("aten::item", "aten::is_nonzero", "aten::_local_scalar_dense")
 def profiled_calls(model, threshold, texts, pairs) -> tuple[list[str], object]:
     """The top-level operator calls of one engine run (after a warm-up), and its result."""
     encoded = model.tokenize(texts, pairs)
-    settings = model.settings(threshold)
-    run_batch(
-        model.encoder,
-        model.method,
-        encoded["input_ids"],
-        encoded["attention_mask"],
-        encoded["token_type_ids"],
-        settings,
-    )
+    inputs = (encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], model.settings(threshold))
+    run_batch(model.encoder, model.method, *inputs)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        result = run_batch(
-            model.encoder,
-            model.method,
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            encoded["token_type_ids"],
-            settings,
-        )
+        result = run_batch(model.encoder, model.method, *inputs)
     return [event.name for event in profiler.events() if event.cpu_parent is None], result
 
 

@@ -123,40 +123,10 @@ def test_predict_command_line_runs_at_the_chosen_precision(make_model, tmp_path,
     from core.checkpoint import save_checkpoint
 
     folder = save_checkpoint(randomise(make_model("pabee"), seed=2), tmp_path / "pabee")
-    assert (
-        predict_main(
-            [
-                "--checkpoint",
-                str(folder),
-                "--text",
-                "a film",
-                "--text-pair",
-                "a movie",
-                "--precision",
-                "int8",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    at_int8 = ["--checkpoint", str(folder), "--text", "a film", "--text-pair", "a movie", "--precision", "int8"]
+    assert predict_main([*at_int8, "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["precision"] == INT8
-    assert (
-        predict_main(
-            [
-                "--checkpoint",
-                str(folder),
-                "--text",
-                "a film",
-                "--text-pair",
-                "a movie",
-                "--precision",
-                "int8",
-                "--device",
-                "cuda",
-            ]
-        )
-        == 2
-    )
+    assert predict_main([*at_int8, "--device", "cuda"]) == 2
     error = capsys.readouterr().err
     assert "CPU only" in error or "no CUDA GPU" in error, error  # refused in one line either way, never run on a GPU
 

@@ -157,9 +157,9 @@ def sweep(
     return results
 
 
-SWEEP_COLUMNS = [
-    "task",
-    "method",
+# what a table of operating points shows of each one; tables add their own leading columns (SWEEP_COLUMNS: the
+# task and method, training.tradeoff: the checkpoint and its label)
+POINT_COLUMNS = [
     "threshold",
     "metric_name",
     "metric",
@@ -169,6 +169,7 @@ SWEEP_COLUMNS = [
     "layer_frequency",
     "exit_frequency",
 ]
+SWEEP_COLUMNS = ["task", "method", *POINT_COLUMNS]
 
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:

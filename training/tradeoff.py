@@ -30,21 +30,10 @@ from core.csvsafe import write_csv
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
 from training.data import DEFAULT_DATA_DIR, load_split
-from training.evaluate import evaluate, run, sweep
+from training.evaluate import POINT_COLUMNS, evaluate, run, sweep
 from training.metrics import MAIN_METRIC, glue_metrics
 
-COLUMNS = [
-    "checkpoint",
-    "label",
-    "threshold",
-    "metric_name",
-    "metric",
-    "avg_layers",
-    "expected_speedup",
-    "top_path_share",
-    "layer_frequency",
-    "exit_frequency",
-]
+COLUMNS = ["checkpoint", "label", *POINT_COLUMNS]
 
 
 def tradeoff_rows(models: list[AdaptiveModel], dataset, label_by: str | None, with_sweep: bool) -> list[dict]:
@@ -62,7 +51,7 @@ def tradeoff_rows(models: list[AdaptiveModel], dataset, label_by: str | None, wi
             row = {
                 "checkpoint": Path(model.source).name,
                 "label": label,
-                **{key: result.get(key) for key in COLUMNS[2:]},
+                **{key: result.get(key) for key in POINT_COLUMNS},
             }
             rows.append({key: json.dumps(value) if isinstance(value, list) else value for key, value in row.items()})
     return rows

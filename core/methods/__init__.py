@@ -4,18 +4,9 @@ Adding a method: write one module here (a ``Method`` subclass with its ``Config`
 knob, layer fields and chart), add it to the tuple below, and add its tests.
 """
 
-from core.methods.base import (
-    Knob,
-    LayerChart,
-    LayerField,
-    Method,
-    MethodConfig,
-    RunSettings,
-    Series,
-    Stage,
-    TrainBatch,
-)
+from core.methods.base import Method, RunSettings, TrainBatch
 from core.methods.dact import DACT
+from core.methods.declarations import Knob, LayerChart, LayerField, MethodConfig, Series, Stage
 from core.methods.deebert import DeeBERT
 from core.methods.dpbert import DPBERT
 from core.methods.full import FullModel

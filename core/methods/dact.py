@@ -21,22 +21,9 @@ from torch import nn
 
 from core.backbone import Encoder
 from core.heads import PooledHead, as_fp32
-from core.methods.base import (
-    LayerChart,
-    LayerField,
-    Method,
-    MethodConfig,
-    PaperClaim,
-    Report,
-    RunSettings,
-    Series,
-    Stage,
-    State,
-    TrainBatch,
-    option,
-    run_all_layers,
-)
-from core.methods.presets import LORA_JOINT
+from core.methods.base import Decision, Method, Report, RunSettings, State, TrainBatch, run_all_layers
+from core.methods.declarations import LayerChart, LayerField, MethodConfig, PaperClaim, Series, Stage, option
+from core.methods.presets import joint_stage
 
 
 @dataclass
@@ -75,15 +62,7 @@ class DACT(Method):
     supports_regression = False
     exits_early = True
     variants_are_operating_points = True
-    stages = (
-        Stage(
-            "joint",
-            starts_from="full",
-            trains_encoder=True,
-            help="train encoder, classifiers and halting units on -log a_L[y] + tau * sum h",
-            training=LORA_JOINT,
-        ),
-    )
+    stages = (joint_stage("joint", "train encoder, classifiers and halting units on -log a_L[y] + tau * sum h"),)
     layer_fields = (
         LayerField("prediction", "this layer's classifier", kind="class"),
         LayerField("halting_prob", "halting probability h_n"),
@@ -131,9 +110,7 @@ class DACT(Method):
             "remaining": torch.ones(batch_size, device=device),
         }
 
-    def after_layer(
-        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
-    ) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> Decision:
         probs = self.classifiers[layer].logits(pooled).softmax(-1)
         halting = self.halting_probability(layer, pooled)
         answer, remaining = accumulate(state["answer"], state["remaining"], probs, halting)

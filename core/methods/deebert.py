@@ -17,20 +17,10 @@ from torch import nn
 
 from core.backbone import Encoder
 from core.heads import PooledHead
-from core.methods.base import (
-    Knob,
-    LayerChart,
-    LayerField,
-    PaperClaim,
-    Report,
-    RunSettings,
-    Series,
-    Stage,
-    State,
-    TrainBatch,
-)
-from core.methods.offramps import OffRampMethod, first_exit
-from core.methods.presets import HEADS_ONLY
+from core.methods.base import Decision, Report, RunSettings, State, TrainBatch
+from core.methods.declarations import Knob, LayerChart, LayerField, PaperClaim, Series, Stage
+from core.methods.offramps import RAMP_PREDICTION, OffRampMethod, first_exit
+from core.methods.presets import heads_stage
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -43,6 +33,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return entropy(logits.softmax(-1))
 
 
+# what the exit rule compares with S after every layer, as the trace records and the chart draws it
+RAMP_ENTROPY = LayerField(
+    "entropy", "off-ramp entropy (nats)", help="the input exits at the first off-ramp whose entropy is below S"
+)
+
+
 class DeeBERT(OffRampMethod):
     name = "deebert"
     title = "DeeBERT"
@@ -50,25 +46,12 @@ class DeeBERT(OffRampMethod):
     paper_claim = PaperClaim("up to ~40% less inference time with minimal quality loss (BERT-base, GLUE)")
     summary = "an off-ramp after every layer; exit when its entropy is below a threshold S"
     supports_regression = False
-    stages = (
-        Stage(
-            "ramps",
-            starts_from="full",
-            trains_encoder=False,
-            help="freeze the full model, train off-ramps 1..L-1",
-            training=HEADS_ONLY,
-        ),
-    )
-    layer_fields = (
-        LayerField("prediction", "off-ramp prediction", kind="class"),
-        LayerField(
-            "entropy", "off-ramp entropy (nats)", help="the input exits at the first off-ramp whose entropy is below S"
-        ),
-    )
+    stages = (heads_stage("ramps", "freeze the full model, train off-ramps 1..L-1"),)
+    layer_fields = (RAMP_PREDICTION, RAMP_ENTROPY)
     layer_chart = LayerChart(
         title="DeeBERT: entropy per layer vs S",
-        y_title="off-ramp entropy (nats)",
-        series=(Series("entropy", "entropy"),),
+        y_title=RAMP_ENTROPY.label,
+        series=(Series(RAMP_ENTROPY.name, "entropy"),),
         knob_rule="S",
         caption="The input exits at the first off-ramp whose entropy is below S.",
     )
@@ -98,9 +81,7 @@ class DeeBERT(OffRampMethod):
         """DeeBERT's exit rule, shared by the engine and the one-pass sweep."""
         return entropy < threshold
 
-    def after_layer(
-        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
-    ) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> Decision:
         probs = self.ramp_logits(layer, pooled).softmax(-1)
         ramp_entropy = entropy(probs)
         state["probs"] = probs

@@ -42,28 +42,41 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core.backbone import Encoder
 from core.heads import PooledHead, as_fp32, head_output, task_loss
-from core.methods.base import (
+from core.methods.base import Decision, Method, Report, RunSettings, State, TrainBatch
+from core.methods.declarations import (
     Knob,
     LayerChart,
     LayerField,
-    Method,
     MethodConfig,
     PaperClaim,
-    Report,
-    RunSettings,
     Series,
     Stage,
-    State,
-    TrainBatch,
+    choice_option,
     option,
 )
-from core.methods.presets import HEADS_ONLY, LORA_JOINT
+from core.methods.presets import heads_stage, joint_stage
 from core.pooling import MEAN, pool
+
+# the values of DPBERTConfig's choice settings and what each one means (the module docstring says why)
+RATE_PENALTIES = {"hard": "the inference rule s > 0.5 (straight-through)", "mean": "mean planner probability (paper)"}
+FIRST_LAYER_DECISIONS = {
+    "planner": "a planner on the pooled embeddings, like every layer (paper)",
+    "always": "always run",
+    "mean": "a planner on the mean-pooled embeddings whatever the pooling (models trained before pooling existed)",
+}
+PLANNER_INPUTS = {
+    "raw": "the pooled state (paper)",
+    "standardized": "that state standardised per feature (running batch statistics)",
+}
+RL_BASELINES = {
+    "batch": "the batch's mean reward per layer",
+    "greedy": "the same input's reward on its inference-rule path (self-critical)",
+}
 
 
 @dataclass
@@ -76,25 +89,9 @@ class DPBERTConfig(MethodConfig):
     reward_loss_weight: float = option(
         5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0
     )
-    rate_penalty: str = option(
-        "hard",
-        "what the rate penalty measures: hard = the inference rule s > 0.5 (straight-through), mean = mean "
-        "planner probability (paper)",
-        choices=("hard", "mean"),
-    )
-    first_layer: str = option(
-        "planner",
-        "layer 1's decision: planner = a planner on the pooled embeddings, like every layer (paper), always = "
-        "always run, "
-        "mean = a planner on the mean-pooled embeddings whatever the pooling (models trained before pooling existed)",
-        choices=("planner", "always", "mean"),
-    )
-    planner_input: str = option(
-        "standardized",
-        "what a planner reads: raw = the pooled state (paper), standardized = that state standardised per "
-        "feature (running batch statistics)",
-        choices=("raw", "standardized"),
-    )
+    rate_penalty: str = choice_option("hard", "what the rate penalty measures", RATE_PENALTIES)
+    first_layer: str = choice_option("planner", "layer 1's decision", FIRST_LAYER_DECISIONS)
+    planner_input: str = choice_option("standardized", "what a planner reads", PLANNER_INPUTS)
     rate_multiplier_step: float = option(
         0.1,
         "dual ascent on the rate: a multiplier that grows by this times (rate - (1 - t)) every step and "
@@ -104,12 +101,7 @@ class DPBERTConfig(MethodConfig):
     planner_bias: float = option(
         1.0, "initial planner bias (1: run every layer at first, like the full model, but not saturated)"
     )
-    rl_baseline: str = option(
-        "greedy",
-        "REINFORCE baseline (rl stage): batch = the batch's mean reward per layer, greedy = the same input's "
-        "reward on its inference-rule path (self-critical)",
-        choices=("batch", "greedy"),
-    )
+    rl_baseline: str = choice_option("greedy", "REINFORCE baseline (rl stage)", RL_BASELINES)
 
 
 class RunningStandardizer(nn.Module):
@@ -127,7 +119,7 @@ class RunningStandardizer(nn.Module):
         self.register_buffer("var", torch.ones(size))
         self.register_buffer("batches", torch.zeros((), dtype=torch.long))
 
-    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+    def forward(self, summary: Tensor) -> Tensor:
         if self.training and summary.shape[0] > 1:
             with torch.no_grad():
                 weight = 1.0 if self.batches.item() == 0 else self.momentum  # the first batch sets the statistics
@@ -145,27 +137,13 @@ class DPBERT(Method):
     summary = "a planner before every layer runs or bypasses it (any subset of layers)"
     Config = DPBERTConfig
     stages = (
-        Stage(
-            "relaxed",
-            starts_from="full",
-            trains_encoder=False,
-            help="backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h",
-            training=HEADS_ONLY,
-        ),
-        Stage(
+        heads_stage("relaxed", "backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h"),
+        joint_stage(
             "rl",
+            "backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners",
             starts_from="previous",
-            trains_encoder=True,
-            help="backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners",
-            training=LORA_JOINT,
         ),
-        Stage(
-            "soft",
-            starts_from="full",
-            trains_encoder=True,
-            help="ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL",
-            training=LORA_JOINT,
-        ),
+        joint_stage("soft", "ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL"),
     )
     layer_fields = (
         LayerField(
@@ -215,15 +193,13 @@ class DPBERT(Method):
     def start_from_full(self, full_head: PooledHead) -> None:
         self.head.load_state_dict(full_head.state_dict())
 
-    def planner_state(
-        self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def planner_state(self, layer: int, hidden: Tensor, mask: Tensor, pooled: Tensor | None = None) -> Tensor:
         """What the planner of ``layer`` reads: the pooled state entering it (``pooled``, if the caller has it)."""
         if layer == 0 and self.config.first_layer == MEAN:
             return pool(hidden, mask, MEAN)
         return pool(hidden, mask, self.pooling) if pooled is None else pooled
 
-    def planner_logit(self, layer: int, state: torch.Tensor) -> torch.Tensor | None:
+    def planner_logit(self, layer: int, state: Tensor) -> Tensor | None:
         """The planner's logit for running ``layer`` (None where the layer always runs)."""
         if layer == 0 and self.config.first_layer == "always":
             return None
@@ -232,7 +208,7 @@ class DPBERT(Method):
         return as_fp32(self.planners[layer](state).squeeze(-1))
 
     @staticmethod
-    def runs(logit: torch.Tensor, threshold: float) -> torch.Tensor:
+    def runs(logit: Tensor, threshold: float) -> Tensor:
         """The rule sigmoid(logit) > threshold, compared on the logit (one call fewer per layer).
 
         Logit > ln(t / (1 - t)).
@@ -244,14 +220,8 @@ class DPBERT(Method):
         return logit > math.log(threshold / (1 - threshold))
 
     def plan(
-        self,
-        layer: int,
-        pooled: torch.Tensor,
-        hidden: torch.Tensor,
-        mask: torch.Tensor,
-        state: State,
-        settings: RunSettings,
-    ) -> tuple[torch.Tensor | None, Report]:
+        self, layer: int, pooled: Tensor, hidden: Tensor, mask: Tensor, state: State, settings: RunSettings
+    ) -> Decision:
         logit = self.planner_logit(layer, self.planner_state(layer, hidden, mask, pooled))
         if logit is None:  # layer 1 always runs: as a planner certain to run it
             return None, {"planner_logit": torch.full((hidden.shape[0],), math.inf, device=hidden.device)}
@@ -260,12 +230,10 @@ class DPBERT(Method):
     def layer_values(self, layer: int, report: Report) -> Report:
         return {"planner_prob": torch.sigmoid(report["planner_logit"])}
 
-    def answer(self, pooled: torch.Tensor, state: State) -> torch.Tensor:
+    def answer(self, pooled: Tensor, state: State) -> Tensor:
         return head_output(self.head.logits(pooled))
 
-    def training_loss(
-        self, encoder: Encoder, batch: TrainBatch, stage: Stage
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, encoder: Encoder, batch: TrainBatch, stage: Stage) -> tuple[Tensor, dict[str, float]]:
         """``relaxed``: h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}.
 
         ``soft`` (the paper's ablation) is the relaxed gate with the backbone training too.
@@ -331,14 +299,14 @@ class DPBERT(Method):
         stats.update(loss=loss.item(), task=per_row_loss.mean().item())
         return loss, stats
 
-    def reward(self, taken: torch.Tensor, per_row_loss: torch.Tensor) -> torch.Tensor:
+    def reward(self, taken: Tensor, per_row_loss: Tensor) -> Tensor:
         """R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, per row and planned layer."""
         skipped_from_here = (1 - taken).flip(1).cumsum(1).flip(1) / self.num_layers
         return skipped_from_here - self.config.reward_loss_weight * per_row_loss.unsqueeze(1)
 
     def relaxed_pass(
-        self, encoder: Encoder, hidden: torch.Tensor, mask: torch.Tensor, full_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self, encoder: Encoder, hidden: Tensor, mask: Tensor, full_mask: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
         """h^i = s_i * layer(h^{i-1}) + (1 - s_i) * h^{i-1}; the planners' probabilities per layer."""
         probabilities = []
         for layer in range(self.num_layers):
@@ -356,12 +324,12 @@ class DPBERT(Method):
     def planned_pass(
         self,
         encoder: Encoder,
-        hidden: torch.Tensor,
-        mask: torch.Tensor,
-        full_mask: torch.Tensor,
+        hidden: Tensor,
+        mask: Tensor,
+        full_mask: Tensor,
         sample: bool,
         encoder_grad: bool = True,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
         """Layers run on the rows whose action is 1: a ~ Bernoulli(s) (``sample``) or the inference rule s > 0.5.
 
         The planners read detached states (the policy gradient reaches only them); ``encoder_grad``

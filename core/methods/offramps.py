@@ -11,7 +11,11 @@ from torch import nn
 
 from core.backbone import Encoder
 from core.heads import task_loss
-from core.methods.base import Method, MethodConfig, TrainBatch, run_all_layers
+from core.methods.base import Method, TrainBatch, run_all_layers
+from core.methods.declarations import LayerField, MethodConfig
+
+# every off-ramp method's first per-layer field: the class its off-ramp after that layer predicts
+RAMP_PREDICTION = LayerField("prediction", "off-ramp prediction", kind="class")
 
 
 def first_exit(exits: torch.Tensor) -> torch.Tensor:

@@ -17,22 +17,10 @@ import torch
 
 from core.backbone import Encoder
 from core.heads import PooledHead, head_output
-from core.methods.base import (
-    Knob,
-    LayerChart,
-    LayerField,
-    MethodConfig,
-    PaperClaim,
-    Report,
-    RunSettings,
-    Series,
-    Stage,
-    State,
-    TrainBatch,
-    option,
-)
-from core.methods.offramps import OffRampMethod, first_exit
-from core.methods.presets import LORA_JOINT
+from core.methods.base import Decision, RunSettings, State, TrainBatch
+from core.methods.declarations import Knob, LayerChart, LayerField, MethodConfig, PaperClaim, Series, Stage, option
+from core.methods.offramps import RAMP_PREDICTION, OffRampMethod, first_exit
+from core.methods.presets import joint_stage
 
 
 @dataclass
@@ -52,17 +40,9 @@ class PABEE(OffRampMethod):
     )
     summary = "an off-ramp after every layer; exit when t consecutive off-ramps agree"
     Config = PABEEConfig
-    stages = (
-        Stage(
-            "joint",
-            starts_from="full",
-            trains_encoder=True,
-            help="train encoder and off-ramps jointly on sum_j j * L_j / sum_j j",
-            training=LORA_JOINT,
-        ),
-    )
+    stages = (joint_stage("joint", "train encoder and off-ramps jointly on sum_j j * L_j / sum_j j"),)
     layer_fields = (
-        LayerField("prediction", "off-ramp prediction", kind="class"),
+        RAMP_PREDICTION,
         LayerField(
             "agreeing", "consecutive agreeing off-ramps", help="the input exits when this reaches the patience t"
         ),
@@ -106,9 +86,7 @@ class PABEE(OffRampMethod):
             previous = torch.full((batch_size,), float("nan"), device=device)
         return {"previous": previous, "agreeing": torch.zeros(batch_size, device=device)}
 
-    def after_layer(
-        self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings
-    ) -> tuple[torch.Tensor | None, Report]:
+    def after_layer(self, layer: int, pooled: torch.Tensor, state: State, settings: RunSettings) -> Decision:
         logits = self.ramp_logits(layer, pooled)
         if self.num_outputs > 1:
             current = logits.argmax(-1)
