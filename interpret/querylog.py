@@ -69,10 +69,10 @@ RESULT_COLUMNS = {
     "id": Column(int, "the result's number (primary key)"),
     "query_id": Column(int, "the query it answers (queries.id)"),
     "method": Column(str, "the method's name"),
-    "prediction": Column(str, "the answer: a label, or the score to four decimals"),
     "probabilities": Column(str, "class probabilities (empty for regression)", json=True),
     "layers_executed": Column(str, "the layers that ran, 1-based", json=True),
     "layers_skipped": Column(str, "the layers a planner bypassed", json=True),
+    "prediction": Column(str, "the answer: a label, or the score to four decimals"),
     "exit_layer": Column(int, "the layer after which the input left early; empty if it went to the end"),
     "num_layers": Column(int, "the model's layer count"),
     "latency_ms": Column(float, "the median latency of the runs, in milliseconds"),
@@ -195,8 +195,16 @@ class QueryLog:
         if self.path is None:
             return None
         self._ensure_writer()
+        query = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "task": task,
+            "text": text,
+            "text_pair": text_pair,
+            "methods": [trace.method for trace in traces],
+            "settings": settings,
+        }
         done: Future = Future()
-        self._jobs.put(_Job(lambda db: _insert(db, task, text, text_pair, settings, traces, trained), done))
+        self._jobs.put(_Job(lambda db: _insert(db, query, traces, trained), done))
         try:
             query_id = done.result()
         except (sqlite3.Error, OSError) as error:
@@ -244,24 +252,9 @@ def default_path() -> Path:
     return DEFAULT_DB
 
 
-def _insert(
-    db: sqlite_utils.Database,
-    task: str,
-    text: str,
-    text_pair: str | None,
-    settings: dict,
-    traces: list[Trace],
-    trained: dict[str, bool],
-) -> int:
+def _insert(db: sqlite_utils.Database, query: dict, traces: list[Trace], trained: dict[str, bool]) -> int:
+    """Write one query row and its result rows in one transaction; return the query's id."""
     with db.atomic():
-        query = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "task": task,
-            "text": text,
-            "text_pair": text_pair,
-            "methods": [trace.method for trace in traces],
-            "settings": settings,
-        }
         query_id = db["queries"].insert(stored(QUERY_COLUMNS, query)).last_pk
         db["results"].insert_all(stored(RESULT_COLUMNS, result_values(query_id, trace, trained)) for trace in traces)
     return query_id

@@ -53,16 +53,16 @@ def halting_bounds(
 
 
 class DACT(Method):
+    Config = DACTConfig
     name = "dact"
     title = "DACT-BERT"
     paper = "Eyzaguirre et al., 2021"
     paper_claim = PaperClaim("better than DeeBERT and PABEE at low computation (BERT-base, GLUE)")
     summary = "halting units and an accumulated answer; halt once a bound proves the class cannot change"
-    Config = DACTConfig
+    stages = (joint_stage("joint", "train encoder, classifiers and halting units on -log a_L[y] + tau * sum h"),)
     supports_regression = False
     exits_early = True
     variants_are_operating_points = True
-    stages = (joint_stage("joint", "train encoder, classifiers and halting units on -log a_L[y] + tau * sum h"),)
     layer_fields = (
         LayerField("prediction", "this layer's classifier", kind="class"),
         LayerField("halting_prob", "halting probability h_n"),
