@@ -78,8 +78,8 @@ def at_equal_layers(rows: list[dict]) -> list[dict]:
     return table
 
 
-def per_layer_rows(model: AdaptiveModel, dataset) -> list[dict]:
-    """Each layer's own prediction scored as if every input exited there."""
+def per_layer_rows(model: AdaptiveModel, dataset, label_by: str | None = None) -> list[dict]:
+    """Each layer's own prediction scored as if every input exited there; checkpoints named by ``label_by``."""
     if not any(item.name == "prediction" for item in model.method.layer_fields):
         raise UserError(
             f"{model.method.title} has no per-layer prediction to score; try a method with off-ramps or "
@@ -91,7 +91,8 @@ def per_layer_rows(model: AdaptiveModel, dataset) -> list[dict]:
     for layer in range(model.num_layers):
         predictions = layer_predictions[:, layer].tolist()
         metrics = glue_metrics(model.config.task, predictions, labels)
-        rows.append({"checkpoint": Path(model.source).name, "layer": layer + 1, **metrics})
+        name = f"{label_by}={model.method.config.to_dict().get(label_by)}" if label_by else Path(model.source).name
+        rows.append({"checkpoint": name, "layer": layer + 1, **metrics})
     return rows
 
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     out = Path(args.out)
     if args.per_layer:
-        rows = [row for model in models for row in per_layer_rows(model, dataset)]
+        rows = [row for model in models for row in per_layer_rows(model, dataset, args.label_by)]
         metric = MAIN_METRIC[task]
         write(
             rows,
