@@ -22,9 +22,10 @@ from core.backbone import DEFAULT_BACKBONE, Encoder, load_bert, load_tokenizer, 
 from core.engine import BatchResult, LayerRecord, run_batch
 from core.errors import UserError
 from core.methods import Method, MethodConfig, RunSettings, get_method
+from core.onnx_graph import OneGraphRuntime
 from core.outcome import Outcome, RanBatch
 from core.pooling import resolve_pooling
-from core.precision import FP32, apply_precision, check_device, check_precision
+from core.precision import FP32, ONNX, ONNX_INT8, apply_precision, check_device, check_precision
 from core.tasks import TaskSpec, as_task
 from core.trace import Trace, build_traces
 
@@ -64,6 +65,7 @@ class AdaptiveModel(nn.Module):
         self.source = source  # the checkpoint folder it was loaded from, if any
         self.precision = FP32  # core.precision: fp32, bf16, int8, onnx-fp32 or onnx-int8 (``with_precision``)
         self.base_folder: Path | None = None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
+        self.one_graph: OneGraphRuntime | None = None  # onnx-*: batch size 1 runs as one ONNX Runtime graph (core/onnx_graph.py)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
     @property
@@ -96,6 +98,8 @@ class AdaptiveModel(nn.Module):
         encoder, method = copy.deepcopy(self.encoder), copy.deepcopy(self.method)
         encoder = apply_precision(encoder, method, precision)
         model = AdaptiveModel(encoder, method, self.tokenizer, copy.deepcopy(self.config), source=self.source)
+        if precision in ONNX:
+            model.one_graph = OneGraphRuntime(self.encoder, self.method, int8=precision == ONNX_INT8)
         model.base_folder, model.precision, model._tokenizer_lock = self.base_folder, precision, self._tokenizer_lock
         return model.eval()
 
@@ -149,8 +153,14 @@ class AdaptiveModel(nn.Module):
             encoded = self.tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
-    def run_batches(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int, progress: bool = False) -> Iterator[RanBatch]:
+    def run_batches(
+        self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int, progress: bool = False, layer_values: bool = True
+    ) -> Iterator[RanBatch]:
         """The inputs, checked, through the engine ``batch_size`` at a time, grouped by length so batches carry little padding.
+
+        Under onnx-fp32/onnx-int8 a batch of one input runs as a single ONNX Runtime graph call
+        (``self.one_graph``) unless ``layer_values`` asks for each layer's reported values, which
+        only the engine's per-layer path records.
 
         Each batch's outcome is moved to the CPU in one transfer (traces and counts read many
         single values); ``progress`` shows a tqdm bar over the batches.
@@ -162,10 +172,18 @@ class AdaptiveModel(nn.Module):
         device = self.device
         tokens, truncated = self.encode(texts, pairs)
         lengths = [len(ids) for ids in tokens["input_ids"]]
-        for chosen in tqdm(length_sorted_batches(lengths, batch_size), disable=not progress, desc=self.config.method, leave=False):
+        batches = length_sorted_batches(lengths, batch_size)
+        one_graph = None if layer_values else self.one_graph
+        if one_graph is not None and any(len(chosen) == 1 for chosen in batches):
+            one_graph.session(settings)  # exported on first use: before the clock starts
+        for chosen in tqdm(batches, disable=not progress, desc=self.config.method, leave=False):
             encoded = {name: value.to(device) for name, value in self.pad_batch(tokens, chosen).items()}
             began = time.perf_counter()
-            result = run_batch(self.encoder, self.method, encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
+            inputs = (encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"), settings)
+            if one_graph is not None and len(chosen) == 1:
+                result = one_graph.run(*inputs)
+            else:
+                result = run_batch(self.encoder, self.method, *inputs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
             latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
@@ -185,12 +203,14 @@ class AdaptiveModel(nn.Module):
 
         A trace always holds the answer and the layer path; ``layer_values`` adds each layer's own
         prediction and the method's per-layer values (entropies, bounds, planner probabilities).
+        Under onnx-fp32/onnx-int8 at ``batch_size`` 1, each input is one call of a one-graph ONNX
+        Runtime session; with ``layer_values`` the call falls back to the engine's per-layer sessions.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         pairs = [pairs] if isinstance(pairs, str) else (None if pairs is None else list(pairs))
         settings = self.settings(threshold, early_exit)
         traces: list[Trace | None] = [None] * len(texts)
-        for batch in self.run_batches(texts, pairs, settings, batch_size):
+        for batch in self.run_batches(texts, pairs, settings, batch_size, layer_values=layer_values):
             batch_texts = [texts[i] for i in batch.rows]
             batch_pairs = None if pairs is None else [pairs[i] for i in batch.rows]
             for index, trace in zip(batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs, layer_values)):

@@ -61,17 +61,39 @@ def export_layer(layer: nn.Module, hidden_size: int, path: Path) -> Path:
     return export_graph(LayerForward(layer), sample, ["hidden", "attention_mask"], path)
 
 
-def quantize_onnx(path: str | Path, out: str | Path) -> Path:
-    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel, reduced range for CPUs without VNNI)."""
+def quantize_onnx(path: str | Path, out: str | Path, one_graph: bool = False) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel, reduced range for CPUs without VNNI).
+
+    ``one_graph``: a whole model with its decisions inside (core/onnx_graph.py): the weights in
+    ``If`` branches are quantized too, and one-output units (planners, halting units) stay fp32,
+    as ``int8`` keeps them.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = Path(out)
     prepared = out.with_suffix(".prep.onnx")
     quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    settings = {"weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": True}
+    if one_graph:
+        settings |= {"nodes_to_exclude": one_output_units(onnx.load(str(prepared)).graph), "extra_options": {"EnableSubgraph": True}}
+    quantize_dynamic(str(prepared), str(out), **settings)
     prepared.unlink()
     return out
+
+
+def one_output_units(graph, weights: dict | None = None) -> list[str]:
+    """Names of the MatMul/Gemm nodes, in ``graph`` and its ``If`` branches, whose weight has one output column."""
+    weights = {**(weights or {}), **{item.name: list(item.dims) for item in graph.initializer}}
+    names = []
+    for node in graph.node:
+        dims = weights.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") else None
+        transposed = any(item.name == "transB" and item.i for item in node.attribute)
+        if dims and dims[0 if transposed else -1] == 1:
+            names.append(node.name)
+        names += [name for item in node.attribute if item.g.node for name in one_output_units(item.g, weights)]
+    return names
 
 
 def new_session(path: Path, threads: int | None = None):

@@ -15,7 +15,9 @@
   Runtime session (``core/onnx_layers.py``; int8: ONNX Runtime's dynamic quantization of the
   layer's MatMuls, per channel), with the embeddings, the layer loop and every decision in
   PyTorch between the calls; ``onnx-int8`` quantizes the heads as ``int8`` does. CPU only, no
-  gradients; converting exports six small graphs (seconds per layer).
+  gradients; converting exports six small graphs (seconds per layer). At batch size 1 the whole
+  model runs instead as one graph with the decisions inside it as ONNX ``If`` nodes
+  (``core/onnx_graph.py``), exported on the first such call: one session call per input.
 
 Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
 but torchao's int8 dynamic-activation config runs about 16x slower than fp32 on this AVX2 CPU in
@@ -42,7 +44,8 @@ INT8 = "int8"
 ONNX_FP32 = "onnx-fp32"
 ONNX_INT8 = "onnx-int8"
 PRECISIONS = (FP32, BF16, INT8, ONNX_FP32, ONNX_INT8)
-CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)
+ONNX = (ONNX_FP32, ONNX_INT8)  # batch size 1 runs as one graph with the decisions inside (core/onnx_graph.py)
+CPU_ONLY = (INT8, *ONNX)
 DESCRIPTIONS = {
     FP32: "fp32 (full precision)",
     BF16: "bf16 (bfloat16 weights and activations)",
