@@ -1,4 +1,6 @@
-"""An adaptive model: tokenizer + encoder + one method. It checks and tokenizes inputs and runs them through the engine.
+"""An adaptive model: tokenizer + encoder + one method.
+
+It checks and tokenizes inputs and runs them through the engine.
 
 What comes out is the engine's batches: ``predict`` hands them to core/trace.py for traces,
 ``run_inputs`` gathers them into tensors in input order (core/outcome.py) for counting.
@@ -25,7 +27,7 @@ from core.methods import Method, MethodConfig, RunSettings, get_method
 from core.onnx_graph import OneGraphRuntime
 from core.outcome import Outcome, RanBatch
 from core.pooling import resolve_pooling
-from core.precision import FP32, ONNX, ONNX_INT8, apply_precision, check_device, check_precision
+from core.precision import FP32, ONNX_FP32, apply_precision, check_device, check_precision
 from core.tasks import TaskSpec, as_task
 from core.trace import Trace, build_traces
 
@@ -45,7 +47,9 @@ class ModelConfig:
     backbone_config: dict | None = None  # the BERT config, so a full-weights checkpoint rebuilds without the backbone
     method_config: dict = field(default_factory=dict)  # the method's typed config (core.methods.<method>.Config)
     threshold: float | None = None  # the shipped operating point: the method's knob value (None: the method's default)
-    operating_point: dict = field(default_factory=dict)  # how the threshold was chosen: split, rule, validation metrics
+    operating_point: dict = field(
+        default_factory=dict
+    )  # how the threshold was chosen: split, rule, validation metrics
     max_length: int = 512
     trained: bool = False
     training: dict = field(default_factory=dict)
@@ -56,7 +60,14 @@ class ModelConfig:
 
 
 class AdaptiveModel(nn.Module):
-    def __init__(self, encoder: Encoder, method: Method, tokenizer: PreTrainedTokenizerBase, config: ModelConfig, source: str | None = None):
+    def __init__(
+        self,
+        encoder: Encoder,
+        method: Method,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ModelConfig,
+        source: str | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.method = method
@@ -64,8 +75,10 @@ class AdaptiveModel(nn.Module):
         self.config = config
         self.source = source  # the checkpoint folder it was loaded from, if any
         self.precision = FP32  # core.precision: fp32, bf16, int8, onnx-fp32 or onnx-int8 (``with_precision``)
-        self.base_folder: Path | None = None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
-        self.one_graph: OneGraphRuntime | None = None  # onnx-*: batch size 1 runs as one ONNX Runtime graph (core/onnx_graph.py)
+        self.base_folder: Path | None = (
+            None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
+        )
+        self.one_graph: OneGraphRuntime | None = None  # onnx-fp32: batch size 1 runs as one graph (core/onnx_graph.py)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
     @property
@@ -79,13 +92,17 @@ class AdaptiveModel(nn.Module):
 
     @property
     def max_length(self) -> int:
-        return min(self.config.max_length, self.encoder.config.max_position_embeddings, self.tokenizer.model_max_length)
+        return min(
+            self.config.max_length, self.encoder.config.max_position_embeddings, self.tokenizer.model_max_length
+        )
 
     def default_threshold(self) -> float | None:
         return self.method.default_threshold if self.config.threshold is None else self.config.threshold
 
     def with_precision(self, precision: str) -> AdaptiveModel:
-        """This model at another precision (core/precision.py): a converted copy of the encoder and method; ``self`` if it already is.
+        """This model at another precision (core/precision.py): a converted copy of encoder and method.
+
+        ``self`` if it already is at that precision.
 
         Converts from fp32 only (keep the fp32 model to derive the others); shares the tokenizer.
         """
@@ -98,8 +115,10 @@ class AdaptiveModel(nn.Module):
         encoder, method = copy.deepcopy(self.encoder), copy.deepcopy(self.method)
         encoder = apply_precision(encoder, method, precision)
         model = AdaptiveModel(encoder, method, self.tokenizer, copy.deepcopy(self.config), source=self.source)
-        if precision in ONNX:
-            model.one_graph = OneGraphRuntime(self.encoder, self.method, int8=precision == ONNX_INT8)
+        if (
+            precision == ONNX_FP32
+        ):  # int8 one graphs drift from the per-layer int8 sessions' paths: not the default yet
+            model.one_graph = OneGraphRuntime(self.encoder, self.method, int8=False)
         model.base_folder, model.precision, model._tokenizer_lock = self.base_folder, precision, self._tokenizer_lock
         return model.eval()
 
@@ -108,7 +127,10 @@ class AdaptiveModel(nn.Module):
             return
         knob = self.method.knob
         if knob is None:
-            raise UserError(f"{self.method.title} has no threshold to set; use early_exit=False (--no-early-exit) to run every layer")
+            raise UserError(
+                f"{self.method.title} has no threshold to set; "
+                "use early_exit=False (--no-early-exit) to run every layer"
+            )
         knob.check(threshold, self.method.title)
 
     def check_inputs(self, texts: list[str], pairs: list[str] | None) -> None:
@@ -117,22 +139,36 @@ class AdaptiveModel(nn.Module):
         if pairs is not None and len(pairs) != len(texts):
             raise UserError(f"{len(texts)} texts but {len(pairs)} second sentences: give one second sentence per text")
         if pairs is not None and not self.config.pair:
-            raise UserError(f"task {self.config.task} takes a single sentence, but a sentence pair was given: drop the second sentence")
+            raise UserError(
+                f"task {self.config.task} takes a single sentence, but a sentence pair was given: "
+                "drop the second sentence"
+            )
         if pairs is None and self.config.pair:
-            raise UserError(f"task {self.config.task} takes a sentence pair: give the second sentence too (--text-pair)")
+            raise UserError(
+                f"task {self.config.task} takes a sentence pair: give the second sentence too (--text-pair)"
+            )
         for number, text in enumerate(texts + (pairs or []), start=1):
             if not isinstance(text, str) or not text.strip():
-                raise UserError(f"input {number if number <= len(texts) else number - len(texts)} has an empty text: give some words")
+                raise UserError(
+                    f"input {number if number <= len(texts) else number - len(texts)} has an empty text: "
+                    "give some words"
+                )
 
     def settings(self, threshold: float | None = None, early_exit: bool = True) -> RunSettings:
         self.check_threshold(threshold)
-        return RunSettings(threshold=self.default_threshold() if threshold is None else threshold, early_exit=early_exit)
+        return RunSettings(
+            threshold=self.default_threshold() if threshold is None else threshold, early_exit=early_exit
+        )
 
     def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         with self._tokenizer_lock:
-            return self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            return self.tokenizer(
+                texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
 
-    def encode(self, texts: list[str], pairs: list[str] | None = None) -> tuple[dict[str, list[list[int]]], list[bool]]:
+    def encode(
+        self, texts: list[str], pairs: list[str] | None = None
+    ) -> tuple[dict[str, list[list[int]]], list[bool]]:
         """Every input tokenized once and cut to ``max_length``: its unpadded token lists, and whether it was cut.
 
         The cut is read off the tokenizer's own encodings (the Rust ``tokenizers`` backend that
@@ -145,7 +181,9 @@ class AdaptiveModel(nn.Module):
     def pad_batch(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
         """The token lists (from ``encode``) of the inputs at ``rows`` as one padded batch of CPU tensors."""
         with self._tokenizer_lock:
-            return self.tokenizer.pad({name: [values[i] for i in rows] for name, values in tokens.items()}, return_tensors="pt")
+            return self.tokenizer.pad(
+                {name: [values[i] for i in rows] for name, values in tokens.items()}, return_tensors="pt"
+            )
 
     def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
         """Untruncated lengths in tokens (the benchmark groups the inputs it times by them)."""
@@ -154,11 +192,19 @@ class AdaptiveModel(nn.Module):
         return [len(ids) for ids in encoded]
 
     def run_batches(
-        self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int, progress: bool = False, layer_values: bool = True
+        self,
+        texts: list[str],
+        pairs: list[str] | None,
+        settings: RunSettings,
+        batch_size: int,
+        progress: bool = False,
+        layer_values: bool = True,
     ) -> Iterator[RanBatch]:
-        """The inputs, checked, through the engine ``batch_size`` at a time, grouped by length so batches carry little padding.
+        """The inputs, checked, through the engine ``batch_size`` at a time.
 
-        Under onnx-fp32/onnx-int8 a batch of one input runs as a single ONNX Runtime graph call
+        Grouped by length, so batches carry little padding.
+
+        Under onnx-fp32 a batch of one input runs as a single ONNX Runtime graph call
         (``self.one_graph``) unless ``layer_values`` asks for each layer's reported values, which
         only the engine's per-layer path records.
 
@@ -185,7 +231,9 @@ class AdaptiveModel(nn.Module):
             else:
                 result = run_batch(self.encoder, self.method, *inputs)
             if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the GPU runs asynchronously: wait for the batch before stopping the clock
+                torch.cuda.synchronize(
+                    device
+                )  # the GPU runs asynchronously: wait for the batch before stopping the clock
             latency_ms = (time.perf_counter() - began) * 1000 / len(chosen)
             yield RanBatch(chosen, on_cpu(result), latency_ms, [truncated[i] for i in chosen])
 
@@ -203,7 +251,7 @@ class AdaptiveModel(nn.Module):
 
         A trace always holds the answer and the layer path; ``layer_values`` adds each layer's own
         prediction and the method's per-layer values (entropies, bounds, planner probabilities).
-        Under onnx-fp32/onnx-int8 at ``batch_size`` 1, each input is one call of a one-graph ONNX
+        Under onnx-fp32 at ``batch_size`` 1, each input is one call of a one-graph ONNX
         Runtime session; with ``layer_values`` the call falls back to the engine's per-layer sessions.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -213,13 +261,27 @@ class AdaptiveModel(nn.Module):
         for batch in self.run_batches(texts, pairs, settings, batch_size, layer_values=layer_values):
             batch_texts = [texts[i] for i in batch.rows]
             batch_pairs = None if pairs is None else [pairs[i] for i in batch.rows]
-            for index, trace in zip(batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs, layer_values)):
+            for index, trace in zip(
+                batch.rows, build_traces(self, batch, settings, batch_texts, batch_pairs, layer_values)
+            ):
                 traces[index] = trace
         return traces
 
-    def run_inputs(self, texts: list[str], pairs: list[str] | None, settings: RunSettings, batch_size: int = 32, progress: bool = False) -> Outcome:
-        """The engine's tables for every input, run as ``predict`` runs them, in input order (``settings`` from ``self.settings``)."""
-        return Outcome.gather(list(self.run_batches(texts, pairs, settings, batch_size, progress)), self.method, settings)
+    def run_inputs(
+        self,
+        texts: list[str],
+        pairs: list[str] | None,
+        settings: RunSettings,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> Outcome:
+        """The engine's tables for every input, run as ``predict`` runs them, in input order.
+
+        ``settings`` come from ``self.settings``.
+        """
+        return Outcome.gather(
+            list(self.run_batches(texts, pairs, settings, batch_size, progress)), self.method, settings
+        )
 
 
 def on_cpu(result: BatchResult) -> BatchResult:
@@ -228,7 +290,11 @@ def on_cpu(result: BatchResult) -> BatchResult:
         outputs=result.outputs.cpu(),
         exit_layer=result.exit_layer.cpu(),
         layers=[
-            LayerRecord(record.rows.cpu(), None if record.ran is None else record.ran.cpu(), {name: value.cpu() for name, value in record.report.items()})
+            LayerRecord(
+                record.rows.cpu(),
+                None if record.ran is None else record.ran.cpu(),
+                {name: value.cpu() for name, value in record.report.items()},
+            )
             for record in result.layers
         ],
         num_layers=result.num_layers,
@@ -241,12 +307,20 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def build_model(method: str, task: str | TaskSpec, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None) -> AdaptiveModel:
-    """A model with fresh (untrained) heads on the pretrained backbone, for a GLUE task (by name) or one's own; pooling ``auto`` becomes the backbone's own."""
+def build_model(
+    method: str, task: str | TaskSpec, backbone: str = DEFAULT_BACKBONE, method_config: MethodConfig | None = None
+) -> AdaptiveModel:
+    """A model with fresh (untrained) heads on the pretrained backbone, for a GLUE task (by name) or one's own.
+
+    Pooling ``auto`` becomes the backbone's own.
+    """
     method_class = get_method(method)
     spec = as_task(task)
     if not method_class.supports(spec.is_regression):
-        raise UserError(f"{method_class.title} cannot run {spec.name}: it needs class probabilities, and {spec.name} is a regression task")
+        raise UserError(
+            f"{method_class.title} cannot run {spec.name}: it needs class probabilities, "
+            f"and {spec.name} is a regression task"
+        )
     bert = load_bert(backbone)
     encoder = Encoder(bert)
     method_config = method_config if method_config is not None else method_class.Config()

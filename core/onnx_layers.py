@@ -44,13 +44,27 @@ class LayerForward(nn.Module):
 
 
 def export_graph(module: nn.Module, sample: tuple[torch.Tensor, ...], input_names: list[str], path: Path) -> Path:
-    """Write ``module`` (in eval mode, no gradients) to ``path`` with dim 0 (batch) and dim 1 (length) of every input dynamic."""
+    """Write ``module`` (in eval mode, no gradients) to ``path``.
+
+    Dim 0 (batch) and dim 1 (length) of every input are dynamic.
+    """
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     shapes = {name: {0: batch, 1: length} for name in input_names}
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+    with (
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # the exporter prints its progress
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module.eval(), sample, str(path), input_names=input_names, output_names=["output"], dynamic_shapes=shapes, dynamo=True, external_data=False
+            module.eval(),
+            sample,
+            str(path),
+            input_names=input_names,
+            output_names=["output"],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            external_data=False,
         )
     return path
 
@@ -62,7 +76,9 @@ def export_layer(layer: nn.Module, hidden_size: int, path: Path) -> Path:
 
 
 def quantize_onnx(path: str | Path, out: str | Path, one_graph: bool = False) -> Path:
-    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel, reduced range for CPUs without VNNI).
+    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight.
+
+    Per channel, with reduced range for CPUs without VNNI.
 
     ``one_graph``: a whole model with its decisions inside (core/onnx_graph.py): the weights in
     ``If`` branches are quantized too, and one-output units (planners, halting units) stay fp32,
@@ -77,7 +93,10 @@ def quantize_onnx(path: str | Path, out: str | Path, one_graph: bool = False) ->
     quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
     settings = {"weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": True}
     if one_graph:
-        settings |= {"nodes_to_exclude": one_output_units(onnx.load(str(prepared)).graph), "extra_options": {"EnableSubgraph": True}}
+        settings |= {
+            "nodes_to_exclude": one_output_units(onnx.load(str(prepared)).graph),
+            "extra_options": {"EnableSubgraph": True},
+        }
     quantize_dynamic(str(prepared), str(out), **settings)
     prepared.unlink()
     return out
@@ -97,7 +116,10 @@ def one_output_units(graph, weights: dict | None = None) -> list[str]:
 
 
 def new_session(path: Path, threads: int | None = None):
-    """A CPU session with the thread count torch uses and spinning off: idle ORT threads otherwise spin and slow the torch calls between layers."""
+    """A CPU session with the thread count torch uses and spinning off.
+
+    Idle ONNX Runtime threads otherwise spin and slow the torch calls between layers.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()

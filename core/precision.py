@@ -15,16 +15,16 @@
   Runtime session (``core/onnx_layers.py``; int8: ONNX Runtime's dynamic quantization of the
   layer's MatMuls, per channel), with the embeddings, the layer loop and every decision in
   PyTorch between the calls; ``onnx-int8`` quantizes the heads as ``int8`` does. CPU only, no
-  gradients; converting exports six small graphs (seconds per layer). At batch size 1 the whole
-  model runs instead as one graph with the decisions inside it as ONNX ``If`` nodes
-  (``core/onnx_graph.py``), exported on the first such call: one session call per input.
+  gradients; converting exports six small graphs (seconds per layer). Under ``onnx-fp32`` at batch
+  size 1 the whole model runs instead as one graph with the decisions inside it as ONNX ``If``
+  nodes (``core/onnx_graph.py``), exported on the first such call: one session call per input.
 
 Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
 but torchao's int8 dynamic-activation config runs about 16x slower than fp32 on this AVX2 CPU in
 eager mode (its CPU path has no int8 kernel without ``torch.compile``), and its int8
 weight-only config is no faster than fp32. The fbgemm kernels behind ``quantize_dynamic`` are the
 fast int8 path PyTorch 2.13 (pinned) has on x86 CPUs, so they are used here, with the
-deprecation warnings silenced at this one call site (NOTES.md, session 4).
+deprecation warnings silenced at this one call site.
 """
 
 from __future__ import annotations
@@ -64,15 +64,22 @@ def check_precision(precision: str) -> str:
 def check_device(precision: str, device: torch.device | str) -> None:
     """int8's and ONNX Runtime's kernels here are CPU kernels: refuse another device with a one-line reason."""
     if precision in CPU_ONLY and torch.device(device).type != "cpu":
-        raise UserError(f"{precision} runs on the CPU only (CPU kernels); use --device cpu, or --precision fp32/bf16 on {device}")
+        raise UserError(
+            f"{precision} runs on the CPU only (CPU kernels); use --device cpu, or --precision fp32/bf16 on {device}"
+        )
 
 
 def quantize_linears(module: nn.Module) -> None:
-    """Replace every ``nn.Linear`` inside ``module`` by its int8 dynamic-quantized version, in place (one weight scale per output channel)."""
+    """Replace every ``nn.Linear`` inside ``module`` by its int8 dynamic-quantized version, in place.
+
+    One weight scale per output channel.
+    """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the eager quantization API is deprecated; see the module docstring for why it is used
+        warnings.simplefilter(
+            "ignore"
+        )  # the eager quantization API is deprecated; see the module docstring for why it is used
         quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 

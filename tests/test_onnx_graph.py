@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from core.methods import METHODS
+from core.onnx_graph import OneGraphRuntime
 from core.pooling import POOLINGS
 from core.precision import ONNX_FP32, ONNX_INT8
 from tests.conftest import SECOND, SENTENCES
@@ -42,7 +43,10 @@ def converted() -> dict:
 def graph_model(make_model, converted: dict, method: str, pooling: str, precision: str):
     if (method, pooling, precision) not in converted:
         model, threshold = configured(make_model, method, pooling)
-        converted[method, pooling, precision] = model, threshold, model.with_precision(precision)
+        onnx = model.with_precision(precision)
+        if precision == ONNX_INT8:  # not onnx-int8's default runtime yet (its paths drift): attached to be measured
+            onnx.one_graph = OneGraphRuntime(model.encoder, model.method, int8=True)
+        converted[method, pooling, precision] = model, threshold, onnx
     return converted[method, pooling, precision]
 
 

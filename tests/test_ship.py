@@ -107,8 +107,6 @@ def test_choose_keeps_the_first_value_unless_another_is_better_by_more_than_the_
         metrics = {"metric_name": "f1", "accuracy": accuracy, "f1": 0.85}
         (run / folder / "config.json").write_text(json.dumps({"training": {"validation_metrics": metrics}}))
     stage = ship.Stage("full-{pooling}", "full", "MRPC", {}, {"pooling": ["mean", "cls"]}, "full", margin=0.03)
-    assert ship.choose_variant(stage, run).name == "full-mean", (
-        "0.024 better: within the margin"
-    )
+    assert ship.choose_variant(stage, run).name == "full-mean", "0.024 better: within the margin"
     stage.margin = 0.01
     assert ship.choose_variant(stage, run).name == "full-cls" and (run / "full").resolve().name == "full-cls"

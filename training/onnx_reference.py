@@ -35,7 +35,10 @@ ONNX_PRECISIONS = (FP32, INT8)
 
 
 class FullForward(nn.Module):
-    """The full model as one traceable forward: embeddings, every layer with an additive padding mask, the head's answer."""
+    """The full model as one traceable forward.
+
+    Embeddings, every layer with an additive padding mask, the head's answer.
+    """
 
     def __init__(self, model: AdaptiveModel):
         super().__init__()
@@ -43,12 +46,16 @@ class FullForward(nn.Module):
             raise UserError(f"only the full model is exported to ONNX Runtime, not {model.method.title}")
         self.encoder, self.method = model.encoder, model.method
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.encoder.embed(input_ids, token_type_ids)
         padding = additive_padding(attention_mask, hidden.dtype)
         for index in range(self.encoder.num_layers):
             hidden = self.encoder.run_layer(index, hidden, padding)
-        return self.method.answer(pool(hidden, attention_mask, self.method.pooling), self.method.begin(input_ids.shape[0], input_ids.device))
+        return self.method.answer(
+            pool(hidden, attention_mask, self.method.pooling), self.method.begin(input_ids.shape[0], input_ids.device)
+        )
 
 
 def export_full_model(model: AdaptiveModel, folder: str | Path) -> Path:
@@ -58,7 +65,10 @@ def export_full_model(model: AdaptiveModel, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "full-fp32.onnx"
-    sample = model.tokenize(["a short first sentence", "and a longer second one, for padding"], ["its pair", "its pair too"] if model.config.pair else None)
+    sample = model.tokenize(
+        ["a short first sentence", "and a longer second one, for padding"],
+        ["its pair", "its pair too"] if model.config.pair else None,
+    )
     args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in INPUT_NAMES)
     return export_graph(FullForward(model), args, list(INPUT_NAMES), path)
 
