@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -196,7 +196,7 @@ class QueryLog:
             return None
         self._ensure_writer()
         query = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "task": task,
             "text": text,
             "text_pair": text_pair,
@@ -283,7 +283,7 @@ def parse_since(text: str | None) -> datetime | None:
     relative = RELATIVE_TIME.match(text.lower())
     if relative:
         amount, unit = int(relative[1]), relative[2]
-        return datetime.now(timezone.utc) - timedelta(hours=amount * {"h": 1, "d": 24, "w": 24 * 7}[unit])
+        return datetime.now(UTC) - timedelta(hours=amount * {"h": 1, "d": 24, "w": 24 * 7}[unit])
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as error:
@@ -291,7 +291,7 @@ def parse_since(text: str | None) -> datetime | None:
             f"cannot read the time {text!r}: give a date like 2025-01-31, a time like 2025-01-31T12:00, or "
             "24h / 7d / 2w"
         ) from error
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def read_results(
@@ -308,7 +308,7 @@ def read_results(
             params.append(value)
     if since is not None:
         conditions.append("queries.time >= ?")
-        params.append(since.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
+        params.append(since.astimezone(UTC).isoformat(timespec="milliseconds"))
     where = f"where {' and '.join(conditions)}" if conditions else ""
     selected = ", ".join(f"{table}.{name}" for name, (table, _) in READ_COLUMNS.items())
     sql = (

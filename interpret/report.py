@@ -15,7 +15,7 @@ import html
 import json
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -87,7 +87,7 @@ def render_html(rows: list[dict], filters: str) -> str:
         chart = layer_frequency_chart(usage, f"{task}: layer usage over logged queries")
         sections.append(f"<h2>{html.escape(task)}</h2>\n<figure>{_svg(chart)}</figure>")
     table = summary_table(rows).to_html(index=False, escape=True, border=0, classes="summary")
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     counted = f"{len(rows)} result rows (one per query and method) from the query log"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Adaptive-depth BERT: layer-usage report</title>

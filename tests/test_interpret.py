@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -377,8 +377,8 @@ def test_environment_switches_logging_off_and_names_the_file(tmp_path, monkeypat
 
 
 def test_parse_since_understands_dates_and_spans():
-    assert parse_since("2025-01-31") == datetime(2025, 1, 31, tzinfo=timezone.utc)
-    assert abs(parse_since("7d") - (datetime.now(timezone.utc) - timedelta(days=7))) < timedelta(minutes=1)
+    assert parse_since("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
+    assert abs(parse_since("7d") - (datetime.now(UTC) - timedelta(days=7))) < timedelta(minutes=1)
     assert parse_since("") is None
     with pytest.raises(UserError, match="24h"):
         parse_since("last tuesday")

@@ -30,10 +30,9 @@ import shlex
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from core.errors import UserError, command_line
 from core.methods import METHODS
