@@ -173,3 +173,16 @@ def test_unreached_and_bypassed_layers_run_no_node_in_onnx_runtime(make_model, c
         assert [counts[name] for name in layer_nodes] == ran
         not_run += model.num_layers - len(trace.layers_executed)
     assert not_run > 0, "some layers must be bypassed or after an exit for the test to mean anything"
+
+
+def test_the_benchmark_times_single_inputs_on_the_one_graph_and_batches_on_the_engine(make_model):
+    from training.benchmark import OperatingPoint, Runner
+
+    model, threshold = configured(make_model, "deebert", "mean")
+    onnx = model.with_precision(ONNX_FP32)
+    runner = Runner(OperatingPoint("deebert", threshold, shipped=False, precision=ONNX_FP32), onnx)
+    counter = SessionCallCounter(onnx.encoder)
+    single = onnx.tokenize(TEXTS[:1], SECONDS[:1])
+    assert runner.count(runner(single))[0] == 1 and counter.rows == [0] * onnx.num_layers, "one input: the one graph"
+    runner(onnx.tokenize(TEXTS[:4], SECONDS[:4]))
+    assert counter.rows[0] == 4, "a batch: the engine's per-layer sessions"

@@ -115,7 +115,11 @@ class Timing:
 
 @dataclass
 class Runner:
-    """Calls the engine directly (no tokenizer, no traces) for one operating point."""
+    """Calls the runtime directly (no tokenizer, no traces) for one operating point.
+
+    A single input runs as the model's one graph where its precision has one (``AdaptiveModel.one_graph``,
+    exported here, before any clock starts), as ``predict`` runs it; batches run through the engine.
+    """
 
     point: OperatingPoint
     model: AdaptiveModel
@@ -123,16 +127,14 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.settings = self.model.settings(self.point.threshold)
+        if self.model.one_graph is not None:
+            self.model.one_graph.session(self.settings)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> BatchResult:
-        return run_batch(
-            self.model.encoder,
-            self.model.method,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch.get("token_type_ids"),
-            self.settings,
-        )
+        inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), self.settings)
+        if self.model.one_graph is not None and batch["input_ids"].shape[0] == 1:
+            return self.model.one_graph.run(*inputs)
+        return run_batch(self.model.encoder, self.model.method, *inputs)
 
     def count(self, result: BatchResult) -> tuple[int, int]:
         """(rows, layers executed), read after the clock stopped."""
