@@ -340,7 +340,8 @@ def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:
                 title="pooled state",
                 scale=alt.Scale(domain=["cls", "mean"], range=["#ea580c", "#2563eb"]),
             ),
-            strokeDash=alt.StrokeDash("model:N", title="model"),
+            strokeDash=alt.StrokeDash("model:N", legend=None),
+            shape=alt.Shape("model:N", title="model"),  # the legend shows a marker per model (dashes draw none)
             tooltip=["model", "pooling", "layer", alt.Tooltip("metric:Q", format=".3f")],
         )
     )
