@@ -89,9 +89,12 @@ def test_one_int8_graph_agrees_with_the_fp32_engine(make_model, converted, metho
     assert operators["MatMulInteger"] >= 6 * onnx.num_layers, "every layer's linears are int8, in If branches too"
 
 
-def test_a_new_knob_value_reuses_the_graph_where_the_knob_is_an_input(make_model, converted):
-    model, _, onnx = graph_model(make_model, converted, "deebert", "cls", ONNX_FP32)
-    for value in (0.0, model.method.knob.high):
+@pytest.mark.parametrize("method", ["deebert", "dpbert", "pabee"])
+def test_a_new_knob_value_reuses_the_graph_where_the_knob_is_an_input(make_model, converted, method):
+    model, _, onnx = graph_model(make_model, converted, method, "cls", ONNX_FP32)
+    knob = model.method.knob
+    middle = round((knob.low + knob.high) / 2) if knob.integer else (knob.low + knob.high) / 2
+    for value in (knob.low, middle, knob.high):
         reference = model.predict(SENTENCES, SECOND, threshold=value)
         graph = onnx.predict(SENTENCES, SECOND, threshold=value, batch_size=1)
         expected = [(trace.prediction, trace.layers_executed) for trace in reference]

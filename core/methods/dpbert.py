@@ -208,11 +208,14 @@ class DPBERT(Method):
         return as_fp32(self.planners[layer](state).squeeze(-1))
 
     @staticmethod
-    def runs(logit: Tensor, threshold: float) -> Tensor:
+    def runs(logit: Tensor, threshold: float | Tensor) -> Tensor:
         """The rule sigmoid(logit) > threshold, compared on the logit (one call fewer per layer).
 
-        Logit > ln(t / (1 - t)).
+        Logit > ln(t / (1 - t)). A tensor threshold (the knob as an input of an exported graph) is
+        compared with tensor ops alone, so tracing needs no branch on its value.
         """
+        if isinstance(threshold, Tensor):
+            return logit > torch.logit(threshold.to(logit.dtype).clamp(0.0, 1.0))  # logit(0) = -inf, logit(1) = inf
         if threshold <= 0.0:
             return logit > -math.inf
         if threshold >= 1.0:
