@@ -33,6 +33,7 @@ from core.errors import UserError
 from core.lora import adapter_state_dict, load_adapters, merge_lora, plain_state_dict
 from core.methods import METHODS
 from core.model import AdaptiveModel, ModelConfig, build_model
+from core.tasks import task_slug
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 CONFIG_FILE = "config.json"
@@ -252,7 +253,7 @@ def encoder_holder(model: AdaptiveModel) -> Path | None:
 
 def shipped_checkpoint(task: str, method: str) -> Path | None:
     """The trained checkpoint shipped in ``assets/checkpoints/<task>/<method>``, if there is one."""
-    folder = SHIPPED_DIR / task.replace("-", "").lower() / method
+    folder = SHIPPED_DIR / task_slug(task) / method
     return folder if (folder / CONFIG_FILE).is_file() else None
 
 

@@ -55,10 +55,15 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def task_slug(name: str) -> str:
+    """A task's folder name (``SST-2`` -> ``sst2``), as runs/<task> and assets/checkpoints/<task> spell it."""
+    return name.replace("-", "").lower()
+
+
 def find_task(name: str) -> TaskSpec | None:
     """The GLUE task of that name, case-insensitively (``sst2``, ``SST-2`` and ``sst-2`` all work), or None."""
-    wanted = name.replace("-", "").lower()
-    return next((spec for spec in TASKS.values() if spec.name.replace("-", "").lower() == wanted), None)
+    wanted = task_slug(name)
+    return next((spec for spec in TASKS.values() if task_slug(spec.name) == wanted), None)
 
 
 def get_task(name: str) -> TaskSpec:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pandas as pd
 
 from core.checkpoint import SHIPPED_DIR
+from core.tasks import task_slug
 
 PROBES_DIR = SHIPPED_DIR.parent / "results"
 
 
 def probe_results(task: str) -> pd.DataFrame | None:
     """The task's committed probe table (model, layer, pooling, metric, ...), or None when none was committed."""
-    path = PROBES_DIR / f"{task.replace('-', '').lower()}-probe" / "results.csv"
+    path = PROBES_DIR / f"{task_slug(task)}-probe" / "results.csv"
     return pd.read_csv(path) if path.is_file() else None

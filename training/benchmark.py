@@ -49,7 +49,7 @@ from core.errors import UserError, command_line
 from core.methods import BASELINE, RunSettings, adaptive_methods
 from core.model import AdaptiveModel, length_sorted_batches
 from core.precision import BF16, FP32, INT8, PRECISIONS, check_precision
-from core.tasks import canonical_task
+from core.tasks import canonical_task, task_slug
 from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_report
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.evaluate import evaluate, sweep
@@ -171,7 +171,7 @@ def missing_checkpoint(task: str, method: str, checkpoints: Path | None) -> User
             f"no {method} checkpoint in {checkpoints / method}: --checkpoints needs a <method>/ folder with "
             f"{CONFIG_FILE} and {WEIGHTS_FILE} per method"
         )
-    slug = task.replace("-", "").lower()
+    slug = task_slug(task)
     return UserError(
         f"no shipped {method} checkpoint for {task} in {SHIPPED_DIR / slug / method}: train it with `bash "
         f"training/ship.sh {task}` and "
@@ -669,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     precisions = parse_precisions(args.precisions)
-    out = Path(args.out) if args.out else DEFAULT_OUT / task.replace("-", "").lower()
+    out = Path(args.out) if args.out else DEFAULT_OUT / task_slug(task)
     models = load_models(task, args.methods, Path(args.checkpoints) if args.checkpoints else None)
     dev = checkpoint_split(models[BASELINE].config, "dev", args.data_dir)
     metric_dev = dev.select(range(min(args.metric_limit, len(dev)))) if args.metric_limit else dev

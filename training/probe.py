@@ -33,6 +33,7 @@ from core.errors import UserError, command_line
 from core.methods import BASELINE
 from core.model import AdaptiveModel, build_model
 from core.pooling import POOLINGS, pool
+from core.tasks import task_slug
 from interpret.charts import probe_chart
 from training.data import DEFAULT_DATA_DIR, load_split
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [("backbone", build_model(BASELINE, args.task, backbone=args.backbone_name))] if args.backbone else []
     for folder in args.checkpoints:
         model = load_checkpoint(folder)
-        if model.config.task.replace("-", "").lower() != args.task.replace("-", "").lower():
+        if task_slug(model.config.task) != task_slug(args.task):
             raise UserError(f"{folder} was trained on {model.config.task}, not {args.task}")
         models.append((model_label(model, backbone=False), model))
     train = load_split(args.task, "fit", args.data_dir).shuffle(seed=0)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from core.errors import UserError, command_line
 from core.methods import METHODS
-from core.tasks import get_task
+from core.tasks import get_task, task_slug
 from training.targets import compared_value
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -77,15 +77,19 @@ class Stage:
     margin: float = 0.0  # choose: how much better than the first value another must be on validation to be chosen
 
     def variants(self) -> list[tuple[str, dict]]:
-        """(folder name, settings) per combination of the grid's values."""
-        if not self.grid:
-            return [(self.name, self.settings)]
+        """(folder name, settings) per combination of the grid's values.
+
+        The grid's values fill ``{option}`` in the stage's name and in the stages it starts from.
+        """
         keys = list(self.grid)
-        combos = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
-        return [
-            (self.name.format(**{key: format_value(value) for key, value in combo.items()}), self.settings | combo)
-            for combo in combos
-        ]
+        variants = []
+        for values in itertools.product(*self.grid.values()):
+            combo = dict(zip(keys, values))
+            filled = {key: format_value(value) for key, value in combo.items()}
+            settings = self.settings | combo
+            settings |= {key: settings[key].format(**filled) for key in PATH_OPTIONS if key in settings}
+            variants.append((self.name.format(**filled), settings))
+        return variants
 
 
 def format_value(value: object) -> str:
@@ -121,25 +125,19 @@ class Recipe:
 
     @property
     def slug(self) -> str:
-        return self.task.replace("-", "").lower()
+        return task_slug(self.task)
 
     def jobs(self, stages: list[Stage], runs: Path) -> list[Job]:
         run = runs / self.slug
         jobs = []
         for stage in stages:
             for folder, settings in stage.variants():
-                placed = {
-                    key: value.format(**{k: format_value(v) for k, v in settings.items()})
-                    if key in PATH_OPTIONS
-                    else value
-                    for key, value in settings.items()
-                }
                 argv = [
                     "--method",
                     stage.method,
                     "--task",
                     stage.task,
-                    *option_arguments(placed, run),
+                    *option_arguments(settings, run),
                     "--out",
                     str(run / folder),
                     "--resume",
