@@ -17,9 +17,12 @@ target (dual ascent; it falls back toward 0 below it). In the ``rl`` stage that 
 the inference rule's own path (one more forward pass, without a graph through the layers): the
 planners after a skipped layer read other states than on the sampled paths.
 
-The [CLS] embedding is the same for every input, so with [CLS] pooling the first planner's
-decision is a constant of the model; with mean pooling it reads the mean of the embeddings, which
-differ per input. ``first_layer = "always"`` always runs layer 1 instead. ``"mean"`` reads the
+``first_layer = "always"`` (the default) always runs layer 1. A bypassed layer leaves the state
+as it was, so when layer 1 is bypassed the next planner reads the pooled embeddings again, and so
+on: inputs whose first planner says bypass tend to run no layer at all and all get one answer
+(the head's answer for the pooled embeddings). ``"planner"`` is the paper's: a planner on the
+pooled embeddings decides layer 1 like every other layer. With [CLS] pooling that decision is a
+constant of the model, since the [CLS] embedding is the same for every input. ``"mean"`` reads the
 mean-pooled embeddings whatever ``pooling`` says, as models trained before ``pooling`` existed do.
 
 The pooled states of different inputs share a large common component, so a zero-initialised
@@ -90,7 +93,7 @@ class DPBERTConfig(MethodConfig):
         5.0, "beta: weight of the task loss in the reward (the paper searches 5, 20, 35, 50)", low=0.0
     )
     rate_penalty: str = choice_option("hard", "what the rate penalty measures", RATE_PENALTIES)
-    first_layer: str = choice_option("planner", "layer 1's decision", FIRST_LAYER_DECISIONS)
+    first_layer: str = choice_option("always", "layer 1's decision", FIRST_LAYER_DECISIONS)
     planner_input: str = choice_option("standardized", "what a planner reads", PLANNER_INPUTS)
     rate_multiplier_step: float = option(
         0.1,
