@@ -209,6 +209,19 @@ def test_layer_no_row_needs_is_never_called(make_model):
     assert all(trace.layers_skipped == [2] and trace.expected_speedup == pytest.approx(4 / 3) for trace in traces)
 
 
+@pytest.mark.parametrize("first_layer, layer_one_rows", [("always", len(SENTENCES)), ("planner", 0)])
+def test_dpbert_first_layer_rule_decides_whether_an_input_can_run_no_layer(make_model, first_layer, layer_one_rows):
+    """Every planner says bypass: by default layer 1 still runs; with the paper's planner on layer 1 nothing runs."""
+    model = make_model("dpbert", first_layer=first_layer)
+    with torch.no_grad():
+        for planner in model.method.planners:
+            planner.bias.fill_(-20.0)
+    counter = LayerCallCounter(model)
+    traces = model.predict(SENTENCES, SECOND, batch_size=4)
+    assert counter.rows == [layer_one_rows, 0, 0, 0]
+    assert all(trace.layers_executed == ([1] if layer_one_rows else []) for trace in traces)
+
+
 def test_deebert_high_threshold_exits_after_first_layer(make_model):
     model = make_model("deebert")
     counter = LayerCallCounter(model)

@@ -472,7 +472,14 @@ def test_dpbert_hard_rate_penalty_pushes_planners_across_the_inference_threshold
     grads = {}
     for rule in ("hard", "mean"):
         model = start(
-            "dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_penalty=rule, rate_weight=1.0
+            "dpbert",
+            "relaxed",
+            tiny_backbone,
+            stage_one,
+            target_skip_rate=0.4,
+            rate_penalty=rule,
+            rate_weight=1.0,
+            first_layer="planner",
         )
         with torch.no_grad():
             for planner in model.method.planners:
@@ -493,7 +500,14 @@ def test_dpbert_rate_multiplier_rises_while_the_rate_is_too_high_and_then_prices
     down harder.
     """
     model = start(
-        "dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_weight=0.0, rate_multiplier_step=0.5
+        "dpbert",
+        "relaxed",
+        tiny_backbone,
+        stage_one,
+        target_skip_rate=0.4,
+        rate_weight=0.0,
+        rate_multiplier_step=0.5,
+        first_layer="planner",
     )
     with torch.no_grad():
         for planner in model.method.planners:
@@ -653,7 +667,7 @@ def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_pat
     loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
     loss.backward()
     assert stats["sampled_execute_rate"] < 1.0 and any(
-        planner.bias.grad.abs().item() > 0 for planner in model.method.planners
+        planner.bias.grad.abs().item() > 0 for planner in model.method.planners[1:]  # layer 1 always runs
     )
 
 
@@ -728,7 +742,7 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
     model.train()
     stage = model.method.stage("relaxed")
     TrainingObjective(model, stage).train()(**batch_of(model))
-    running = model.method.planner_norms[0].mean.clone()
+    running = model.method.planner_norms[1].mean.clone()
     assert running.abs().sum() > 0, "training batches update the running statistics"
     norm, states = model.method.planner_norms[2], torch.randn(8, model.encoder.hidden_size) * 4 + 1
     in_training = norm(states)
@@ -738,7 +752,7 @@ def test_dpbert_standardized_planners_keep_their_statistics_and_accept_a_one_row
     norm.train()
     one_row = batch_of(model, ROWS[:1])
     loss, _ = TrainingObjective(model, stage).train()(**one_row)
-    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[0].mean, running), (
+    assert torch.isfinite(loss) and torch.equal(model.method.planner_norms[1].mean, running), (
         "a one-row batch uses, and keeps, the running statistics"
     )
     with torch.no_grad():  # weights that read the standardised state, so the statistics matter
