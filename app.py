@@ -43,7 +43,7 @@ from core.catalog import read_catalog
 from core.checkpoint import SHIPPED_DIR
 from core.errors import UserError, command_line
 from core.methods import BASELINE, METHODS
-from core.precision import DESCRIPTIONS, FP32, PRECISIONS
+from core.precision import CHOICES, DESCRIPTIONS, FASTEST, FP32
 from core.tasks import canonical_task
 from interpret.attributions import attribute
 from interpret.charts import layer_frequency_chart, layer_path_chart, method_chart, method_title, probe_chart, stacked
@@ -69,9 +69,10 @@ EXPORTS_FOLDER = "adaptive-bert-exports"  # under the export root (the system's 
 EXPORTS_KEPT = 16  # older report folders are deleted at the next export ...
 EXPORT_MAX_AGE_S = 3600  # ... and so is any older than this
 PRECISION_INFO = (
-    "every chosen method and the full model run at it; int8 and onnx-int8 are the fast ones on CPUs (onnx-* "
-    "export each model's layers when first"
-    " chosen: seconds per layer), bf16 needs a GPU or a newer CPU"
+    "every chosen method and the full model run at it; fastest (default) lets each checkpoint take the fastest "
+    "precision that keeps its metric on the validation split, and the notes say what it costs in agreement with "
+    "fp32; int8 and onnx-int8 are the fast ones on CPUs (onnx-* export each model's layers when first chosen: "
+    "seconds per layer), bf16 needs a GPU or a newer CPU"
 )
 GRADIO_CACHE_CLEANUP = (3600, 3600)  # every hour, Gradio deletes the copies of files it served more than an hour ago
 COMPARE_TAB, USAGE_TAB = "compare", "usage"
@@ -275,7 +276,12 @@ class DemoHandlers:
         return {
             ui.message: message_html([], result.notes),
             ui.cards: results_html(
-                result.traces, result.trained, result.baseline_latency_ms, result.runs, result.fp32_baseline_latency_ms
+                result.traces,
+                result.trained,
+                result.baseline_latency_ms,
+                result.runs,
+                result.fp32_baseline_latency_ms,
+                result.baseline_precision,
             ),
             ui.path_chart: shown(layer_path_chart(result.traces)),
             **{
@@ -492,8 +498,8 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
                         )
                         methods = gr.CheckboxGroup(method_choices(chosen), value=chosen, label="Methods to compare")
                         precision = gr.Radio(
-                            [(DESCRIPTIONS[name], name) for name in PRECISIONS],
-                            value=FP32,
+                            [(DESCRIPTIONS[name], name) for name in CHOICES],
+                            value=FASTEST,
                             label="Precision",
                             info=PRECISION_INFO,
                             elem_id="precision",
@@ -622,7 +628,7 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             concurrency_id="compare",
         )
         api_precision = gr.Textbox(
-            value=None, label="Precision: fp32, bf16 or int8 (leave empty: fp32)", visible=False
+            value=None, label=f"Precision: {', '.join(CHOICES)} (leave empty: {FP32})", visible=False
         )
         api_compare.click(
             handlers.api_compare(),

@@ -27,7 +27,17 @@ from core.methods import Method, MethodConfig, RunSettings, get_method
 from core.onnx_graph import OneGraphRuntime
 from core.outcome import Outcome, RanBatch
 from core.pooling import resolve_pooling
-from core.precision import FP32, ONNX_FP32, apply_precision, check_device, check_precision
+from core.precision import (
+    CHOICES,
+    FASTEST,
+    FP32,
+    ONNX_FP32,
+    PrecisionChoice,
+    apply_precision,
+    check_device,
+    check_precision,
+    fastest_precision,
+)
 from core.tasks import TaskSpec, as_task
 from core.trace import Trace, build_traces
 
@@ -99,14 +109,20 @@ class AdaptiveModel(nn.Module):
     def default_threshold(self) -> float | None:
         return self.method.default_threshold if self.config.threshold is None else self.config.threshold
 
+    def fastest_precision(self) -> PrecisionChoice:
+        """What ``with_precision("fastest")`` picks on this model's device, from the checkpoint's validation checks."""
+        return fastest_precision(self.config.operating_point, self.device)
+
     def with_precision(self, precision: str) -> AdaptiveModel:
         """This model at another precision (core/precision.py): a converted copy of encoder and method.
 
-        ``self`` if it already is at that precision.
+        ``self`` if it already is at that precision. ``"fastest"`` picks one (``fastest_precision``).
 
         Converts from fp32 only (keep the fp32 model to derive the others); shares the tokenizer.
         """
-        check_precision(precision)
+        check_precision(precision, CHOICES)
+        if precision == FASTEST:
+            precision = self.fastest_precision().precision
         if precision == self.precision:
             return self
         if self.precision != FP32:

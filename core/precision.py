@@ -19,6 +19,13 @@
   size 1 the whole model runs instead as one graph with the decisions inside it as ONNX ``If``
   nodes (``core/onnx_graph.py``), exported on the first such call: one session call per input.
 
+``fastest`` is not a precision but a choice among them: the first of ``SPEED_ORDER`` (for the
+model's device) whose validation check, recorded in the checkpoint's ``operating_point.precisions``
+by ``training.calibration``, still keeps the operating point's rule (share of the full model's
+metric, inputs answered with no layer); fp32 where none does or nothing is recorded. The order is
+the benchmark's at batch 1 on this project's CPU (README Results): ONNX Runtime int8 sessions,
+PyTorch int8, the onnx-fp32 one graph, fp32.
+
 Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
 but torchao's int8 dynamic-activation config runs about 16x slower than fp32 on this AVX2 CPU in
 eager mode (its CPU path has no int8 kernel without ``torch.compile``), and its int8
@@ -30,6 +37,7 @@ deprecation warnings silenced at this one call site.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,18 +54,50 @@ ONNX_INT8 = "onnx-int8"
 PRECISIONS = (FP32, BF16, INT8, ONNX_FP32, ONNX_INT8)
 ONNX = (ONNX_FP32, ONNX_INT8)  # batch size 1 runs as one graph with the decisions inside (core/onnx_graph.py)
 CPU_ONLY = (INT8, *ONNX)
+FASTEST = "fastest"
+CHOICES = (*PRECISIONS, FASTEST)  # what a user may ask for
+SPEED_ORDER = {"cpu": (ONNX_INT8, INT8, ONNX_FP32, FP32), "cuda": (BF16, FP32)}  # fastest first, per device type
 DESCRIPTIONS = {
     FP32: "fp32 (full precision)",
     BF16: "bf16 (bfloat16 weights and activations)",
     INT8: "int8 (dynamic quantization of the encoder's and heads' linear layers; CPU)",
     ONNX_FP32: "onnx-fp32 (each transformer layer an ONNX Runtime session, decisions in PyTorch between them; CPU)",
     ONNX_INT8: "onnx-int8 (each transformer layer an ONNX Runtime int8 session, int8 heads; CPU)",
+    FASTEST: "fastest (per checkpoint: the fastest precision that keeps its validation metric)",
 }
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``fastest`` picked for one checkpoint, and what its validation check said about it."""
+
+    precision: str
+    agreement: float | None  # share of validation inputs answered as fp32 answers them (None: fp32 itself)
+    recorded: bool  # False: the checkpoint records no validation check per precision, so fp32 was kept
+
+    def describe(self) -> str:
+        if not self.recorded:
+            return f"{FP32} (no validation check per precision is recorded)"
+        if self.agreement is None:
+            return f"{self.precision} (no faster precision keeps the validation metric)"
+        return f"{self.precision} (answers {100 * self.agreement:.1f}% of validation inputs as {FP32} does)"
+
+
+def fastest_precision(operating_point: dict, device: torch.device | str) -> PrecisionChoice:
+    """The first precision of ``SPEED_ORDER`` whose recorded validation check keeps the operating point."""
+    checks = operating_point.get("precisions") or {}
+    if not checks:
+        return PrecisionChoice(FP32, None, recorded=False)
+    for precision in SPEED_ORDER.get(torch.device(device).type, (FP32,)):
+        check = checks.get(precision)
+        if precision == FP32 or (check is not None and check.get("keeps")):
+            return PrecisionChoice(precision, None if precision == FP32 else check.get("agreement"), recorded=True)
+    return PrecisionChoice(FP32, None, recorded=True)
+
+
+def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> str:
+    if precision not in choices:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(choices)}")
     return precision
 
 

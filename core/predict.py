@@ -28,7 +28,7 @@ from core.errors import UserError, command_line
 from core.inputs import has_visible_text, reading_notes
 from core.methods import METHODS
 from core.model import AdaptiveModel
-from core.precision import CPU_ONLY, FP32, PRECISIONS, check_device
+from core.precision import CHOICES, CPU_ONLY, FASTEST, FP32, check_device, fastest_precision
 from core.tasks import find_task, get_task
 from core.trace import Trace
 
@@ -72,10 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=CHOICES,
         default=FP32,
         help="fp32 (default), bf16, int8 (dynamic quantization), onnx-fp32 or onnx-int8 (layers as ONNX Runtime "
-        "sessions); the last three run on the CPU",
+        "sessions; these three run on the CPU), or fastest: the fastest of them on the device whose validation "
+        "check, recorded in the checkpoint, keeps its operating point",
     )
     return parser.parse_args(argv)
 
@@ -295,9 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = read_inputs(args)
     device = torch.device("cpu") if args.precision in CPU_ONLY and args.device == AUTO else resolve_device(args.device)
-    check_device(args.precision, device)
+    precision = args.precision
+    if precision != FASTEST:
+        check_device(precision, device)
     model, note = resolve_model(args)
-    model = model.with_precision(args.precision)
+    if precision == FASTEST:  # the checkpoint's choice for the device it will run on
+        choice = fastest_precision(model.config.operating_point, device)
+        precision = choice.precision
+        print(f"fastest precision: {choice.describe()}", file=sys.stderr)
+    model = model.with_precision(precision)
     traces = predict_everywhere(model, inputs, args, device)
     if traces is None:  # another process prints the results
         return 0

@@ -23,7 +23,7 @@ from core.errors import UserError
 from core.inputs import has_visible_text, reading_notes
 from core.methods import BASELINE, METHODS
 from core.model import AdaptiveModel
-from core.precision import FP32, check_precision
+from core.precision import CHOICES, FASTEST, FP32, check_precision
 from core.tasks import TaskSpec, canonical_task
 from core.trace import Trace
 from interpret.charts import method_title, shown_score
@@ -94,7 +94,9 @@ class ModelCache:
         served = self.task(task)
         if method not in served.checkpoints:
             raise UserError(f"this demo holds no {method_title(method)} checkpoint for {served.spec.name}")
-        key = (served.spec.name, method, check_precision(precision))
+        if check_precision(precision, CHOICES) == FASTEST:  # the checkpoint's own choice, from its fp32 model
+            precision = self.get(task, method).fastest_precision().precision
+        key = (served.spec.name, method, precision)
         with self._lock:
             if key not in self._models:
                 fp32_key = (*key[:2], FP32)
@@ -187,10 +189,11 @@ class Comparison:
     )  # the baseline's latency on the same input at the same precision, for the measured speed-up
     notes: list[str]  # for the user: what was cleaned, truncated, untrained or run besides
     runs: int = 1  # each latency is the median of this many runs
-    precision: str = FP32  # every chosen method and the baseline ran at this precision
+    precision: str = FP32  # what was asked: every chosen method and the baseline ran at it, or each at its fastest
     fp32_baseline_latency_ms: float | None = (
         None  # at another precision: the fp32 baseline's latency too (what precision alone buys)
     )
+    baseline_precision: str | None = None  # what the baseline ran in (None: the task has no baseline)
 
     def trace(self, method: str) -> Trace | None:
         return next((trace for trace in self.traces if trace.method == method), None)
@@ -264,12 +267,13 @@ def compare_methods(
         raise UserError(
             f"{spec.name} takes a single sentence, but a second sentence was given: leave the second sentence empty"
         )
-    check_precision(precision)
+    check_precision(precision, CHOICES)
     timed = BASELINE in runnable  # the speed-up is measured against the task's full model, where the folder has one
     order = methods if BASELINE in methods or not timed else [BASELINE, *methods]
     loaded = {method: models.get(spec.name, method, precision) for method in order}
     fp32_reference = f"{BASELINE} ({FP32})"  # a run key, not a method name
-    if precision != FP32 and timed:
+    baseline_precision = loaded[BASELINE].precision if timed else None
+    if timed and baseline_precision != FP32:
         order, loaded = [*order, fp32_reference], loaded | {fp32_reference: models.get(spec.name, BASELINE)}
     tokenizer = loaded[order[0]].tokenizer
     notes += reading_notes(tokenizer, text, "text") + (
@@ -313,10 +317,24 @@ def compare_methods(
         )
     elif BASELINE not in methods:
         notes.append(f"The {method_title(BASELINE).lower()} was also run (not shown) to measure the speed-up.")
-    if precision != FP32 and timed:
+    if precision == FASTEST:
+        choices = [
+            f"{method_title(method)} {models.get(spec.name, method).fastest_precision().describe()}"
+            for method in dict.fromkeys([*methods, *([BASELINE] if timed else [])])
+        ]
         notes.append(
-            f"Every method ran in {precision}; the {method_title(BASELINE).lower()} also ran in {FP32} (not "
-            f"shown) to measure what {precision} adds."
+            "Each checkpoint ran in its fastest precision that keeps its metric on the validation split: "
+            + "; ".join(choices)
+            + "."
+        )
+    if timed and baseline_precision != FP32:
+        ran, added = (
+            ("Each checkpoint ran in its own precision", "each precision")
+            if precision == FASTEST
+            else (f"Every method ran in {precision}", precision)
+        )
+        notes.append(
+            f"{ran}; the {method_title(BASELINE).lower()} also ran in {FP32} (not shown) to measure what {added} adds."
         )
     return Comparison(
         spec.name,
@@ -329,4 +347,5 @@ def compare_methods(
         runs=max(1, repeats),
         precision=precision,
         fp32_baseline_latency_ms=median.get(fp32_reference),
+        baseline_precision=baseline_precision,
     )

@@ -93,15 +93,23 @@ def result_card(
     baseline_latency_ms: float | None,
     runs: int = 1,
     fp32_baseline_latency_ms: float | None = None,
+    baseline_precision: str | None = None,
 ) -> str:
-    """One method's answer as an HTML card; everything shown comes from the trace."""
+    """One method's answer as an HTML card; everything shown comes from the trace.
+
+    ``baseline_precision``: what the full model behind the speed-up ran in (default: the trace's precision).
+    """
     answer, below = answer_html(trace)
     exit_text = f"after layer {trace.exit_layer}" if trace.exit_layer is not None else "none (ran to the end)"
     badge = "" if trained else ' <span style="color:#b91c1c">(untrained)</span>'
     latency = f"{trace.latency_ms:.1f} ms" + (
         f" (median of {runs} runs)" if runs > 1 else " (one run: a noisy sample)"
     )
-    speedup_label = "speed-up vs full" + ("" if trace.precision == FP32 else f" in {html.escape(trace.precision)}")
+    baseline_precision = baseline_precision or trace.precision
+    speedup_label = "speed-up vs full" + (
+        "" if baseline_precision == FP32 else f" in {html.escape(baseline_precision)}"
+    )
+    precision = "" if trace.precision == FP32 else f"<div>precision: {html.escape(trace.precision)}</div>\n"
     return f"""<div class="result-card" data-method="{html.escape(trace.method)}" style="{CARD_STYLE}">
 <h4 style="margin:0 0 .3rem 0">{html.escape(method_title(trace.method))}{badge}</h4>
 <div class="prediction" style="font-size:1.3em;font-weight:bold">{answer}</div>{below}
@@ -109,7 +117,7 @@ def result_card(
 <div>skipped: {layers_text(trace.layers_skipped)}</div>
 <div>exit: {exit_text}</div>
 <div>latency: {latency}</div>
-<div class="speed-up">{speedup_label}: {speedup_text(trace, baseline_latency_ms)}</div>
+{precision}<div class="speed-up">{speedup_label}: {speedup_text(trace, baseline_latency_ms)}</div>
 {precision_speedup_text(trace, fp32_baseline_latency_ms)}</div>"""
 
 
@@ -119,12 +127,15 @@ def results_html(
     baseline_latency_ms: float | None,
     runs: int = 1,
     fp32_baseline_latency_ms: float | None = None,
+    baseline_precision: str | None = None,
 ) -> str:
     """The input as read, then one card per method."""
     first = traces[0]
     asked = html.escape(first.text) + ("" if first.text_pair is None else " ‖ " + html.escape(first.text_pair))
     cards = "".join(
-        result_card(trace, trained[trace.method], baseline_latency_ms, runs, fp32_baseline_latency_ms)
+        result_card(
+            trace, trained[trace.method], baseline_latency_ms, runs, fp32_baseline_latency_ms, baseline_precision
+        )
         for trace in traces
     )
     return (

@@ -201,6 +201,21 @@ def test_int8_runs_every_method_and_both_baselines_and_is_recorded(handlers):
     )
 
 
+def test_fastest_runs_each_checkpoint_in_its_own_recorded_choice_and_says_what_it_costs(handlers):
+    ui = handlers.components
+    int8_keeps = {"precisions": {"int8": {"keeps": True, "agreement": 0.985}, "onnx-int8": {"keeps": False}}}
+    for method, point in {"full": int8_keeps, "deebert": int8_keeps, "dpbert": {"precisions": {"int8": {}}}}.items():
+        handlers.models.get("MRPC", method).config.operating_point = point
+    out = compare(handlers, methods=["deebert", "dpbert"], precision="fastest")
+    assert [trace["precision"] for trace in out[ui.traces_json]] == ["int8", "fp32"]
+    assert out[ui.cards].count("speed-up vs full in int8") == 2, "both are compared with the full model's own choice"
+    message = html.unescape(out[ui.message])
+    assert "DeeBERT int8 (answers 98.5% of validation inputs as fp32 does)" in message
+    assert "DPBERT fp32 (no faster precision keeps the validation metric)" in message
+    assert "also ran in fp32" in message
+    assert [row["settings"]["precision"] for row in logged(handlers)] == ["fastest", "fastest"]
+
+
 def test_fp32_shows_no_second_baseline_and_an_unknown_precision_is_a_message(handlers):
     ui = handlers.components
     out = compare(handlers, methods=["dpbert"])

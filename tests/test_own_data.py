@@ -159,6 +159,10 @@ def test_a_csv_of_three_string_classes_trains_predicts_and_calibrates(topics, ca
         and calibrated.operating_point["validation_split"]["rows"] == 5
     )
     assert calibrated.threshold is not None and calibrated.metrics["examples"] == 6
+    assert set(calibrated.operating_point["precisions"]) == {"int8", "onnx-fp32", "onnx-int8"}
+    assert calibration.main(["--checkpoint", str(full), "--reference", str(full), "--only-precisions", "--write"]) == 0
+    assert "answered as fp32 answers" in capsys.readouterr().out
+    assert set(read_config(full).operating_point["precisions"]) == {"int8", "onnx-fp32", "onnx-int8"}
 
 
 def test_json_lines_of_scored_sentence_pairs_train_predict_and_calibrate(similarity, capsys):

@@ -19,7 +19,17 @@ from torch import nn
 from core.errors import UserError
 from core.methods import METHODS
 from core.onnx_layers import OnnxEncoder
-from core.precision import BF16, FP32, INT8, ONNX_FP32, ONNX_INT8, check_device
+from core.precision import (
+    BF16,
+    FASTEST,
+    FP32,
+    INT8,
+    ONNX_FP32,
+    ONNX_INT8,
+    SPEED_ORDER,
+    check_device,
+    fastest_precision,
+)
 from core.predict import main as predict_main
 from tests.conftest import SECOND, SENTENCES, randomise
 from tests.test_engine import LayerCallCounter, configured
@@ -209,3 +219,73 @@ def test_skipped_and_unreached_layers_are_never_computed_in_onnx_runtime(make_mo
     assert sum(executed_per_layer) < len(SENTENCES) * 4, (
         "some layers must be skipped or unreached for the test to mean anything"
     )
+
+
+def test_fastest_takes_the_first_precision_in_speed_order_whose_validation_check_keeps_the_point():
+    checks = {
+        ONNX_INT8: {"keeps": False, "agreement": 0.90},
+        INT8: {"keeps": True, "agreement": 0.99},
+        ONNX_FP32: {"keeps": True, "agreement": 1.0},
+    }
+    assert SPEED_ORDER["cpu"].index(ONNX_INT8) < SPEED_ORDER["cpu"].index(INT8)
+    choice = fastest_precision({"precisions": checks}, "cpu")
+    assert (choice.precision, choice.agreement, choice.recorded) == (INT8, 0.99, True)
+    assert "99.0%" in choice.describe()
+    nothing_keeps = {name: check | {"keeps": False} for name, check in checks.items()}
+    assert fastest_precision({"precisions": nothing_keeps}, "cpu").precision == FP32
+    unrecorded = fastest_precision({}, "cpu")
+    assert unrecorded.precision == FP32 and not unrecorded.recorded and "no validation check" in unrecorded.describe()
+    assert fastest_precision({"precisions": checks}, "cuda").precision == FP32, "int8 kernels are CPU kernels"
+
+
+def test_fastest_picks_what_a_synthetic_validation_check_says_and_the_trace_says_what_ran(
+    make_model, tmp_path, capsys
+):
+    """Check a tiny model on a small synthetic validation set at every faster precision, then ask for ``fastest``."""
+    from datasets import Dataset
+
+    from core.checkpoint import load_checkpoint, save_checkpoint
+    from training.calibration import Goal, check_precisions
+    from training.evaluate import evaluate
+
+    full = randomise(make_model("full"), seed=1, scale=0.3)
+    validation = Dataset.from_dict({"text": TEXTS, "text_pair": SECONDS, "label": [i % 2 for i in range(len(TEXTS))]})
+    reference = evaluate(full, validation)
+    strict = check_precisions(full, None, validation, reference, Goal(keep=1.0))
+    assert set(strict) == {ONNX_INT8, INT8, ONNX_FP32}
+    for precision, check in strict.items():
+        answers = evaluate(full.with_precision(precision), validation, with_predictions=True)["predictions"]
+        same = evaluate(full, validation, with_predictions=True)["predictions"]
+        assert check["agreement"] == pytest.approx(sum(a == b for a, b in zip(answers, same)) / len(same))
+        assert check["keeps"] == (check["metric"] >= reference["metric"] - 1e-9)
+    assert strict[ONNX_FP32]["agreement"] == 1.0 and strict[ONNX_FP32]["keeps"], "onnx-fp32 is the same model"
+    loose = check_precisions(full, None, validation, reference, Goal(keep=0.5))
+    assert all(check["keeps"] for check in loose.values())
+
+    full.config.operating_point = {"precisions": strict}
+    folder = save_checkpoint(full, tmp_path / "full")
+    expected = next(p for p in SPEED_ORDER["cpu"] if p == FP32 or strict[p]["keeps"])
+    loaded = load_checkpoint(folder)
+    assert loaded.with_precision(FASTEST).precision == expected
+    assert (
+        predict_main(
+            [
+                "--checkpoint",
+                str(folder),
+                "--text",
+                "a film",
+                "--text-pair",
+                "a movie",
+                "--precision",
+                FASTEST,
+                "--json",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[0])["precision"] == expected
+    assert f"fastest precision: {expected}" in captured.err
+
+    full.config.operating_point = {"precisions": loose}
+    assert load_checkpoint(save_checkpoint(full, tmp_path / "loose")).with_precision(FASTEST).precision == ONNX_INT8

@@ -595,6 +595,10 @@ def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chos
         )
         assert config.metrics["examples"] == len(ROWS), "the recorded metrics are the dev set's"
         load_checkpoint(shipped / "mrpc" / method).predict("a", "b")
+    for method in ("full", "deebert", "dact"):  # what --precision fastest reads
+        checks = read_config(shipped / "mrpc" / method).operating_point["precisions"]
+        assert set(checks) == {"int8", "onnx-fp32", "onnx-int8"}
+        assert all(0 <= check["agreement"] <= 1 and isinstance(check["keeps"], bool) for check in checks.values())
     assert read_config(shipped / "mrpc" / "deebert").threshold is not None
     table = (shipped / "README.md").read_text()
     tau = read_config(shipped / "mrpc" / "dact").method_config["tau"]
@@ -667,7 +671,8 @@ def test_dpbert_greedy_baseline_rewards_only_what_differs_from_the_inference_pat
     loss, stats = model.method.training_loss(model.encoder, TrainBatch(**batch_of(model)), model.method.stage("rl"))
     loss.backward()
     assert stats["sampled_execute_rate"] < 1.0 and any(
-        planner.bias.grad.abs().item() > 0 for planner in model.method.planners[1:]  # layer 1 always runs
+        planner.bias.grad.abs().item() > 0
+        for planner in model.method.planners[1:]  # layer 1 always runs
     )
 
 

@@ -14,7 +14,7 @@ warm-up, with the same inputs and threads, so a noisy machine slows all of them 
 model call is timed: inputs are tokenized beforehand. The dev metric of each point comes from
 training.evaluate on the whole dev set (ONNX Runtime: its own pass), and each point's agreement
 with the same point in fp32 (share of dev inputs with the same class; regression: a score within
-``REGRESSION_AGREEMENT``).
+``training.metrics.REGRESSION_AGREEMENT``).
 
 Writes to --out (default assets/benchmarks/<task>/): results.csv (one row per method, precision and
 operating point, plus the papers' headline figures as rows marked quoted), results.md (tables,
@@ -53,7 +53,7 @@ from core.tasks import canonical_task, task_slug
 from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_report
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.evaluate import evaluate, sweep
-from training.metrics import glue_metrics, main_metric
+from training.metrics import agreement, glue_metrics, main_metric
 from training.targets import share_of_full
 
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
@@ -61,7 +61,6 @@ PROFILED_INPUTS = 20
 REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, always measured
 # every method's points (bf16 is slow on CPUs without native bf16, onnx-* export first: ask for them)
 DEFAULT_PRECISIONS = f"{FP32},{INT8}"
-REGRESSION_AGREEMENT = 0.1  # two scores "agree" when they differ by at most this (STS-B's scale is 0-5)
 METRIC_BATCH = 64
 
 
@@ -289,13 +288,6 @@ def onnx_metrics(session, model: AdaptiveModel, dev) -> dict:
         "examples": len(dev),
         "predictions": predictions,
     }
-
-
-def agreement(predictions: list, reference: list, regression: bool) -> float:
-    """Share of inputs answered alike: the same class, or (regression) scores within ``REGRESSION_AGREEMENT``."""
-    if regression:
-        return float(np.mean(np.abs(np.asarray(predictions) - np.asarray(reference)) <= REGRESSION_AGREEMENT))
-    return float(np.mean(np.asarray(predictions) == np.asarray(reference)))
 
 
 def dev_metrics(

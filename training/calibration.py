@@ -19,12 +19,13 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from core.checkpoint import load_checkpoint, write_operating_point
+from core.checkpoint import load_checkpoint, read_config, write_config, write_operating_point
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
-from core.precision import FP32, PRECISIONS
+from core.precision import FP32, PRECISIONS, SPEED_ORDER
 from training.data import DEFAULT_DATA_DIR, VALIDATION, checkpoint_split
 from training.evaluate import evaluate, pct_of_full, sweep
+from training.metrics import agreement
 from training.targets import KEEP, MAX_NO_LAYER_SHARE, compared_metrics, share_of_full
 
 
@@ -41,6 +42,17 @@ class Goal:
     keep: float = KEEP
     target_speedup: float | None = None
     max_no_layer_share: float = MAX_NO_LAYER_SHARE
+
+    def keeps(self, result: dict, reference: dict) -> bool:
+        """Whether a point keeps this goal's share of the reference metric without answering too many inputs with
+        no layer.
+        """
+        share = share_of_full(result["task"], result, reference)
+        return (
+            share is not None
+            and share >= self.keep - 1e-9
+            and result.get("no_layer_share", 0.0) <= self.max_no_layer_share
+        )
 
     def describe(self) -> str:
         if self.target_speedup is not None:
@@ -71,6 +83,36 @@ def choose(results: list[dict], reference: dict, goal: Goal) -> dict:
     return max(keeping, key=lambda r: (r["expected_speedup"], kept(r)))
 
 
+def check_precisions(
+    model: AdaptiveModel, threshold: float | None, validation: Dataset, reference: dict, goal: Goal
+) -> dict[str, dict]:
+    """The operating point at every precision faster than fp32 on the model's device, on the validation split.
+
+    For each: its metric and share of the fp32 full model's (``reference``), its agreement with the
+    fp32 point (share of inputs answered alike), its average layers and no-layer share, and whether
+    it still keeps ``goal`` (a point chosen for its speed-up keeps the fp32 point's share instead).
+    ``with_precision("fastest")`` reads these records. Model ``model`` is the fp32 model.
+    """
+    point = evaluate(model, validation, threshold, with_predictions=True)
+    floor = (share_of_full(point["task"], point, reference) or 0.0) if goal.target_speedup is not None else None
+    tolerance = goal if floor is None else Goal(keep=min(goal.keep, floor), max_no_layer_share=goal.max_no_layer_share)
+    regression = model.config.labels is None
+    checks = {}
+    for precision in SPEED_ORDER.get(model.device.type, (FP32,)):
+        if precision == FP32:
+            continue
+        result = evaluate(model.with_precision(precision), validation, threshold, with_predictions=True)
+        checks[precision] = {
+            "metric": result["metric"],
+            "metric_pct_of_full": pct_of_full(result, reference),
+            "agreement": agreement(result["predictions"], point["predictions"], regression),
+            "avg_layers": result["avg_layers"],
+            "no_layer_share": result.get("no_layer_share"),
+            "keeps": tolerance.keeps(result, reference),
+        }
+    return checks
+
+
 @dataclass
 class Calibration:
     model: AdaptiveModel  # the chosen candidate
@@ -79,9 +121,10 @@ class Calibration:
     validation_reference: dict  # the full model on the validation split
     dev: dict  # the chosen point on dev, with % of the full model's dev metric
     points: list[dict] = field(default_factory=list)  # every validation point evaluated
+    precisions: dict[str, dict] = field(default_factory=dict)  # the chosen point at faster precisions (validation)
 
     def operating_point(self, goal: Goal) -> dict:
-        """What config.json records about how the point was chosen."""
+        """What config.json records about how the point was chosen, and how it fares at faster precisions."""
         keys = ("metric_name", "metric", "avg_layers", "expected_speedup", "top_path_share", "no_layer_share")
         return {
             "chosen_on": "validation",
@@ -93,6 +136,7 @@ class Calibration:
                 "reference_metric": self.validation_reference["metric"],
                 "metric_pct_of_full": pct_of_full(self.validation, self.validation_reference),
             },
+            "precisions": self.precisions,
         }
 
 
@@ -103,9 +147,13 @@ def calibrate(
     dev: Dataset,
     goal: Goal = Goal(),
     dev_reference: dict | None = None,
+    precision_check: bool = False,
 ) -> Calibration:
     """Evaluate every candidate's knob grid (or its one point) on ``validation``, choose by ``goal``, report it on
     ``dev``.
+
+    ``precision_check``: also evaluate the chosen point of an fp32 model at the faster precisions
+    (``check_precisions``), which ``--precision fastest`` reads.
     """
     if not candidates:
         raise UserError("nothing to calibrate: give at least one checkpoint")
@@ -124,7 +172,12 @@ def calibrate(
         "reference_metrics": {name: dev_reference[name] for name in compared},
         "metric_pct_of_full": pct_of_full(dev_result, dev_reference),
     }
-    return Calibration(model, chosen["threshold"], chosen, validation_reference, dev_result, points)
+    precisions = (
+        check_precisions(model, chosen["threshold"], validation, validation_reference, goal)
+        if precision_check and model.precision == FP32
+        else {}
+    )
+    return Calibration(model, chosen["threshold"], chosen, validation_reference, dev_result, points, precisions)
 
 
 def record(folder: str | Path, calibration: Calibration, goal: Goal) -> None:
@@ -166,7 +219,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=FP32,
         help="calibrate the model as it will run: fp32 (default), bf16 or int8 (both models at this precision)",
     )
+    parser.add_argument(
+        "--no-precision-check",
+        action="store_true",
+        help="do not evaluate the chosen fp32 point at the faster precisions (what --precision fastest reads)",
+    )
+    parser.add_argument(
+        "--only-precisions",
+        action="store_true",
+        help="keep each checkpoint's recorded operating point and only check it at the faster precisions (with "
+        "--write: record that); a checkpoint may be the full model itself",
+    )
     return parser.parse_args(argv)
+
+
+def print_precision_checks(checks: dict[str, dict]) -> None:
+    for precision, check in checks.items():
+        share = "n/a" if check["metric_pct_of_full"] is None else f"{check['metric_pct_of_full']:.1f}%"
+        print(
+            f"  {precision}: validation {check['metric']:.4f} ({share} of full), {100 * check['agreement']:.1f}% "
+            f"answered as fp32 answers, {'keeps' if check['keeps'] else 'misses'} the operating point"
+        )
+
+
+def record_precision_checks(
+    folders: list[str], reference: AdaptiveModel, validation: Dataset, goal: Goal, write: bool
+) -> None:
+    """Check each checkpoint's recorded point at the faster precisions, print it, and with ``write`` record it."""
+    validation_reference = evaluate(reference, validation)
+    for folder in folders:
+        model = load_checkpoint(folder)
+        checks = check_precisions(model, model.config.threshold, validation, validation_reference, goal)
+        print(folder)
+        print_precision_checks(checks)
+        if write:
+            config = read_config(folder)
+            config.operating_point["precisions"] = checks
+            write_config(config, folder)
 
 
 @command_line
@@ -179,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     goal = Goal(
         keep=KEEP if args.max_metric_drop is None else 1 - args.max_metric_drop, target_speedup=args.target_speedup
     )
+    if args.only_precisions:
+        if args.precision != FP32:
+            raise UserError("--only-precisions checks an fp32 point at the faster precisions: leave out --precision")
+        reference = load_checkpoint(args.reference)
+        validation = checkpoint_split(reference.config, "validation", args.data_dir)
+        record_precision_checks(args.checkpoint, reference, validation, goal, args.write)
+        return 0
     reference = load_checkpoint(args.reference).with_precision(args.precision)
     candidates = [load_checkpoint(folder).with_precision(args.precision) for folder in args.checkpoint]
     for model in candidates:
@@ -187,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{model.source} is a {model.config.task} model but the reference is {reference.config.task}"
             )
     validation, dev = (checkpoint_split(reference.config, split, args.data_dir) for split in ("validation", "dev"))
-    result = calibrate(candidates, reference, validation, dev, goal)
+    result = calibrate(candidates, reference, validation, dev, goal, precision_check=not args.no_precision_check)
     threshold = "–" if result.threshold is None else f"{result.threshold:g}"
     print(f"{goal.describe()}: {result.model.source} at threshold {threshold} ({result.model.precision})")
     print(
@@ -201,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.dev['avg_layers']:.2f} layers, {result.dev['expected_speedup']:.2f}x, most common path "
         f"{result.dev['top_path_share']:.0%}"
     )
+    print_precision_checks(result.precisions)
     if args.write:
         record(result.model.source, result, goal)
         print(f"recorded in {Path(result.model.source) / 'config.json'}")

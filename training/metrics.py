@@ -15,6 +15,7 @@ MAIN_METRIC = {
     "STS-B": "pearson",
     "CoLA": "matthews",
 }
+REGRESSION_AGREEMENT = 0.1  # two scores "agree" when they differ by at most this (STS-B's scale is 0-5)
 
 
 def main_metric(task: str, regression: bool) -> str:
@@ -44,3 +45,10 @@ def glue_metrics(task: str, predictions: list, labels: list, regression: bool = 
     if task not in MAIN_METRIC:
         metrics["macro_f1"] = float(f1_score(labels, predictions, average="macro"))
     return metrics
+
+
+def agreement(predictions: list, reference: list, regression: bool) -> float:
+    """Share of inputs answered alike: the same class, or (regression) scores within ``REGRESSION_AGREEMENT``."""
+    if regression:
+        return float(np.mean(np.abs(np.asarray(predictions) - np.asarray(reference)) <= REGRESSION_AGREEMENT))
+    return float(np.mean(np.asarray(predictions) == np.asarray(reference)))

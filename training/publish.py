@@ -23,7 +23,7 @@ from core.checkpoint import CONFIG_FILE, SHIPPED_DIR, load_checkpoint, read_conf
 from core.errors import UserError, command_line
 from core.methods import BASELINE, METHODS
 from core.model import AdaptiveModel
-from training.calibration import Goal, calibrate, record
+from training.calibration import Goal, calibrate, check_precisions, record
 from training.data import DEFAULT_DATA_DIR, load_split
 from training.evaluate import evaluate, write_sweep
 from training.targets import (
@@ -95,11 +95,12 @@ def publish_task(run: Path, data_dir: str, goal: Goal, methods: list[str]) -> No
     task = reference_model.config.task
     dev, validation = load_split(task, "dev", data_dir), load_split(task, "validation", data_dir)
     reference = evaluate(reference_model, dev, progress=True)
+    checks = check_precisions(reference_model, None, validation, evaluate(reference_model, validation), goal)
     config = read_config(target)
     config.metrics, config.threshold, config.operating_point = (
         reference | {"reference_metric": reference["metric"], "metric_pct_of_full": 100.0},
         None,
-        {},
+        {"precisions": checks},
     )
     write_config(config, target)
     for method in methods:
@@ -114,7 +115,9 @@ def publish_task(run: Path, data_dir: str, goal: Goal, methods: list[str]) -> No
                 folder, stage_folder
             )  # calibrate what users will load: on the shipped full model, in the shipped format
         models = [load_checkpoint(folder) for folder in staged]
-        result = calibrate(models, reference_model, validation, dev, goal, dev_reference=reference)
+        result = calibrate(
+            models, reference_model, validation, dev, goal, dev_reference=reference, precision_check=True
+        )
         write_sweep(result.points, RESULTS_DIR / f"{run.name}-{method}-validation")
         target = SHIPPED_DIR / run.name / method
         if target.exists():
