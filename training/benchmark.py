@@ -11,7 +11,12 @@ shipped threshold and at the default grid of its knob, ``method.knob.sweep``, at
 ``--precisions``) and the reference rows (the full model in this engine at fp32, bf16 and int8,
 and exported to ONNX Runtime at fp32 and int8) run input by input in a rotating order after a
 warm-up, with the same inputs and threads, so a noisy machine slows all of them alike. Only the
-model call is timed: inputs are tokenized beforehand. The dev metric of each point comes from
+model call is timed: inputs are tokenized beforehand. The shipped points and the reference rows are
+also timed end to end at batch size 1, as a user calls them: ``predict`` on one raw input
+(tokenization and the trace's answers and paths included) against the tokenizer plus one
+``session.run`` of ONNX Runtime's full model. The parity rows put the full model in this
+project's ONNX Runtime runtime (``onnx-fp32``, ``onnx-int8``) beside ONNX Runtime's whole-graph
+export at the same precision. The dev metric of each point comes from
 training.evaluate on the whole dev set (ONNX Runtime: its own pass), and each point's agreement
 with the same point in fp32 (share of dev inputs with the same class; regression: a score within
 ``training.metrics.REGRESSION_AGREEMENT``).
@@ -48,7 +53,7 @@ from core.engine import BatchResult, run_batch
 from core.errors import UserError, command_line
 from core.methods import BASELINE, RunSettings, adaptive_methods
 from core.model import AdaptiveModel, length_sorted_batches
-from core.precision import BF16, FP32, INT8, PRECISIONS, check_precision
+from core.precision import BF16, FP32, INT8, ONNX_FP32, ONNX_INT8, PRECISIONS, check_precision
 from core.tasks import canonical_task, task_slug
 from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_report
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
@@ -93,6 +98,7 @@ class OperatingPoint:
 
 FP32_FULL = OperatingPoint(BASELINE, None, True, FP32)  # every speed-up is against it ...
 INT8_FULL = OperatingPoint(BASELINE, None, True, INT8)  # ... and against it
+ORT_INT8_FULL = OperatingPoint(BASELINE, None, True, INT8, ONNXRUNTIME)  # what a user who only wants speed runs
 
 
 @dataclass
@@ -153,6 +159,38 @@ class OnnxRunner:
 
     def count(self, result: np.ndarray) -> tuple[int, int]:
         return len(result), len(result) * self.num_layers
+
+
+@dataclass
+class EndToEndRunner:
+    """``predict`` on one raw input, as a user calls it: tokenization, the run and the trace (answers and paths)."""
+
+    point: OperatingPoint
+    model: AdaptiveModel
+
+    def __call__(self, item: tuple[str, str | None]) -> list:
+        return self.model.predict(item[0], item[1], threshold=self.point.threshold, batch_size=1)
+
+    def count(self, result: list) -> tuple[int, int]:
+        return 1, len(result[0].layers_executed)
+
+
+@dataclass
+class OnnxEndToEndRunner:
+    """The tokenizer and one ``session.run`` of ONNX Runtime's full model: what its user calls for one input."""
+
+    point: OperatingPoint
+    session: object  # training.onnx_reference.OnnxModel
+    model: AdaptiveModel  # the full model whose tokenizer and length limit the export shares
+
+    def __call__(self, item: tuple[str, str | None]) -> np.ndarray:
+        encoded = self.model.tokenizer(
+            item[0], item[1], truncation=True, max_length=self.model.max_length, return_tensors="pt"
+        )
+        return self.session.run(encoded)
+
+    def count(self, result: np.ndarray) -> tuple[int, int]:
+        return 1, self.model.num_layers
 
 
 def find_checkpoint(task: str, method: str, checkpoints: Path | None) -> Path | None:
@@ -238,7 +276,12 @@ def operating_points(
         for precision in PRECISIONS
         if precision in REFERENCE_PRECISIONS or precision in precisions
     ]
-    if onnx:
+    if onnx:  # ONNX Runtime's whole graph, and the adaptive runtime's full model beside it (the parity rows)
+        points += [
+            OperatingPoint(BASELINE, None, True, precision)
+            for precision in (ONNX_FP32, ONNX_INT8)
+            if precision not in precisions
+        ]
         points += [OperatingPoint(BASELINE, None, True, precision, ONNXRUNTIME) for precision in (FP32, INT8)]
     for method, model in models.items():
         if method == BASELINE:
@@ -411,6 +454,16 @@ def latency_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint
     }
 
 
+def end_to_end_columns(timings: dict[OperatingPoint, Timing], point: OperatingPoint) -> dict:
+    """``predict`` on one raw input (ONNX Runtime: tokenizer and ``session.run``): median latency and speed-ups."""
+    per_input_ms = [1000 * statistics.median(seconds) for seconds in timings[point].per_batch_seconds]
+    return {
+        "e2e_p50_ms": statistics.median(per_input_ms),
+        "e2e_speedup": against(timings, point, FP32_FULL),
+        "e2e_speedup_vs_ort_int8": against(timings, point, ORT_INT8_FULL),
+    }
+
+
 def batched_columns(
     timings: dict[OperatingPoint, Timing], point: OperatingPoint, num_layers: int, batch_size: int
 ) -> dict:
@@ -468,6 +521,19 @@ def measure(
                 columns[point] |= latency_columns(timings, point, full.num_layers)
             else:
                 columns[point] |= batched_columns(timings, point, full.num_layers, batch_size)
+    if 1 in batch_sizes:
+        shipped = [point for point in points if point.shipped]
+        print(f"timing {len(shipped)} shipped points end to end (predict on one raw input)", file=sys.stderr)
+        pairs = list(dev["text_pair"]) if full.config.pair else [None] * len(dev)
+        runners = [
+            EndToEndRunner(point, variants[(point.method, point.precision)])
+            if point.runtime == ENGINE
+            else OnnxEndToEndRunner(point, sessions[point], full)
+            for point in shipped
+        ]
+        timings = time_interleaved(runners, list(zip(dev["text"], pairs)), repeats, warmup)
+        for point in shipped:
+            columns[point] |= end_to_end_columns(timings, point)
     return columns
 
 
@@ -497,6 +563,7 @@ def measured_rows(
                 "metric": summary["metric"],
                 "metric_pct_of_full": None if pct is None else 100 * pct,
                 "agreement": summary["agreement"],
+                "no_layer_share": summary.get("no_layer_share", 0.0),
                 "dev_avg_layers": summary["avg_layers"],
                 "dev_examples": summary["examples"],
                 "timed_inputs": timed_inputs,
