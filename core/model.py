@@ -31,7 +31,8 @@ from core.precision import (
     CHOICES,
     FASTEST,
     FP32,
-    ONNX_FP32,
+    ONNX,
+    ONNX_INT8,
     PrecisionChoice,
     apply_precision,
     check_device,
@@ -88,7 +89,7 @@ class AdaptiveModel(nn.Module):
         self.base_folder: Path | None = (
             None  # the checkpoint whose encoder this one builds on (saved as base_checkpoint)
         )
-        self.one_graph: OneGraphRuntime | None = None  # onnx-fp32: batch size 1 runs as one graph (core/onnx_graph.py)
+        self.one_graph: OneGraphRuntime | None = None  # onnx-*: batch size 1 runs as one graph (core/onnx_graph.py)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" if two threads share it
 
     @property
@@ -131,10 +132,8 @@ class AdaptiveModel(nn.Module):
         encoder, method = copy.deepcopy(self.encoder), copy.deepcopy(self.method)
         encoder = apply_precision(encoder, method, precision)
         model = AdaptiveModel(encoder, method, self.tokenizer, copy.deepcopy(self.config), source=self.source)
-        if (
-            precision == ONNX_FP32
-        ):  # int8 one graphs drift from the per-layer int8 sessions' paths: not the default yet
-            model.one_graph = OneGraphRuntime(self.encoder, self.method, int8=False)
+        if precision in ONNX:  # a single input runs as one graph with the decisions inside
+            model.one_graph = OneGraphRuntime(self.encoder, self.method, int8=precision == ONNX_INT8)
         model.base_folder, model.precision, model._tokenizer_lock = self.base_folder, precision, self._tokenizer_lock
         return model.eval()
 
@@ -220,7 +219,7 @@ class AdaptiveModel(nn.Module):
 
         Grouped by length, so batches carry little padding.
 
-        Under onnx-fp32 a batch of one input runs as a single ONNX Runtime graph call
+        Under onnx-fp32 and onnx-int8 a batch of one input runs as a single ONNX Runtime graph call
         (``self.one_graph``) unless ``layer_values`` asks for each layer's reported values, which
         only the engine's per-layer path records.
 
@@ -267,7 +266,7 @@ class AdaptiveModel(nn.Module):
 
         A trace always holds the answer and the layer path; ``layer_values`` adds each layer's own
         prediction and the method's per-layer values (entropies, bounds, planner probabilities).
-        Under onnx-fp32 at ``batch_size`` 1, each input is one call of a one-graph ONNX
+        Under onnx-fp32 and onnx-int8 at ``batch_size`` 1, each input is one call of a one-graph ONNX
         Runtime session; with ``layer_values`` the call falls back to the engine's per-layer sessions.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)

@@ -15,9 +15,13 @@
   Runtime session (``core/onnx_layers.py``; int8: ONNX Runtime's dynamic quantization of the
   layer's MatMuls, per channel), with the embeddings, the layer loop and every decision in
   PyTorch between the calls; ``onnx-int8`` quantizes the heads as ``int8`` does. CPU only, no
-  gradients; converting exports six small graphs (seconds per layer). Under ``onnx-fp32`` at batch
-  size 1 the whole model runs instead as one graph with the decisions inside it as ONNX ``If``
-  nodes (``core/onnx_graph.py``), exported on the first such call: one session call per input.
+  gradients; converting exports six small graphs (seconds per layer). At batch size 1 the whole
+  model runs instead as one graph with the decisions inside it as ONNX ``If`` nodes
+  (``core/onnx_graph.py``), exported (and for int8 quantized the same way) on the first such call:
+  one session call per input. Decisions that read a nearly constant state ([CLS] in the early
+  layers of a mean-pooled backbone, standardised by DPBERT's planners) amplify the small
+  differences between the two int8 exports' kernels, so their paths can differ; the validation
+  check behind ``fastest`` runs onnx precisions at batch size 1, as a single input runs.
 
 ``fastest`` is not a precision but a choice among them: the first of ``SPEED_ORDER`` (for the
 model's device) whose validation check, recorded in the checkpoint's ``operating_point.precisions``

@@ -16,7 +16,6 @@ import onnxruntime as ort
 import pytest
 
 from core.methods import METHODS
-from core.onnx_graph import OneGraphRuntime
 from core.pooling import POOLINGS
 from core.precision import ONNX_FP32, ONNX_INT8
 from tests.conftest import SECOND, SENTENCES
@@ -25,7 +24,9 @@ from tests.test_precision import SECONDS, TEXTS, SessionCallCounter, agreement
 
 SAME_PATH = 0.95
 INT8_AGREEMENT = 0.95
-OPEN = "open: the int8 graph's classes or paths differ from fp32 more than the per-layer int8 sessions' do"
+# these knife-edge [CLS] configurations drift in the per-layer int8 sessions too (DeeBERT: the same path for 0.50 of
+# the inputs in both runtimes); DPBERT's standardised planners and DACT amplify the graph's kernel differences more
+OPEN = "open: under int8 the graph's classes or paths differ from fp32's by more than the tolerance"
 
 
 def cases(failing: set[tuple[str, str]], reason: str) -> list:
@@ -44,8 +45,6 @@ def graph_model(make_model, converted: dict, method: str, pooling: str, precisio
     if (method, pooling, precision) not in converted:
         model, threshold = configured(make_model, method, pooling)
         onnx = model.with_precision(precision)
-        if precision == ONNX_INT8:  # not onnx-int8's default runtime yet (its paths drift): attached to be measured
-            onnx.one_graph = OneGraphRuntime(model.encoder, model.method, int8=True)
         converted[method, pooling, precision] = model, threshold, onnx
     return converted[method, pooling, precision]
 

@@ -22,9 +22,9 @@ from datasets import Dataset
 from core.checkpoint import load_checkpoint, read_config, write_config, write_operating_point
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
-from core.precision import FP32, PRECISIONS, SPEED_ORDER
+from core.precision import FP32, ONNX, PRECISIONS, SPEED_ORDER
 from training.data import DEFAULT_DATA_DIR, VALIDATION, checkpoint_split
-from training.evaluate import evaluate, pct_of_full, sweep
+from training.evaluate import EVALUATION_BATCH_SIZE, evaluate, pct_of_full, sweep
 from training.metrics import agreement
 from training.targets import KEEP, MAX_NO_LAYER_SHARE, compared_metrics, share_of_full
 
@@ -101,7 +101,10 @@ def check_precisions(
     for precision in SPEED_ORDER.get(model.device.type, (FP32,)):
         if precision == FP32:
             continue
-        result = evaluate(model.with_precision(precision), validation, threshold, with_predictions=True)
+        single = 1 if precision in ONNX else EVALUATION_BATCH_SIZE  # a single input runs as one graph: check that
+        result = evaluate(
+            model.with_precision(precision), validation, threshold, with_predictions=True, batch_size=single
+        )
         checks[precision] = {
             "metric": result["metric"],
             "metric_pct_of_full": pct_of_full(result, reference),

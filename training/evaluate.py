@@ -41,12 +41,11 @@ def run(
     threshold: float | None = None,
     early_exit: bool = True,
     progress: bool = False,
+    batch_size: int = EVALUATION_BATCH_SIZE,
 ) -> Outcome:
-    """The model over every row of ``dataset``: the engine's tables, in row order."""
+    """The model over every row of ``dataset``, ``batch_size`` at a time: the engine's tables, in row order."""
     pairs = list(dataset["text_pair"]) if model.config.pair else None
-    return model.run_inputs(
-        list(dataset["text"]), pairs, model.settings(threshold, early_exit), EVALUATION_BATCH_SIZE, progress
-    )
+    return model.run_inputs(list(dataset["text"]), pairs, model.settings(threshold, early_exit), batch_size, progress)
 
 
 def answers(model: AdaptiveModel, outputs: torch.Tensor) -> list[int] | list[float]:
@@ -106,11 +105,12 @@ def evaluate(
     early_exit: bool = True,
     progress: bool = False,
     with_predictions: bool = False,
+    batch_size: int = EVALUATION_BATCH_SIZE,
 ) -> dict:
     """One operating point's summary; ``with_predictions`` adds each input's answer (class index or score) as
-    ``predictions``.
+    ``predictions``. ``batch_size`` 1 runs each input as a single input runs (onnx-*: the one graph).
     """
-    outcome = run(model, dataset, threshold, early_exit, progress)
+    outcome = run(model, dataset, threshold, early_exit, progress, batch_size)
     predictions = answers(model, outcome.outputs)
     result = summarise(
         model, list(dataset["label"]), predictions, outcome.executed, outcome.exit_layer, outcome.settings.threshold
