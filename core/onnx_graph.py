@@ -26,11 +26,8 @@ with the value baked in instead, one per value (``OneGraphRuntime`` caches them)
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +39,7 @@ from core.backbone import Encoder
 from core.engine import BatchResult, LayerRecord
 from core.errors import UserError
 from core.methods.base import Method, RunSettings, State
-from core.onnx_layers import additive_padding, new_session, quantize_onnx
+from core.onnx_layers import additive_padding, new_session, quantize_onnx, quiet_exporter
 from core.pooling import pool
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "threshold")
@@ -185,8 +182,7 @@ def trace(encoder: Encoder, method: Method, settings: RunSettings) -> tuple[torc
 def export_one_graph(encoder: Encoder, method: Method, settings: RunSettings, path: Path) -> bool:
     """Write the fp32 batch-1 graph of ``method`` to ``path`` (length dynamic); True: the knob is an input."""
     program, threshold_is_input = trace(encoder.eval(), method.eval(), settings)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        warnings.simplefilter("ignore")
+    with quiet_exporter():
         torch.onnx.export(
             program,
             (),

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,24 @@ class LayerForward(nn.Module):
         return self.layer(hidden, attention_mask=additive_padding(attention_mask, hidden.dtype))
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Keep the exporter's progress lines, warnings and logs (torchvision's absent kernels, the graph passes' notes)
+    off the user's terminal.
+    """
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def export_graph(module: nn.Module, sample: tuple[torch.Tensor, ...], input_names: list[str], path: Path) -> Path:
     """Write ``module`` (in eval mode, no gradients) to ``path``.
 
@@ -50,12 +70,7 @@ def export_graph(module: nn.Module, sample: tuple[torch.Tensor, ...], input_name
     """
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     shapes = {name: {0: batch, 1: length} for name in input_names}
-    with (
-        warnings.catch_warnings(),
-        torch.no_grad(),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):  # the exporter prints its progress
-        warnings.simplefilter("ignore")
+    with quiet_exporter(), torch.no_grad():
         torch.onnx.export(
             module.eval(),
             sample,
