@@ -261,6 +261,10 @@ def test_fastest_picks_what_a_synthetic_validation_check_says_and_the_trace_says
     assert strict[ONNX_FP32]["agreement"] == 1.0 and strict[ONNX_FP32]["keeps"], "onnx-fp32 is the same model"
     loose = check_precisions(full, None, validation, reference, Goal(keep=0.5))
     assert all(check["keeps"] for check in loose.values())
+    better_full = {name: 2 * value if name in ("accuracy", "f1") else value for name, value in reference.items()}
+    missed = check_precisions(full, None, validation, better_full, Goal())  # the fp32 point keeps only half of it
+    assert missed[ONNX_FP32]["keeps"], "a point that misses in fp32 already: the same answers still keep it"
+    assert all(check["keeps"] == (check["metric_pct_of_full"] >= 50.0 - 1e-6) for check in missed.values())
 
     full.config.operating_point = {"precisions": strict}
     folder = save_checkpoint(full, tmp_path / "full")

@@ -90,12 +90,15 @@ def check_precisions(
 
     For each: its metric and share of the fp32 full model's (``reference``), its agreement with the
     fp32 point (share of inputs answered alike), its average layers and no-layer share, and whether
-    it still keeps ``goal`` (a point chosen for its speed-up keeps the fp32 point's share instead).
-    ``with_precision("fastest")`` reads these records. Model ``model`` is the fp32 model.
+    it still keeps the point: ``goal``'s share of the full model, or the fp32 point's own share
+    where that is lower (a point chosen for its speed-up, or one that misses the goal in fp32
+    already: another precision may not lose more). ``with_precision("fastest")`` reads these
+    records. ``model`` is the fp32 model.
     """
     point = evaluate(model, validation, threshold, with_predictions=True)
-    floor = (share_of_full(point["task"], point, reference) or 0.0) if goal.target_speedup is not None else None
-    tolerance = goal if floor is None else Goal(keep=min(goal.keep, floor), max_no_layer_share=goal.max_no_layer_share)
+    fp32_share = share_of_full(point["task"], point, reference) or 0.0
+    keep = fp32_share if goal.target_speedup is not None else min(goal.keep, fp32_share)
+    tolerance = Goal(keep=keep, max_no_layer_share=goal.max_no_layer_share)
     regression = model.config.labels is None
     checks = {}
     for precision in SPEED_ORDER.get(model.device.type, (FP32,)):
