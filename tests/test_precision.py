@@ -247,6 +247,7 @@ def test_fastest_picks_what_a_synthetic_validation_check_says_and_the_trace_says
     from core.checkpoint import load_checkpoint, save_checkpoint
     from training.calibration import Goal, check_precisions
     from training.evaluate import evaluate
+    from training.targets import PRECISION_NOISE
 
     full = randomise(make_model("full"), seed=1, scale=0.3)
     validation = Dataset.from_dict({"text": TEXTS, "text_pair": SECONDS, "label": [i % 2 for i in range(len(TEXTS))]})
@@ -264,7 +265,8 @@ def test_fastest_picks_what_a_synthetic_validation_check_says_and_the_trace_says
     better_full = {name: 2 * value if name in ("accuracy", "f1") else value for name, value in reference.items()}
     missed = check_precisions(full, None, validation, better_full, Goal())  # the fp32 point keeps only half of it
     assert missed[ONNX_FP32]["keeps"], "a point that misses in fp32 already: the same answers still keep it"
-    assert all(check["keeps"] == (check["metric_pct_of_full"] >= 50.0 - 1e-6) for check in missed.values())
+    floor = 50.0 - 100 * PRECISION_NOISE  # the fp32 point's share, less what rounding alone may move
+    assert all(check["keeps"] == (check["metric_pct_of_full"] >= floor - 1e-6) for check in missed.values())
 
     full.config.operating_point = {"precisions": strict}
     folder = save_checkpoint(full, tmp_path / "full")

@@ -19,6 +19,7 @@ MIN_EXPECTED_SPEEDUP = 1.5  # layers of the full model / average layers executed
 BEST_METHOD_SPEEDUP = 2.0  # what the best method of a task should reach at KEEP
 MAX_TOP_PATH_SHARE = 0.70  # no single layer path for more of the inputs than this
 MAX_NO_LAYER_SHARE = 0.05  # inputs answered without executing any layer
+PRECISION_NOISE = 0.001  # share of full a faster precision may lose below an fp32 point that misses KEEP already
 
 # speed, measured by the benchmark (never asserted in tests)
 OVERHEAD_RATIO = {
