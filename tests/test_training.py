@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
@@ -829,3 +830,26 @@ def test_equal_layers_interpolates_the_other_sweeps_and_never_extrapolates():
     assert [row["avg_layers"] for row in table] == [3.0, 5.0]
     assert table[0]["rl"] == 0.80 and table[0]["soft"] == pytest.approx(0.74)
     assert table[1]["soft"] is None, "5 layers lies outside the soft sweep's 2-4"
+
+
+def test_a_sweep_table_shows_every_compared_metric_and_the_no_layer_share(tmp_path):
+    from training.evaluate import write_sweep
+
+    point = {
+        "task": "MRPC",
+        "method": "dpbert",
+        "metric_name": "f1",
+        "metric": 0.83,
+        "accuracy": 0.74,
+        "f1": 0.83,
+        "avg_layers": 3.7,
+        "expected_speedup": 6 / 3.7,
+        "top_path_share": 0.3,
+        "no_layer_share": 0.11,
+        "layer_frequency": [1.0, 0.5, 0.5, 0.5, 0.5, 0.5],
+        "exit_frequency": None,
+    }
+    write_sweep([point | {"threshold": 0.5}, point | {"threshold": 0.6, "accuracy": 0.70}], tmp_path / "sweep")
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert list(table.columns[:7]) == ["task", "method", "threshold", "metric_name", "metric", "accuracy", "f1"]
+    assert table["accuracy"].tolist() == [0.74, 0.70] and table["no_layer_share"].tolist() == [0.11, 0.11]

@@ -30,7 +30,7 @@ from core.model import AdaptiveModel
 from core.outcome import Outcome
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.metrics import glue_metrics, main_metric
-from training.targets import share_of_full
+from training.targets import compared_metrics, share_of_full
 
 EVALUATION_BATCH_SIZE = 64
 
@@ -166,10 +166,19 @@ POINT_COLUMNS = [
     "avg_layers",
     "expected_speedup",
     "top_path_share",
+    "no_layer_share",
     "layer_frequency",
     "exit_frequency",
 ]
 SWEEP_COLUMNS = ["task", "method", *POINT_COLUMNS]
+
+
+def sweep_columns(results: list[dict]) -> list[str]:
+    """``SWEEP_COLUMNS`` with the metrics a task is compared on beside its main one (MRPC: accuracy and F1)."""
+    first = results[0] if results else {}
+    compared = compared_metrics(first.get("task", ""), first.get("metric_name", ""))
+    at = SWEEP_COLUMNS.index("metric") + 1
+    return [*SWEEP_COLUMNS[:at], *(name for name in compared if name in first), *SWEEP_COLUMNS[at:]]
 
 
 def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -> None:
@@ -181,11 +190,11 @@ def write_sweep(results: list[dict], out: Path, reference: dict | None = None) -
     from interpret.charts import metric_lines  # Altair: imported only when a chart is written
 
     out.mkdir(parents=True, exist_ok=True)
+    columns = sweep_columns(results)
     rows = [
-        {key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in SWEEP_COLUMNS}
-        for r in results
+        {key: json.dumps(r[key]) if isinstance(r.get(key), list) else r.get(key) for key in columns} for r in results
     ]
-    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    table = pd.DataFrame(rows, columns=columns)
     write_csv(table, out / "sweep.csv")
     plotted = ["task", "method", "threshold", "metric_name", "metric", "avg_layers", "expected_speedup"]
     points = table[plotted].assign(kind="sweep")
