@@ -456,7 +456,7 @@ class DemoHandlers:
             task, text, text_pair = rows[int(wanted) - 1]
             answer |= {ui.task: task, ui.text: text, ui.text_pair: text_pair}
             answer |= self.compare(
-                task, text, text_pair, self.models.methods_for(task), FP32, *[None] * len(self.knob_methods)
+                task, text, text_pair, self.models.methods_for(task), FASTEST, *[None] * len(self.knob_methods)
             )
         elif wanted:
             which = f"use 1 to {len(rows)}" if rows else "these tasks have none"

@@ -410,6 +410,9 @@ def test_open_page_runs_the_example_named_in_the_address(handlers):
         SHIPPED[task].methods
     ) & set(CHART_METHODS)
     assert ui.tabs not in out and ui.log_chart not in out, "a link to an example leaves the Layer usage tab alone"
+    assert {row["settings"]["precision"] for row in logged(handlers)} == {"fastest"}, (
+        "the example runs at the precision the page shows selected"
+    )
     untouched = page(handlers, example="999")
     assert "there is no example" in untouched[ui.message] and set(untouched) == {ui.message, ui.log_status}, (
         "nothing else on the page changes"
