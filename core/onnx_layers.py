@@ -47,10 +47,10 @@ class LayerForward(nn.Module):
 
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """Keep the exporter's progress lines, warnings and logs (torchvision's absent kernels, the graph passes' notes)
-    off the user's terminal.
+    """Keep the exporter's and quantizer's progress lines, warnings and logs (torchvision's absent kernels, the graph
+    passes' notes, the quantizer's per-tensor notes on the root logger) off the user's terminal.
     """
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -105,14 +105,15 @@ def quantize_onnx(path: str | Path, out: str | Path, one_graph: bool = False) ->
 
     out = Path(out)
     prepared = out.with_suffix(".prep.onnx")
-    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-    settings = {"weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": True}
-    if one_graph:
-        settings |= {
-            "nodes_to_exclude": one_output_units(onnx.load(str(prepared)).graph),
-            "extra_options": {"EnableSubgraph": True},
-        }
-    quantize_dynamic(str(prepared), str(out), **settings)
+    with quiet_exporter():
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        settings = {"weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": True}
+        if one_graph:
+            settings |= {
+                "nodes_to_exclude": one_output_units(onnx.load(str(prepared)).graph),
+                "extra_options": {"EnableSubgraph": True},
+            }
+        quantize_dynamic(str(prepared), str(out), **settings)
     prepared.unlink()
     return out
 
