@@ -184,10 +184,7 @@ class OnnxEndToEndRunner:
     model: AdaptiveModel  # the full model whose tokenizer and length limit the export shares
 
     def __call__(self, item: tuple[str, str | None]) -> np.ndarray:
-        encoded = self.model.tokenizer(
-            item[0], item[1], truncation=True, max_length=self.model.max_length, return_tensors="pt"
-        )
-        return self.session.run(encoded)
+        return self.session.run(self.model.tokenize([item[0]], None if item[1] is None else [item[1]]))
 
     def count(self, result: np.ndarray) -> tuple[int, int]:
         return 1, self.model.num_layers

@@ -22,7 +22,7 @@ from datasets import Dataset
 from core.checkpoint import load_checkpoint, read_config, write_config, write_operating_point
 from core.errors import UserError, command_line
 from core.model import AdaptiveModel
-from core.precision import FP32, ONNX, PRECISIONS, SPEED_ORDER
+from core.precision import FP32, ONNX, PRECISIONS, faster_precisions
 from training.data import DEFAULT_DATA_DIR, VALIDATION, checkpoint_split
 from training.evaluate import EVALUATION_BATCH_SIZE, evaluate, pct_of_full, sweep
 from training.metrics import agreement
@@ -84,7 +84,7 @@ def choose(results: list[dict], reference: dict, goal: Goal) -> dict:
 
 
 def check_precisions(
-    model: AdaptiveModel, threshold: float | None, validation: Dataset, reference: dict, goal: Goal
+    model: AdaptiveModel, threshold: float | None, validation: Dataset, reference: dict | None, goal: Goal
 ) -> dict[str, dict]:
     """The operating point at every precision faster than fp32 on the model's device, on the validation split.
 
@@ -94,17 +94,16 @@ def check_precisions(
     where that is lower (a point chosen for its speed-up, or one that misses the goal in fp32
     already: another precision may not lose more than ``PRECISION_NOISE``, the share that kernel
     rounding alone moves a metric such as Pearson). ``with_precision("fastest")`` reads these
-    records. ``model`` is the fp32 model.
+    records. ``model`` is the fp32 model; ``reference`` None: it is its own reference (a full model).
     """
     point = evaluate(model, validation, threshold, with_predictions=True)
+    reference = point if reference is None else reference
     floor = (share_of_full(point["task"], point, reference) or 0.0) - PRECISION_NOISE
     keep = floor if goal.target_speedup is not None else min(goal.keep, floor)
     tolerance = Goal(keep=keep, max_no_layer_share=goal.max_no_layer_share)
     regression = model.config.labels is None
     checks = {}
-    for precision in SPEED_ORDER.get(model.device.type, (FP32,)):
-        if precision == FP32:
-            continue
+    for precision in faster_precisions(model.device):
         single = 1 if precision in ONNX else EVALUATION_BATCH_SIZE  # a single input runs as one graph: check that
         result = evaluate(
             model.with_precision(precision), validation, threshold, with_predictions=True, batch_size=single
