@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
@@ -239,21 +240,26 @@ class OneGraphRuntime:
         """One input through its graph: answer, exit layer and executed layers as the engine has them."""
         session = self.session(settings)
         given = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
-            "threshold": torch.tensor(0.0 if settings.threshold is None else settings.threshold, dtype=torch.float32),
+            "input_ids": input_ids.numpy(),
+            "attention_mask": attention_mask.numpy(),
+            "token_type_ids": np.zeros_like(input_ids.numpy()) if token_type_ids is None else token_type_ids.numpy(),
+            "threshold": np.array(0.0 if settings.threshold is None else settings.threshold, dtype=np.float32),
         }
-        feed = {item.name: given[item.name].numpy() for item in session.get_inputs()}
-        answer, exit_layer, executed = (torch.from_numpy(value) for value in session.run(None, feed))
-        return graph_result(answer, exit_layer, executed)
+        answer, exit_layer, executed = session.run(
+            None, {item.name: given[item.name] for item in session.get_inputs()}
+        )
+        return graph_result(torch.from_numpy(answer), exit_layer.tolist(), executed.tolist())
 
 
-def graph_result(answer: torch.Tensor, exit_layer: torch.Tensor, executed: torch.Tensor) -> BatchResult:
-    """A graph's outputs as the engine's ``BatchResult`` of one row (bypassed: ``ran`` all False; no reports)."""
-    num_layers = executed.shape[0]
-    reached = int(exit_layer[0]) or num_layers
+def graph_result(answer: torch.Tensor, exit_layer: list[int], executed: list[int]) -> BatchResult:
+    """A graph's outputs as the engine's ``BatchResult`` of one row (bypassed: ``ran`` all False; no reports).
+
+    ``exit_layer`` and ``executed`` come as lists: reading single values off tensors costs more than the
+    lists at batch size 1.
+    """
+    num_layers = len(executed)
+    reached = exit_layer[0] or num_layers
     row = torch.zeros(1, dtype=torch.long)
     bypassed = torch.zeros(1, dtype=torch.bool)
     records = [LayerRecord(row, None if executed[layer] else bypassed, {}) for layer in range(reached)]
-    return BatchResult(outputs=answer, exit_layer=exit_layer, layers=records, num_layers=num_layers)
+    return BatchResult(outputs=answer, exit_layer=torch.tensor(exit_layer), layers=records, num_layers=num_layers)

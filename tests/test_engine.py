@@ -339,3 +339,23 @@ def test_traces_carry_per_layer_values_only_when_asked_and_the_same_answers_eith
         assert any(step.values for trace in full for step in trace.per_layer), (
             "asked for, the per-layer values are there"
         )
+
+
+def test_one_input_is_batched_as_the_tokenizer_pads_it(make_model):
+    model = make_model("full")
+    tokens, _ = model.encode(SENTENCES, SECOND)
+    for row in range(len(SENTENCES)):
+        alone = model.pad_batch(tokens, [row])
+        padded = model.tokenizer.pad({name: [values[row]] for name, values in tokens.items()}, return_tensors="pt")
+        assert alone.keys() == padded.keys()
+        for name in alone:
+            assert torch.equal(alone[name], padded[name]), name
+
+
+def test_a_model_left_in_training_mode_predicts_in_eval_mode(make_model):
+    model = make_model("deebert")
+    expected = model.predict(SENTENCES, SECOND)
+    model.train()  # dropout on: predictions would vary from call to call
+    again = model.predict(SENTENCES, SECOND)
+    assert not model.training
+    assert [trace.probabilities for trace in again] == [trace.probabilities for trace in expected]

@@ -207,8 +207,8 @@ def missing_checkpoint(task: str, method: str, checkpoints: Path | None) -> User
         )
     slug = task_slug(task)
     return UserError(
-        f"no shipped {method} checkpoint for {task} in {SHIPPED_DIR / slug / method}: train it with `bash "
-        f"training/ship.sh {task}` and "
+        f"no shipped {method} checkpoint for {task} in {SHIPPED_DIR / slug / method}: train it with `python -m "
+        f"training.ship --task {task} --no-publish` and "
         f"publish it with `python -m training.publish --tasks {slug}`, or pass --checkpoints DIR with "
         "<method>/ folders"
     )
@@ -232,7 +232,7 @@ def load_models(task: str, methods: list[str] | None, checkpoints: Path | None) 
         models[method] = model
     if len(models) == 1:
         raise UserError(
-            f"only the full model has a checkpoint for {task}: train a method first (`bash training/ship.sh {task}`)"
+            f"only the full model has a checkpoint for {task}: train a method first (`python -m training.ship --task {task}`)"
         )
     backbones = {model.config.backbone for model in models.values()}
     if len(backbones) > 1:
