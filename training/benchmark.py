@@ -232,7 +232,8 @@ def load_models(task: str, methods: list[str] | None, checkpoints: Path | None) 
         models[method] = model
     if len(models) == 1:
         raise UserError(
-            f"only the full model has a checkpoint for {task}: train a method first (`python -m training.ship --task {task}`)"
+            f"only the full model has a checkpoint for {task}: train a method first "
+            f"(`python -m training.ship --task {task}`)"
         )
     backbones = {model.config.backbone for model in models.values()}
     if len(backbones) > 1:
