@@ -81,9 +81,8 @@ class Method(nn.Module):
         if self.config.pooling == AUTO:
             raise UserError(
                 "method_config.pooling is missing or 'auto': a model must say which pooling its heads read. "
-                "Build new models with core.model.build_model (it resolves 'auto' against the backbone); "
-                'in a checkpoint written before this setting existed, add "pooling": "cls" to method_config '
-                "in config.json"
+                "Build new models with core.model.build_model (it resolves 'auto' against the backbone), or "
+                'set "pooling" in method_config to "cls" or "mean"'
             )
         self.hidden_size = hidden_size
         self.num_layers = num_layers

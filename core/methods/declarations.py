@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from core.errors import UserError
 from core.pooling import AUTO, CLS, MEAN
@@ -48,8 +48,15 @@ class MethodConfig:
         choices=(AUTO, CLS, MEAN),
     )
 
+    # setting -> {the value's spelling in checkpoints of earlier versions: its name now}, so they load unchanged
+    renamed_values: ClassVar[dict[str, dict[str, str]]] = {}
+
     @classmethod
     def from_dict(cls, data: dict, where: str = "method_config") -> MethodConfig:
+        data = {
+            name: cls.renamed_values.get(name, {}).get(value, value) if isinstance(value, str) else value
+            for name, value in data.items()
+        }
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +85,9 @@ RL_BASELINES = {
 
 @dataclass
 class DPBERTConfig(MethodConfig):
+    # planner 1 on the [CLS] embedding was the paper's rule under its earlier name
+    renamed_values: ClassVar[dict[str, dict[str, str]]] = {"first_layer": {"cls": "planner"}}
+
     target_skip_rate: float = option(0.4, "t: the fraction of layers to bypass", low=0.0, high=1.0)
     rate_weight: float = option(
         10.0, "lambda2: weight of the rate penalty (the paper's 1 leaves the rate far above 1 - t)", low=0.0
