@@ -125,13 +125,13 @@ def attention_softmaxes(path) -> list[str]:
     """Each layer's attention Softmax node name, in layer order.
 
     The graph nests layer i+1 inside a branch after layer i, so a depth-first walk meets the
-    layers in order; the attention Softmax is the one the exporter tags as scaled dot-product
-    attention's.
+    layers in order. The export uses eager attention, whose Softmax reads the masked scores (an
+    ``add``); a head's Softmax reads its ``linear`` layer.
     """
     names = []
     for node in every_node(onnx_model(path).graph):
         traced_from = {item.key: item.value for item in node.metadata_props}.get("pkg.torch.onnx.fx_node", "")
-        if node.op_type == "Softmax" and "scaled_dot_product_attention" in traced_from:
+        if node.op_type == "Softmax" and "aten.softmax.int](args = (%add" in traced_from:
             names.append(node.name)
     return names
 
