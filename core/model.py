@@ -196,8 +196,8 @@ class AdaptiveModel(nn.Module):
     def pad_batch(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
         """The token lists (from ``encode``) of the inputs at ``rows`` as one padded batch of CPU tensors.
 
-        One input needs no padding, so its lists become tensors directly (the tokenizer's ``pad``
-        costs a tenth of a millisecond or more per call, which shows at batch size 1).
+        One input needs no padding, so its lists become tensors directly: the tokenizer's ``pad`` is
+        slow next to a batch-1 model call.
         """
         if len(rows) == 1:
             return {name: torch.tensor([values[rows[0]]]) for name, values in tokens.items()}
