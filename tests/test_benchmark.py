@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,8 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
             and row["repeats"] == "1"
             and row["batch_size"] == "4"
         )
+        # MRPC's % of full compares accuracy and F1 both, so the table shows both
+        assert re.fullmatch(r"accuracy \d\.\d{4} / f1 \d\.\d{4}", row["compared_metrics"]), row["compared_metrics"]
         assert_consistent(row, measured, num_layers)
     for column in (
         "expected_speedup",

@@ -59,7 +59,7 @@ from training.benchmark_report import ENGINE, MEASURED, ONNXRUNTIME, write_repor
 from training.data import DEFAULT_DATA_DIR, checkpoint_split
 from training.evaluate import evaluate, sweep
 from training.metrics import agreement, glue_metrics, main_metric
-from training.targets import share_of_full
+from training.targets import compared_text, share_of_full
 
 DEFAULT_OUT = SHIPPED_DIR.parent / "benchmarks"
 PROFILED_INPUTS = 20
@@ -559,6 +559,7 @@ def measured_rows(
                 "operating_point": "shipped" if point.shipped else "sweep",
                 "metric_name": summary["metric_name"],
                 "metric": summary["metric"],
+                "compared_metrics": compared_text(task, summary),
                 "metric_pct_of_full": None if pct is None else 100 * pct,
                 "agreement": summary["agreement"],
                 "no_layer_share": summary.get("no_layer_share", 0.0),

@@ -43,6 +43,7 @@ COLUMNS = [
     "operating_point",
     "metric_name",
     "metric",
+    "compared_metrics",
     "metric_pct_of_full",
     "agreement",
     "no_layer_share",
@@ -252,6 +253,12 @@ def target_summary(rows: list[dict]) -> list[str]:
     return lines + parity_lines(measured)
 
 
+def metric_cell(row: dict) -> str:
+    """A row's compared metrics (MRPC: accuracy and F1), else its main metric (the papers' quoted rows)."""
+    compared = row.get("compared_metrics")
+    return compared if isinstance(compared, str) and compared else f"{row['metric_name']} {cell(row['metric'], 4)}"
+
+
 def cell(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -291,7 +298,8 @@ def markdown(task: str, rows: list[dict], machine: dict, targets: list[str], pro
         lines.append(
             f"| {row['method']} | {row.get('precision', 'fp32')} | {row.get('runtime', ENGINE)} | "
             f"{cell(row['threshold'], 2)} | {row['operating_point']} "
-            f"| {row['metric_name']} {cell(row['metric'], 4)} | {cell(row['metric_pct_of_full'], 1)} | "
+            f"| {metric_cell(row)} "
+            f"| {cell(row['metric_pct_of_full'], 1)} | "
             f"{'' if agreement is None else f'{100 * agreement:.1f}%'} "
             f"| {cell(row.get('avg_layers'), 2)} | {cell(row.get('expected_speedup'), 2)} | "
             f"{cell(row.get('measured_speedup'), 2)} "

@@ -33,6 +33,7 @@ from training.targets import (
     MIN_EXPECTED_SPEEDUP,
     AdaptivityFigures,
     compared_metrics,
+    compared_text,
     target_misses,
 )
 
@@ -186,10 +187,7 @@ def row_misses(row: dict) -> list[str]:
 
 def metric_text(row: dict) -> str:
     """The compared metrics of a row: ``accuracy 0.801 / f1 0.864`` on MRPC, the main metric elsewhere."""
-    return (
-        " / ".join(f"{name} {value:.4f}" for name, value in row["compared"].items() if value is not None)
-        or f"{row['metric_name']} {row['metric']:.4f}"
-    )
+    return compared_text(row["task"], {**row["compared"], "metric_name": row["metric_name"], "metric": row["metric"]})
 
 
 def write_table(rows: list[dict], goal: Goal) -> None:
