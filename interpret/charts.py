@@ -335,13 +335,16 @@ def probe_chart(probes: pd.DataFrame, task: str) -> alt.Chart:
         .encode(
             x=alt.X("layer:O", title="after layer (0: embeddings)"),
             y=alt.Y("metric:Q", title=f"probe's dev {data['metric_name'].iloc[0]}", scale=alt.Scale(zero=False)),
+            # legends below the plot: the model names are too long for the narrow column on the right of it
             color=alt.Color(
                 "pooling:N",
                 title="pooled state",
                 scale=alt.Scale(domain=["cls", "mean"], range=["#ea580c", "#2563eb"]),
+                legend=alt.Legend(orient="bottom"),
             ),
             strokeDash=alt.StrokeDash("model:N", legend=None),
-            shape=alt.Shape("model:N", title="model"),  # the legend shows a marker per model (dashes draw none)
+            # the legend shows a marker per model (dashes draw none)
+            shape=alt.Shape("model:N", title="model", legend=alt.Legend(orient="bottom", columns=1, labelLimit=0)),
             tooltip=["model", "pooling", "layer", alt.Tooltip("metric:Q", format=".3f")],
         )
     )
