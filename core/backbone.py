@@ -7,6 +7,8 @@ downloaded.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
@@ -87,6 +89,10 @@ class Encoder(nn.Module):
     @property
     def layers(self) -> nn.ModuleList:
         return self.bert.encoder.layer
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """The context the engine runs a batch's layers in: none here (see ``OnnxEncoder.running``)."""
+        return contextlib.nullcontext()
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)

@@ -101,6 +101,18 @@ def run_batch(
 
     The pooled state is computed once per layer, for the rows still running.
     """
+    with encoder.running():
+        return _run_layers(encoder, method, input_ids, attention_mask, token_type_ids, settings)
+
+
+def _run_layers(
+    encoder: Encoder,
+    method: Method,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    settings: RunSettings,
+) -> BatchResult:
     batch_size, num_layers = input_ids.shape[0], encoder.num_layers
     device = input_ids.device
     hidden = encoder.embed(input_ids, token_type_ids)

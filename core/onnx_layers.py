@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +149,36 @@ def new_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+_torch_threads_lock = threading.Lock()
+_torch_threads_users = 0  # runs inside ``one_torch_thread`` now
+_torch_threads_before = 1  # torch's thread count when the first of them began
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread while ONNX Runtime sessions do the heavy work, restored when the last such run ends.
+
+    Between two session calls torch runs the embeddings and the methods' decisions. With several
+    threads its OpenMP workers keep spinning after that small work and take cores from the next
+    session's threads, so a method's batch ran slower than the full model through the same sessions
+    even where it ran every layer; on one thread they never wake. Counted, so that overlapping runs
+    from several threads restore the count that was there before the first.
+    """
+    global _torch_threads_users, _torch_threads_before
+    with _torch_threads_lock:
+        if not _torch_threads_users:
+            _torch_threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _torch_threads_users += 1
+    try:
+        yield
+    finally:
+        with _torch_threads_lock:
+            _torch_threads_users -= 1
+            if not _torch_threads_users:
+                torch.set_num_threads(_torch_threads_before)
+
+
 class OnnxEncoder(Encoder):
     """An encoder whose transformer layers run in ONNX Runtime (fp32 or int8), its embeddings in PyTorch."""
 
@@ -166,6 +197,10 @@ class OnnxEncoder(Encoder):
     @property
     def num_layers(self) -> int:
         return len(self.sessions)
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """The sessions get the cores: torch runs the steps between them on one thread (``one_torch_thread``)."""
+        return one_torch_thread()
 
     def attention_mask_for(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The 0/1 padding mask, cut to the rows' columns: the exported layers build their additive mask from it."""

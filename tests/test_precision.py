@@ -18,7 +18,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.methods import METHODS
-from core.onnx_layers import OnnxEncoder
+from core.onnx_layers import OnnxEncoder, one_torch_thread
 from core.precision import (
     BF16,
     FASTEST,
@@ -219,6 +219,31 @@ def test_skipped_and_unreached_layers_are_never_computed_in_onnx_runtime(make_mo
     assert sum(executed_per_layer) < len(SENTENCES) * 4, (
         "some layers must be skipped or unreached for the test to mean anything"
     )
+
+
+def test_onnx_layers_run_with_torch_on_one_thread_and_torch_gets_its_threads_back(make_model):
+    onnx = randomise(make_model("deebert"), seed=1, scale=0.3).with_precision(ONNX_FP32)
+    threads_seen = []
+    run_layer = onnx.encoder.run_layer
+
+    def watched(index, hidden, layer_mask):
+        threads_seen.append(torch.get_num_threads())
+        return run_layer(index, hidden, layer_mask)
+
+    onnx.encoder.run_layer = watched
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        onnx.predict(TEXTS, SECONDS, batch_size=4)  # batches of several inputs: the per-layer sessions
+        assert threads_seen and set(threads_seen) == {1}
+        assert torch.get_num_threads() == 2
+        with one_torch_thread():
+            with one_torch_thread():  # overlapping runs: the count comes back when the last one ends
+                pass
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_fastest_takes_the_first_precision_in_speed_order_whose_validation_check_keeps_the_point():
