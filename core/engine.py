@@ -101,72 +101,61 @@ def run_batch(
 
     The pooled state is computed once per layer, for the rows still running.
     """
-    with encoder.running():
-        return _run_layers(encoder, method, input_ids, attention_mask, token_type_ids, settings)
-
-
-def _run_layers(
-    encoder: Encoder,
-    method: Method,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    token_type_ids: torch.Tensor | None,
-    settings: RunSettings,
-) -> BatchResult:
-    batch_size, num_layers = input_ids.shape[0], encoder.num_layers
-    device = input_ids.device
-    hidden = encoder.embed(input_ids, token_type_ids)
-    rows = torch.arange(batch_size, device=device)  # original index of each row still running
-    mask = attention_mask
-    layer_mask = encoder.attention_mask_for(hidden, mask)
-    state = method.begin(batch_size, device)
-    exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)
-    outputs: torch.Tensor | None = None
-    records: list[LayerRecord] = []
-    every_layer = method.decides_every_layer
-    pooled = pool(hidden, mask, method.pooling) if every_layer else None  # of the states entering the next layer
-
-    for layer in range(num_layers):
-        last = layer == num_layers - 1
-        run, report = method.plan(layer, pooled, hidden, mask, state, settings)
-        changed = True
-        if run is not None:
-            running = count(run)  # the one read-back before the layer
-            if running == run.shape[0]:
-                run = None
-            elif running:
-                hidden = encoder.run_layer_on_rows(layer, hidden, mask, run.nonzero().squeeze(1))
-            else:
-                changed = False
-        if run is None:
-            hidden = encoder.run_layer(layer, hidden, layer_mask)
-        if changed and (every_layer or last):
-            pooled = pool(hidden, mask, method.pooling)
-
-        stop, after_report = method.after_layer(layer, pooled, state, settings)
-        records.append(LayerRecord(rows, run, {**report, **after_report} if report else after_report))
-        stopping = 0 if stop is None or last else count(stop)  # and the one after it
-        if not (last or stopping):
-            continue
-
-        if last or stopping == rows.shape[0]:  # every row still running leaves here
-            answer = method.answer(pooled, state)
-            if outputs is None:  # nobody left before: the rows are still the whole batch, in order
-                outputs = answer
-            else:
-                outputs[rows] = answer.to(outputs.dtype)
-            if not last:
-                exit_layer[rows] = layer + 1
-            break
-
-        answer = method.answer(pooled[stop], _select(state, stop))
-        if outputs is None:
-            outputs = torch.zeros((batch_size, *answer.shape[1:]), dtype=answer.dtype, device=device)
-        outputs[rows[stop]] = answer.to(outputs.dtype)
-        exit_layer[rows[stop]] = layer + 1
-        keep = ~stop
-        rows, state, pooled = rows[keep], _select(state, keep), pooled[keep]
-        hidden, mask = trim_padding(hidden[keep], mask[keep])
+    with encoder.running():  # the ONNX Runtime encoder hands the cores to its sessions
+        batch_size, num_layers = input_ids.shape[0], encoder.num_layers
+        device = input_ids.device
+        hidden = encoder.embed(input_ids, token_type_ids)
+        rows = torch.arange(batch_size, device=device)  # original index of each row still running
+        mask = attention_mask
         layer_mask = encoder.attention_mask_for(hidden, mask)
+        state = method.begin(batch_size, device)
+        exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)
+        outputs: torch.Tensor | None = None
+        records: list[LayerRecord] = []
+        every_layer = method.decides_every_layer
+        pooled = pool(hidden, mask, method.pooling) if every_layer else None  # of the states entering the next layer
 
-    return BatchResult(outputs=outputs, exit_layer=exit_layer, layers=records, num_layers=num_layers)
+        for layer in range(num_layers):
+            last = layer == num_layers - 1
+            run, report = method.plan(layer, pooled, hidden, mask, state, settings)
+            changed = True
+            if run is not None:
+                running = count(run)  # the one read-back before the layer
+                if running == run.shape[0]:
+                    run = None
+                elif running:
+                    hidden = encoder.run_layer_on_rows(layer, hidden, mask, run.nonzero().squeeze(1))
+                else:
+                    changed = False
+            if run is None:
+                hidden = encoder.run_layer(layer, hidden, layer_mask)
+            if changed and (every_layer or last):
+                pooled = pool(hidden, mask, method.pooling)
+
+            stop, after_report = method.after_layer(layer, pooled, state, settings)
+            records.append(LayerRecord(rows, run, {**report, **after_report} if report else after_report))
+            stopping = 0 if stop is None or last else count(stop)  # and the one after it
+            if not (last or stopping):
+                continue
+
+            if last or stopping == rows.shape[0]:  # every row still running leaves here
+                answer = method.answer(pooled, state)
+                if outputs is None:  # nobody left before: the rows are still the whole batch, in order
+                    outputs = answer
+                else:
+                    outputs[rows] = answer.to(outputs.dtype)
+                if not last:
+                    exit_layer[rows] = layer + 1
+                break
+
+            answer = method.answer(pooled[stop], _select(state, stop))
+            if outputs is None:
+                outputs = torch.zeros((batch_size, *answer.shape[1:]), dtype=answer.dtype, device=device)
+            outputs[rows[stop]] = answer.to(outputs.dtype)
+            exit_layer[rows[stop]] = layer + 1
+            keep = ~stop
+            rows, state, pooled = rows[keep], _select(state, keep), pooled[keep]
+            hidden, mask = trim_padding(hidden[keep], mask[keep])
+            layer_mask = encoder.attention_mask_for(hidden, mask)
+
+        return BatchResult(outputs=outputs, exit_layer=exit_layer, layers=records, num_layers=num_layers)
