@@ -245,12 +245,12 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
     for method in adaptive_methods():
         for precision in ("fp32", "int8"):
             assert any(
-                line.startswith(f"- {method} ({precision}): fastest point")
+                line.startswith(f"- {method} ({precision}): fastest dev-sweep point")
                 or line.startswith(f"- {method} ({precision}): no operating point")
                 for line in targets
             )
-    assert any(line.startswith("- best adaptive point (engine only, batch 1) keeping") for line in targets)
-    assert any(line.startswith("- best adaptive point (end to end") for line in targets)
+    assert any(line.startswith("- best shipped adaptive point (engine only, batch 1)") for line in targets)
+    assert any(line.startswith("- best shipped adaptive point (end to end") for line in targets)
     parity = [line for line in targets if line.startswith("- parity:")]
     assert len(parity) == 8, parity  # onnx-int8, int8, onnx-fp32 and fp32 beside ORT, at batch 1 and 4
     engine_int8, ort_int8 = find(measured, BASELINE, "onnx-int8"), find(measured, BASELINE, "int8", "onnxruntime")
@@ -284,7 +284,7 @@ def test_onnx_int8_points_are_measured_and_count_as_int8_points(checkpoints, glu
     assert [row["precision"] for row in measured if row["method"] == BASELINE] == ["fp32", "bf16", "int8", "onnx-int8"]
     assert all(row["speedup_vs_int8_full"] for row in measured if row["method"] == "pabee")
     targets = (out / "results.md").read_text()
-    assert "- best adaptive point" in targets
+    assert "- best shipped adaptive point" in targets
 
 
 def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoints, glue_dir, tmp_path, capsys):
@@ -389,7 +389,7 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
         adaptive_methods()
     ):  # 99 % kept at 0.9 * 2 = 1.8x measured: the aim (1.5x) is met; overhead 0.9 < 0.95 is missed
         assert (
-            f"- {method} (fp32): fastest point keeping >= {benchmark_report.KEEP_TARGET:g}% of full at "
+            f"- {method} (fp32): fastest dev-sweep point keeping >= {benchmark_report.KEEP_TARGET:g}% of full at "
             "threshold 0.5 (99.0%): measured speed-up 1.80x (aim >= 1.5x): met" in lines
         )
         assert (
@@ -405,8 +405,8 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
     # headline: int8 at 2x, adaptive 0.9 * 2 on top = 3.6x over fp32 full, keeping 98 %; ONNX Runtime int8 at 3x
     best = adaptive_methods()[0]
     assert (
-        f"- best adaptive point (engine only, batch 1) keeping >= 98% of the fp32 full model: {best} (int8) at "
-        "threshold 0.5 (98.0%): 3.60x over fp32 full (aim >= 3.0x): met; "
+        "- best shipped adaptive point (engine only, batch 1) keeping >= 98% of the fp32 full model: "
+        f"{best} (int8) at threshold 0.5 (98.0%): 3.60x over fp32 full (aim >= 3.0x): met; "
         "1.20x over ONNX Runtime's int8 full model (aim >= 1.5x): missed by 0.300" in lines
     )
     assert not any(line.startswith(f"- {BASELINE}") for line in lines)
@@ -421,6 +421,9 @@ def test_report_renders_every_measured_method_the_quoted_rows_and_targets(tmp_pa
     for name in ("tradeoff.html", "tradeoff.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert json.loads((tmp_path / "machine.json").read_text()) == machine
+    # rendered again from the saved files: the same report
+    assert benchmark_report.rerender(tmp_path) == table
+    assert benchmark_report.main([str(tmp_path)]) == 0 and (tmp_path / "results.md").read_text() == table
 
 
 def test_targets_report_what_is_missed_and_an_onnx_runtime_gap(tmp_path):
@@ -433,8 +436,8 @@ def test_targets_report_what_is_missed_and_an_onnx_runtime_gap(tmp_path):
                 "the full metric (the best keeps 90.0%): missed" in lines
             )
     assert (
-        "- best adaptive point (engine only, batch 1): none keeps >= 98% of the fp32 full model's metric with at most "
-        "5% of inputs answered with no layer: missed" in lines
+        "- best shipped adaptive point (engine only, batch 1): none keeps >= 98% of the fp32 full model's metric with "
+        "at most 5% of inputs answered with no layer: missed" in lines
     )
     # no shipped rows: no overhead lines; quoted rows are no targets; the headline at batch 1 and at the batched size,
     # then the full model's parity with ONNX Runtime
@@ -447,7 +450,7 @@ def test_targets_report_what_is_missed_and_an_onnx_runtime_gap(tmp_path):
     ]
     lines = benchmark_report.target_summary(slow)
     assert any(
-        line.startswith("- best adaptive point")
+        line.startswith("- best shipped adaptive point")
         and "2.40x over fp32 full (aim >= 3.0x): missed by 0.600" in line
         and "0.80x over ONNX Runtime's int8 full model (aim >= 1.5x): missed by 0.700" in line
         for line in lines
@@ -497,6 +500,22 @@ def test_onnx_runtime_reference_answers_what_the_engine_answers(make_model, tmp_
         )  # quantized: close, not identical
     with pytest.raises(UserError, match="only the full model"):
         export_full_model(make_model("deebert"), tmp_path / "deebert")
+
+
+def test_headline_takes_shipped_points_only_whose_thresholds_were_chosen_on_validation():
+    rows = [row for row in synthetic_rows() if row["source"] == benchmark_report.MEASURED]
+    shipped = benchmark_report.best_point(rows, "measured_speedup")
+    faster_on_dev = [
+        {**row, "metric_pct_of_full": 99.0, "measured_speedup": 10.0} if row["operating_point"] == "sweep" else row
+        for row in rows
+    ]  # a sweep point that keeps 99 % on dev at 10x: its threshold would be chosen on dev
+    assert shipped is not None and benchmark_report.best_point(faster_on_dev, "measured_speedup") is shipped
+
+
+def test_missing_results_are_one_line_naming_the_folder(tmp_path, capsys):
+    assert benchmark_report.main([str(tmp_path / "mrpc")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: mrpc has no results.csv") and "Traceback" not in error
 
 
 def test_headline_passes_over_a_point_that_answers_many_inputs_with_no_layer():
