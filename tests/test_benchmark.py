@@ -502,6 +502,30 @@ def test_onnx_runtime_reference_answers_what_the_engine_answers(make_model, tmp_
         export_full_model(make_model("deebert"), tmp_path / "deebert")
 
 
+def test_timed_calls_run_every_point_on_every_input_with_changing_neighbours():
+    calls = []
+
+    class Recording:
+        def __init__(self, name: str):
+            self.point = name
+
+        def __call__(self, batch):
+            calls.append(self.point)
+            return batch
+
+        def count(self, result):
+            return 1, 6
+
+    runners = [Recording(name) for name in "abcdef"]
+    timings = benchmark.time_interleaved(runners, list(range(20)), repeats=2, warmup=0)
+    assert all(len(timings[name].per_batch_seconds) == 20 for name in "abcdef")
+    assert all(calls.count(name) == 40 for name in "abcdef")
+    rounds = [calls[start : start + 6] for start in range(0, len(calls), 6)]
+    assert all(sorted(order) == list("abcdef") for order in rounds)
+    before_b = {order[order.index("b") - 1] for order in rounds if order.index("b")}
+    assert len(before_b) > 1, "a point that always follows the same neighbour inherits what that neighbour leaves"
+
+
 def test_headline_takes_shipped_points_only_whose_thresholds_were_chosen_on_validation():
     rows = [row for row in synthetic_rows() if row["source"] == benchmark_report.MEASURED]
     shipped = benchmark_report.best_point(rows, "measured_speedup")

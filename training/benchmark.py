@@ -9,7 +9,7 @@ Layer counts promise more than clocks deliver (decisions, extra heads and batch 
 time), so this measures both on the same inputs. Every operating point (each method at its
 shipped threshold and at the default grid of its knob, ``method.knob.sweep``, at each of
 ``--precisions``) and the reference rows (the full model in this engine at fp32, bf16 and int8,
-and exported to ONNX Runtime at fp32 and int8) run input by input in a rotating order after a
+and exported to ONNX Runtime at fp32 and int8) run input by input in a shuffled order after a
 warm-up, with the same inputs and threads, so a noisy machine slows all of them alike. Only the
 model call is timed: inputs are tokenized beforehand. The shipped points and the reference rows are
 also timed end to end at batch size 1, as a user calls them: ``predict`` on one raw input
@@ -35,6 +35,7 @@ import gc
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -67,6 +68,7 @@ REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, alwa
 # every method's points (bf16 is slow on CPUs without native bf16, onnx-* export first: ask for them)
 DEFAULT_PRECISIONS = f"{FP32},{INT8}"
 METRIC_BATCH = 64
+ORDER_SEED = 0  # the shuffled order of the timed calls, the same in every run
 
 
 @dataclass(frozen=True)
@@ -394,18 +396,21 @@ def collector_paused() -> Iterator[None]:
 def time_interleaved(
     runners: list, batches: list[dict[str, torch.Tensor]], repeats: int, warmup: int
 ) -> dict[OperatingPoint, Timing]:
-    """Run every operating point on every batch, rotating their order from batch to batch."""
+    """Run every operating point on every batch, in a new shuffled order for every batch.
+
+    Shuffled rather than rotated: in a rotation each point always follows the same neighbour, and a call
+    right after a multi-threaded torch call runs slower (torch's OpenMP workers are still spinning on the
+    cores), which would slow the ONNX Runtime points that happen to sit after torch points every time.
+    """
     for batch in batches[:warmup]:
         for runner in runners:
             runner(batch)
     timings = {runner.point: Timing([[] for _ in batches]) for runner in runners}
-    step = 0
+    order = random.Random(ORDER_SEED)
     with collector_paused():
         for _ in range(repeats):
             for index, batch in enumerate(batches):
-                shift = step % len(runners)
-                step += 1
-                for runner in runners[shift:] + runners[:shift]:
+                for runner in order.sample(runners, len(runners)):
                     began = time.perf_counter()
                     result = runner(batch)
                     elapsed = time.perf_counter() - began
