@@ -98,8 +98,12 @@ class AdaptiveModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the weights are (``model.to(device)`` moves them); ``predict`` sends its inputs there."""
-        return next(self.encoder.parameters()).device
+        """Where the weights are (``model.to(device)`` moves them); ``predict`` sends its inputs there.
+
+        Read off the input embeddings, which every encoder keeps in PyTorch: walking the parameters costs
+        more than that on every call at batch size 1.
+        """
+        return self.encoder.bert.get_input_embeddings().weight.device
 
     @property
     def max_length(self) -> int:
