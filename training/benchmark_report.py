@@ -263,8 +263,7 @@ def target_summary(rows: list[dict]) -> list[str]:
 
 def metric_cell(row: dict) -> str:
     """A row's compared metrics (MRPC: accuracy and F1), else its main metric (the papers' quoted rows)."""
-    compared = row.get("compared_metrics")
-    return compared if isinstance(compared, str) and compared else f"{row['metric_name']} {cell(row['metric'], 4)}"
+    return row.get("compared_metrics") or f"{row['metric_name']} {cell(row['metric'], 4)}"
 
 
 def cell(value, digits: int = 3) -> str:
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not (folder / "results.csv").is_file():
-            raise UserError(f"{folder.name} has no results.csv: run training.benchmark --out {folder.name} first")
+            raise UserError(f"{folder.name} has no results.csv: run python -m training.benchmark on the task first")
         rerender(folder)
         print(f"rendered {folder.name}/results.md")
     return 0
