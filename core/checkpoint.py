@@ -33,7 +33,6 @@ from core.errors import UserError
 from core.lora import adapter_state_dict, load_adapters, merge_lora, plain_state_dict
 from core.methods import METHODS
 from core.model import AdaptiveModel, ModelConfig, build_model
-from core.pooling import CLS
 from core.tasks import task_slug
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
@@ -131,12 +130,12 @@ def read_config(folder: str | Path) -> ModelConfig:
             "re-create the checkpoint with this one (training.train, then training.publish)"
         )
     config = ModelConfig(**data)
-    if isinstance(config.method_config, dict) and "pooling" not in config.method_config:
-        # written before decisions could read another pooled state: every head then read [CLS]
-        config.method_config = config.method_config | {"pooling": CLS}
     if config.method not in METHODS:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
-    METHODS[config.method].Config.from_dict(config.method_config, where=f"{path}: method_config")
+    method_config_class = METHODS[config.method].Config
+    if isinstance(config.method_config, dict):  # settings added after it was written: what it did without them
+        config.method_config = method_config_class.values_before_added | config.method_config
+    method_config_class.from_dict(config.method_config, where=f"{path}: method_config")
     if config.encoder_weights not in ENCODER_FORMATS:
         raise UserError(
             f"{path}: encoder_weights must be one of {', '.join(ENCODER_FORMATS)}, not {config.encoder_weights!r}"

@@ -508,6 +508,7 @@ def test_dpbert_rate_multiplier_rises_while_the_rate_is_too_high_and_then_prices
         target_skip_rate=0.4,
         rate_weight=0.0,
         rate_multiplier_step=0.5,
+        rate_bias_step=0.0,
         first_layer="planner",
     )
     with torch.no_grad():
@@ -530,6 +531,44 @@ def test_dpbert_rate_multiplier_rises_while_the_rate_is_too_high_and_then_prices
         "descending the loss lowers the biases ever more strongly while the rate stays too high"
     )
     assert "rate_multiplier" not in model.method.state_dict(), "training state, not part of a saved model"
+
+
+@pytest.mark.parametrize("stage_name", ["relaxed", "rl"])
+def test_dpbert_integral_rate_control_moves_the_planner_biases_by_step_times_excess(
+    stage_one, tiny_backbone, stage_name
+):
+    """The biases move by -rate_bias_step * (rate - (1 - t)) per training step, whatever the optimiser's pace;
+    layer 1's planner, which decides nothing when layer 1 always runs, stays; evaluation moves nothing.
+    """
+    model = start("dpbert", "relaxed", tiny_backbone, stage_one, target_skip_rate=0.4, rate_bias_step=0.25)
+    with torch.no_grad():
+        for planner in model.method.planners:
+            planner.weight.zero_()
+            planner.bias.fill_(3.0)  # the rule runs every layer: rate 1, excess 0.4
+    batch, stage = TrainBatch(**batch_of(model)), model.method.stage(stage_name)
+    model.train()
+    loss, stats = model.method.training_loss(model.encoder, batch, stage)
+    loss.backward()  # the shift happens beside the graph: backward still works
+    assert stats["execute_rate"] == pytest.approx(1.0)
+    biases = [planner.bias.item() for planner in model.method.planners]
+    assert biases[0] == 3.0, "layer 1 always runs: its planner is not moved"
+    assert biases[1:] == pytest.approx([3.0 - 0.25 * 0.4] * (model.num_layers - 1), abs=1e-6)
+    model.eval()
+    with torch.no_grad():
+        model.method.training_loss(model.encoder, batch, stage)
+    assert [planner.bias.item() for planner in model.method.planners] == pytest.approx(biases), "only training moves"
+
+
+def test_dpbert_checkpoints_saved_before_integral_rate_control_record_it_as_off(stage_one, tiny_backbone, tmp_path):
+    model = start("dpbert", "relaxed", tiny_backbone, stage_one)
+    assert model.method.config.rate_bias_step > 0, "new runs control the rate by default"
+    folder = save_checkpoint(model, tmp_path / "dpbert")
+    config_file = folder / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["method_config"]["rate_bias_step"]
+    config_file.write_text(json.dumps(saved))
+    assert read_config(folder).method_config["rate_bias_step"] == 0.0
+    assert load_checkpoint(folder).method.config.rate_bias_step == 0.0, "as it was trained: without it"
 
 
 def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chosen_on_validation(

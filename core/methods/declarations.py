@@ -50,6 +50,10 @@ class MethodConfig:
 
     # setting -> {the value's spelling in checkpoints of earlier versions: its name now}, so they load unchanged
     renamed_values: ClassVar[dict[str, dict[str, str]]] = {}
+    # setting added later -> the value that reproduces what checkpoints saved without it did (their config.json
+    # then still records how they were trained, instead of the new default)
+    # (pooling: every head read [CLS] before decisions could read another pooled state)
+    values_before_added: ClassVar[dict[str, object]] = {"pooling": CLS}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "method_config") -> MethodConfig:

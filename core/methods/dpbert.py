@@ -17,6 +17,14 @@ target (dual ascent; it falls back toward 0 below it). In the ``rl`` stage that 
 the inference rule's own path (one more forward pass, without a graph through the layers): the
 planners after a skipped layer read other states than on the sampled paths.
 
+The multiplier reaches the planners only through their gradient, and Adam moves a bias by about
+the learning rate per step, whatever the gradient's size: over the rl stage that is a few hundredths
+of a logit, while the rate needs the average logit to move by a unit or more. The weights cannot do
+it either, as the standardised states have mean 0. So ``rate_bias_step`` also acts on the biases
+directly: after every training step all planner biases fall by that step times (rate - (1 - t))
+(rise when the rate is below), an integral controller that holds the rule's rate at 1 - t whatever
+the learning rate. Checkpoints saved before it existed trained without it (``values_before_added``).
+
 ``first_layer = "always"`` (the default) always runs layer 1. A bypassed layer leaves the state
 as it was, so when layer 1 is bypassed the next planner reads the pooled embeddings again, and so
 on: inputs whose first planner says bypass tend to run no layer at all and all get one answer
@@ -87,6 +95,7 @@ RL_BASELINES = {
 class DPBERTConfig(MethodConfig):
     # planner 1 on the [CLS] embedding was the paper's rule under its earlier name
     renamed_values: ClassVar[dict[str, dict[str, str]]] = {"first_layer": {"cls": "planner"}}
+    values_before_added: ClassVar[dict[str, object]] = MethodConfig.values_before_added | {"rate_bias_step": 0.0}
 
     target_skip_rate: float = option(0.4, "t: the fraction of layers to bypass", low=0.0, high=1.0)
     rate_weight: float = option(
@@ -103,6 +112,11 @@ class DPBERTConfig(MethodConfig):
         0.1,
         "dual ascent on the rate: a multiplier that grows by this times (rate - (1 - t)) every step and "
         "prices the excess rate (0: off)",
+        low=0.0,
+    )
+    rate_bias_step: float = option(
+        0.2,
+        "integral rate control: every training step all planner biases fall by this times (rate - (1 - t)) (0: off)",
         low=0.0,
     )
     planner_bias: float = option(
@@ -280,11 +294,10 @@ class DPBERT(Method):
         rate_penalty = (
             config.rate_weight * excess**2 + self.rate_multiplier.clone() * excess
         )  # this step's price; updated below
-        if (
-            self.training and config.rate_multiplier_step
-        ):  # dual ascent: the price of executing too much rises until the rate holds
-            with torch.no_grad():
+        if self.training:
+            with torch.no_grad():  # dual ascent: the price of executing too much rises until the rate holds
                 self.rate_multiplier.add_(config.rate_multiplier_step * excess.detach()).clamp_(min=0.0)
+                self.shift_planner_biases(-config.rate_bias_step * excess.item())
         per_row_loss = task_loss(
             self.head(pool(hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none"
         )
@@ -308,6 +321,17 @@ class DPBERT(Method):
             stats.update(policy=policy_loss.item(), sampled_execute_rate=taken.mean().item())
         stats.update(loss=loss.item(), task=per_row_loss.mean().item())
         return loss, stats
+
+    def shift_planner_biases(self, shift: float) -> None:
+        """Move every planner's bias by ``shift`` (the integral rate control; 0 leaves them as they are).
+
+        Layer 1's planner is left alone where layer 1 always runs: it decides nothing.
+        """
+        if not shift:
+            return
+        for layer, planner in enumerate(self.planners):
+            if not (layer == 0 and self.config.first_layer == "always"):
+                planner.bias.add_(shift)
 
     def reward(self, taken: Tensor, per_row_loss: Tensor) -> Tensor:
         """R_i = (1/L) sum_{j>=i} (1 - a_j) - beta * loss, per row and planned layer."""
