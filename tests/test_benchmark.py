@@ -203,6 +203,7 @@ def test_benchmark_writes_csv_table_chart_and_profile(checkpoints, glue_dir, tmp
             row["task"] == "MRPC"
             and row["metric_name"] == "f1"
             and row["timed_inputs"] == "4"
+            and row["batched_inputs"] == "8"  # by default more inputs than --limit at the larger batch, up to dev's 8
             and row["repeats"] == "1"
             and row["batch_size"] == "4"
         )
@@ -290,10 +291,14 @@ def test_onnx_int8_points_are_measured_and_count_as_int8_points(checkpoints, glu
 def test_methods_option_takes_every_adaptive_method_and_limits_the_rows(checkpoints, glue_dir, tmp_path, capsys):
     assert benchmark.parse_args(["--task", "MRPC", "--methods", *adaptive_methods()]).methods == adaptive_methods()
     out = tmp_path / "bench"
-    options = "--methods pabee --precisions int8 --no-onnxruntime --limit 4 --repeats 1 --batch-sizes 4"
+    options = (
+        "--methods pabee --precisions int8 --no-onnxruntime --limit 4 --batched-limit 5 --repeats 1 --batch-sizes 4"
+    )
     _, rows = run_benchmark(checkpoints, glue_dir, out, capsys, options)
     measured = [row for row in rows if row["source"] == benchmark_report.MEASURED]
     assert {row["method"] for row in measured} == {BASELINE, "pabee"}
+    assert {row["batched_inputs"] for row in measured} == {"5"}
+    assert "5 at batch size 4" in (out / "results.md").read_text()
     assert {row["precision"] for row in measured if row["method"] == "pabee"} == {
         "int8"
     }  # --precisions int8: no fp32 pabee rows ...

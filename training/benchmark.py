@@ -69,6 +69,7 @@ REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, alwa
 DEFAULT_PRECISIONS = f"{FP32},{INT8}"
 METRIC_BATCH = 64
 ORDER_SEED = 0  # the shuffled order of the timed calls, the same in every run
+BATCHES_TIMED = 16  # batches the larger batch size times at least, by default (4 batches of 32 are mostly noise)
 
 
 @dataclass(frozen=True)
@@ -506,24 +507,32 @@ def measure(
     batch_sizes: list[int],
     repeats: int,
     warmup: int,
+    batched_dev=None,
 ) -> dict[OperatingPoint, dict]:
-    """The timing columns of every operating point, one interleaved run per batch size."""
+    """The timing columns of every operating point, one interleaved run per batch size.
+
+    Batch size 1 times ``dev``; the larger batch size times ``batched_dev`` (default: ``dev``), which
+    should hold enough batches for a stable median.
+    """
     full = variants[(BASELINE, FP32)]
     runners = runners_for(points, variants, sessions, full.num_layers)
     columns: dict[OperatingPoint, dict] = {point: {} for point in points}
     for batch_size in batch_sizes:
+        inputs = dev if batch_size == 1 or batched_dev is None else batched_dev
         print(
-            f"timing {len(points)} operating points on {len(dev)} inputs at batch size {batch_size}, "
+            f"timing {len(points)} operating points on {len(inputs)} inputs at batch size {batch_size}, "
             f"{repeats} repeats",
             file=sys.stderr,
         )
-        batches = timing_batches(full, dev, batch_size)
+        batches = timing_batches(full, inputs, batch_size)
         timings = time_interleaved(runners, batches, repeats, warmup if batch_size == 1 else 1)
         for point in points:
             if batch_size == 1:
                 columns[point] |= latency_columns(timings, point, full.num_layers)
             else:
-                columns[point] |= batched_columns(timings, point, full.num_layers, batch_size)
+                columns[point] |= batched_columns(timings, point, full.num_layers, batch_size) | {
+                    "batched_inputs": len(inputs)
+                }
     if 1 in batch_sizes:
         shipped = [point for point in points if point.shipped]
         print(f"timing {len(shipped)} shipped points end to end (predict on one raw input)", file=sys.stderr)
@@ -699,6 +708,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=200,
         help="dev inputs to time (default: %(default)s); the metric always uses --metric-limit",
     )
+    parser.add_argument(
+        "--batched-limit",
+        type=int,
+        help=f"dev inputs to time at the larger batch size (default: the larger of --limit and "
+        f"{BATCHES_TIMED} batches, capped at the dev set): a column of a few batches is mostly noise",
+    )
     parser.add_argument("--metric-limit", type=int, help="dev inputs for the metric (default: the whole dev set)")
     parser.add_argument(
         "--warmup",
@@ -725,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     task = canonical_task(args.task)
     batch_sizes = parse_batch_sizes(args.batch_sizes)
-    for name in ("repeats", "limit", "metric_limit", "threads"):
+    for name in ("repeats", "limit", "batched_limit", "metric_limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
@@ -737,12 +752,14 @@ def main(argv: list[str] | None = None) -> int:
     dev = checkpoint_split(models[BASELINE].config, "dev", args.data_dir)
     metric_dev = dev.select(range(min(args.metric_limit, len(dev)))) if args.metric_limit else dev
     timed_dev = dev.select(range(min(args.limit, len(dev))))
+    batched_limit = args.batched_limit or max(args.limit, BATCHES_TIMED * batch_sizes[-1])
+    batched_dev = dev.select(range(min(batched_limit, len(dev))))
     points = operating_points(models, precisions, onnx=not args.no_onnxruntime)
     variants = engine_models(models, points)
     with tempfile.TemporaryDirectory(prefix="onnx-reference-") as folder:
         sessions = {} if args.no_onnxruntime else onnx_sessions(models[BASELINE], Path(folder))
         metrics = dev_metrics(variants, sessions, points, metric_dev)
-        timings = measure(variants, sessions, points, timed_dev, batch_sizes, args.repeats, args.warmup)
+        timings = measure(variants, sessions, points, timed_dev, batch_sizes, args.repeats, args.warmup, batched_dev)
     rows = measured_rows(task, points, metrics, timings, len(timed_dev), args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile:

@@ -70,11 +70,12 @@ COLUMNS = [
     "dev_avg_layers",
     "dev_examples",
     "timed_inputs",
+    "batched_inputs",
     "repeats",
     "quoted_speedup",
     "note",
 ]
-COUNT_COLUMNS = ("batch_size", "dev_examples", "timed_inputs", "repeats")
+COUNT_COLUMNS = ("batch_size", "dev_examples", "timed_inputs", "batched_inputs", "repeats")
 
 
 def reference_rows() -> list[dict]:
@@ -276,13 +277,21 @@ def machine_lines(machine: dict) -> list[str]:
     return [f"- {key}: {value}" for key, value in machine.items()]
 
 
+def timed_text(row: dict) -> str:
+    """How many dev inputs each batch size timed (runs from before ``batched_inputs`` timed one set for both)."""
+    text = f"{row['timed_inputs']} dev inputs timed"
+    if row.get("batch_size") and row.get("batched_inputs"):
+        text += f" at batch size 1, {row['batched_inputs']} at batch size {row['batch_size']}"
+    return text
+
+
 def markdown(task: str, rows: list[dict], machine: dict, targets: list[str], profiled: bool) -> str:
     measured = [row for row in rows if row["source"] == MEASURED]
     quoted = [row for row in rows if row["source"] == QUOTED]
     lines = [
         f"# Benchmark: {task}",
         "",
-        f"{measured[0]['timed_inputs']} dev inputs timed ({measured[0]['repeats']} repeats, interleaved), "
+        f"{timed_text(measured[0])} ({measured[0]['repeats']} repeats, interleaved), "
         f"metric on {measured[0]['dev_examples']} dev inputs.",
         "Speed-ups are against the fp32 full model (and the int8 full model) on the same inputs in the same "
         "run; % of full is of the fp32 full model's metric;",
@@ -422,7 +431,7 @@ def read_measured(path: Path) -> list[dict]:
     rows = frame.to_dict("records")
     for row in rows:
         for column in COUNT_COLUMNS:
-            row[column] = None if row[column] is None else int(row[column])
+            row[column] = None if row.get(column) is None else int(row[column])
     return rows
 
 
