@@ -84,6 +84,15 @@ def count(flags: torch.Tensor) -> int:
     return int(flags.item()) if flags.shape[0] == 1 else int(flags.sum())
 
 
+def padding_of(mask: torch.Tensor, layer_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask pooling needs: None when no row is padded.
+
+    That is always so at batch size 1, and so wherever the encoder needed no layer mask (sdpa with
+    nothing padded); knowing it costs no read-back.
+    """
+    return None if mask.shape[0] == 1 or layer_mask is None else mask
+
+
 def _select(state: State, rows: torch.Tensor) -> State:
     return {name: value[rows] for name, value in state.items()}
 
@@ -113,7 +122,8 @@ def run_batch(
         outputs: torch.Tensor | None = None
         records: list[LayerRecord] = []
         every_layer = method.decides_every_layer
-        pooled = pool(hidden, mask, method.pooling) if every_layer else None  # of the states entering the next layer
+        pooling_mask = padding_of(mask, layer_mask)
+        pooled = pool(hidden, pooling_mask, method.pooling) if every_layer else None  # entering the next layer
 
         for layer in range(num_layers):
             last = layer == num_layers - 1
@@ -130,7 +140,7 @@ def run_batch(
             if run is None:
                 hidden = encoder.run_layer(layer, hidden, layer_mask)
             if changed and (every_layer or last):
-                pooled = pool(hidden, mask, method.pooling)
+                pooled = pool(hidden, pooling_mask, method.pooling)
 
             stop, after_report = method.after_layer(layer, pooled, state, settings)
             records.append(LayerRecord(rows, run, {**report, **after_report} if report else after_report))
@@ -157,5 +167,6 @@ def run_batch(
             rows, state, pooled = rows[keep], _select(state, keep), pooled[keep]
             hidden, mask = trim_padding(hidden[keep], mask[keep])
             layer_mask = encoder.attention_mask_for(hidden, mask)
+            pooling_mask = padding_of(mask, layer_mask)
 
         return BatchResult(outputs=outputs, exit_layer=exit_layer, layers=records, num_layers=num_layers)

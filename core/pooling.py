@@ -20,13 +20,17 @@ POOLINGS = (CLS, MEAN)
 POOLING_FILE = "1_Pooling/config.json"
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """[B, T, H] token states -> [B, H].
 
     The [CLS] row, or the mean over the row's real tokens (padding never enters it).
+    ``attention_mask`` None says no row is padded (as at batch size 1): the mean is then one call
+    instead of eight, which counts when the engine pools after every layer of a single input.
     """
     if pooling == CLS:
         return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(1)
     weights = attention_mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
 

@@ -13,6 +13,7 @@ import torch
 
 from core.backbone import DEFAULT_BACKBONE, load_tokenizer
 from core.checkpoint import load_checkpoint
+from core.engine import padding_of
 from core.errors import UserError
 from core.methods import METHODS
 from core.model import build_model
@@ -55,6 +56,17 @@ def test_mean_pooling_of_a_padded_row_equals_the_unpadded_rows():
     assert torch.allclose(pool(padded, mask, "mean"), pool(hidden, torch.ones(1, 5), "mean"), atol=1e-6)
     assert torch.allclose(pool(hidden, torch.ones(1, 5), "mean"), hidden.mean(1), atol=1e-6)
     assert torch.equal(pool(padded, mask, "cls"), hidden[:, 0])
+    assert torch.allclose(pool(hidden, None, "mean"), pool(hidden, torch.ones(1, 5), "mean"), atol=1e-6), (
+        "no mask: no row is padded"
+    )
+
+
+def test_the_engine_pools_without_a_mask_only_where_no_row_is_padded():
+    """At batch size 1, or where the encoder needed no layer mask (nothing padded): no mask."""
+    padded = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert padding_of(torch.ones(1, 4), torch.ones(1, 4)) is None
+    assert padding_of(torch.ones(3, 4), None) is None
+    assert padding_of(padded, padded) is padded
 
 
 def test_mean_pooled_off_ramps_read_the_mean_of_the_layers_token_states(make_model):
