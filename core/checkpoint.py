@@ -134,7 +134,11 @@ def read_config(folder: str | Path) -> ModelConfig:
         raise UserError(f"{path}: unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
     method_config_class = METHODS[config.method].Config
     if isinstance(config.method_config, dict):  # settings added after it was written: what it did without them
-        config.method_config = method_config_class.values_before_added | config.method_config
+        config.method_config |= {
+            name: value
+            for name, value in method_config_class.values_before_added.items()
+            if name not in config.method_config
+        }
     method_config_class.from_dict(config.method_config, where=f"{path}: method_config")
     if config.encoder_weights not in ENCODER_FORMATS:
         raise UserError(
