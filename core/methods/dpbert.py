@@ -203,7 +203,7 @@ class DPBERT(Method):
             symbol="threshold",
             low=0.0,
             high=1.0,
-            sweep=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7),
+            sweep=(0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7),
             help="run a layer when its planner probability is above the threshold; larger bypasses more",
         )
 
