@@ -206,3 +206,30 @@ def test_batch_prediction_splits_a_file_across_processes_and_prints_one_output_i
     for one, other in zip(split, alone):
         assert one["layers_executed"] == other["layers_executed"] and one["prediction"] == other["prediction"]
         assert one["probabilities"] == pytest.approx(other["probabilities"], abs=1e-5)
+
+
+def _mean_of_ranks(rank: int, world_size: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from core.methods.dpbert import mean_over_processes
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        results[rank] = float(mean_over_processes(torch.tensor(float(rank))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dpbert_rate_control_moves_the_biases_alike_in_every_process():
+    """Each process sees its own batch's rate; the bias shift uses their mean, so the replicas stay equal."""
+    import torch.multiprocessing as mp
+
+    from core.methods.dpbert import mean_over_processes
+
+    assert float(mean_over_processes(torch.tensor(3.0))) == 3.0, "one process: the value itself"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_mean_of_ranks, args=(2, port, results), nprocs=2, join=True)
+    assert dict(results) == {0: 0.5, 1: 0.5}

@@ -21,9 +21,10 @@ The multiplier reaches the planners only through their gradient, and Adam moves 
 the learning rate per step, whatever the gradient's size: over the rl stage that is a few hundredths
 of a logit, while the rate needs the average logit to move by a unit or more. The weights cannot do
 it either, as the standardised states have mean 0. So ``rate_bias_step`` also acts on the biases
-directly: after every training step all planner biases fall by that step times (rate - (1 - t))
-(rise when the rate is below), an integral controller that holds the rule's rate at 1 - t whatever
-the learning rate. Checkpoints saved before it existed trained without it (``values_before_added``).
+directly: every training step all planner biases fall by that step times (rate - (1 - t))
+(rise when the rate is below; the rate averaged over the processes of a multi-process run), an
+integral controller that holds the rule's rate at 1 - t whatever the learning rate. Checkpoints
+saved before it existed trained without it (``values_before_added``).
 
 ``first_layer = "always"`` (the default) always runs layer 1. A bypassed layer leaves the state
 as it was, so when layer 1 is bypassed the next planner reads the pooled embeddings again, and so
@@ -123,6 +124,19 @@ class DPBERTConfig(MethodConfig):
         1.0, "initial planner bias (1: run every layer at first, like the full model, but not saturated)"
     )
     rl_baseline: str = choice_option("greedy", "REINFORCE baseline (rl stage)", RL_BASELINES)
+
+
+def mean_over_processes(value: Tensor) -> Tensor:
+    """``value`` averaged over the training processes (itself in a single process).
+
+    Under ``accelerate launch`` each process sees its own batch, and a parameter changed outside the
+    optimiser must change alike everywhere, or the replicas drift apart.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    total = value.clone()
+    torch.distributed.all_reduce(total)
+    return total / torch.distributed.get_world_size()
 
 
 class RunningStandardizer(nn.Module):
@@ -297,7 +311,7 @@ class DPBERT(Method):
         if self.training:
             with torch.no_grad():  # dual ascent: the price of executing too much rises until the rate holds
                 self.rate_multiplier.add_(config.rate_multiplier_step * excess.detach()).clamp_(min=0.0)
-                self.shift_planner_biases(-config.rate_bias_step * excess.item())
+                self.shift_planner_biases(-config.rate_bias_step * mean_over_processes(excess.detach()).item())
         per_row_loss = task_loss(
             self.head(pool(hidden, batch.attention_mask, self.pooling)), batch.labels, reduction="none"
         )
