@@ -69,7 +69,7 @@ REFERENCE_PRECISIONS = (FP32, BF16, INT8)  # the full model in this engine, alwa
 DEFAULT_PRECISIONS = f"{FP32},{INT8}"
 METRIC_BATCH = 64
 ORDER_SEED = 0  # the shuffled order of the timed calls, the same in every run
-BATCHES_TIMED = 16  # batches the larger batch size times at least, by default (4 batches of 32 are mostly noise)
+BATCHES_TIMED = 16  # batches the larger batch size times at least, by default: a column of a few is mostly noise
 
 
 @dataclass(frozen=True)
@@ -507,18 +507,18 @@ def measure(
     batch_sizes: list[int],
     repeats: int,
     warmup: int,
-    batched_dev=None,
+    batched_dev,
 ) -> dict[OperatingPoint, dict]:
     """The timing columns of every operating point, one interleaved run per batch size.
 
-    Batch size 1 times ``dev``; the larger batch size times ``batched_dev`` (default: ``dev``), which
-    should hold enough batches for a stable median.
+    Batch size 1 times ``dev``; the larger batch size times ``batched_dev``, which should hold enough
+    batches for a stable median.
     """
     full = variants[(BASELINE, FP32)]
     runners = runners_for(points, variants, sessions, full.num_layers)
     columns: dict[OperatingPoint, dict] = {point: {} for point in points}
     for batch_size in batch_sizes:
-        inputs = dev if batch_size == 1 or batched_dev is None else batched_dev
+        inputs = dev if batch_size == 1 else batched_dev
         print(
             f"timing {len(points)} operating points on {len(inputs)} inputs at batch size {batch_size}, "
             f"{repeats} repeats",
