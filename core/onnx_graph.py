@@ -22,16 +22,23 @@ the executed layers [L] (1: computed). The knob is a graph input where the metho
 compare tensors with it, so a new value needs no export; a method that turns the knob into a
 Python number first (a branch or ``math`` call on its value) cannot trace it, and gets a graph
 with the value baked in instead, one per value (``OneGraphRuntime`` caches them).
+
+The exporter keeps every weight in the main graph, and a branch reads the weights of its layers
+from there (outer scope). ONNX Runtime prepacks a MatMul's constant weight into its kernel's own
+layout at load time only where the weight is an initializer of the graph the node stands in, so
+every layer inside a branch repacked its weights on every call. ``sink_initializers`` moves each
+weight into the branch that holds all its uses before the session loads the graph.
 """
 
 from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
@@ -196,6 +203,76 @@ def export_one_graph(encoder: Encoder, method: Method, settings: RunSettings, pa
     return threshold_is_input
 
 
+GraphPath = tuple[int, ...]  # where a subgraph stands: the index of each branch on the way down from the main graph
+
+
+def branches(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs held by ``graph``'s nodes (an ``If``'s then and else branches), in a fixed order."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield attribute.g
+            yield from attribute.graphs
+
+
+def _uses(graph: onnx.GraphProto, path: GraphPath, table: dict[str, list[GraphPath]]) -> dict[str, list[GraphPath]]:
+    """Name -> the path of every graph, ``graph`` and all below it, whose nodes read that name."""
+    for node in graph.node:
+        for name in node.input:
+            table.setdefault(name, []).append(path)
+    for index, branch in enumerate(branches(graph)):
+        _uses(branch, (*path, index), table)
+    return table
+
+
+def _common_prefix(paths: list[GraphPath]) -> GraphPath:
+    shortest = min(paths, key=len)
+    depth = 0
+    while depth < len(shortest) and all(path[depth] == shortest[depth] for path in paths):
+        depth += 1
+    return shortest[:depth]
+
+
+def sink_initializers(model: onnx.ModelProto) -> int:
+    """Move each initializer into the deepest branch that holds every node reading it; returns how many moved.
+
+    Computes the same: a branch may read names of the graphs around it, and here it owns them instead.
+    """
+    moved = 0
+
+    def graph_at(path: GraphPath) -> onnx.GraphProto:
+        graph = model.graph
+        for index in path:
+            graph = list(branches(graph))[index]
+        return graph
+
+    def visit(graph: onnx.GraphProto, path: GraphPath) -> None:
+        nonlocal moved
+        uses, staying = _uses(graph, path, {}), []
+        for initializer in graph.initializer:
+            target = _common_prefix(uses[initializer.name]) if initializer.name in uses else path
+            if len(target) > len(path):
+                graph_at(target).initializer.append(initializer)
+                moved += 1
+            else:
+                staying.append(initializer)
+        del graph.initializer[:]
+        graph.initializer.extend(staying)
+        for index, branch in enumerate(branches(graph)):
+            visit(branch, (*path, index))
+
+    visit(model.graph, ())
+    return moved
+
+
+def prepare_for_session(path: Path) -> Path:
+    """Sink the weights of the graph at ``path`` into the branches that read them (``sink_initializers``)."""
+    model = onnx.load(str(path))
+    if sink_initializers(model):
+        onnx.save(model, str(path))
+    return path
+
+
 class OneGraphRuntime:
     """One-graph ONNX Runtime sessions of a converted model at batch size 1, exported when a run first needs them.
 
@@ -231,7 +308,10 @@ class OneGraphRuntime:
         self.knob_is_input[settings.early_exit] = export_one_graph(self.encoder, self.method, settings, path)
         if self.int8:
             path = quantize_onnx(path, path.with_name(path.name.replace("fp32", "int8")), one_graph=True)
-        self.graphs[self.key(settings)], self.sessions[self.key(settings)] = path, new_session(path)
+        self.graphs[self.key(settings)], self.sessions[self.key(settings)] = (
+            path,
+            new_session(path),
+        )
 
     def run(
         self,

@@ -11,11 +11,14 @@ from __future__ import annotations
 import collections
 import json
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from core.methods import METHODS
+from core.onnx_graph import branches, sink_initializers
 from core.pooling import POOLINGS
 from core.precision import ONNX_FP32, ONNX_INT8
 from tests.conftest import SECOND, SENTENCES
@@ -106,6 +109,76 @@ def test_per_layer_values_fall_back_to_the_per_layer_sessions(make_model, conver
     counter = SessionCallCounter(onnx.encoder)
     traces = onnx.predict(SENTENCES[0], SECOND[0], threshold=threshold, batch_size=1, layer_values=True)
     assert sum(counter.rows) == len(traces[0].layers_executed) and traces[0].per_layer[0].values
+
+
+def graphs_with_depth(graph: onnx.GraphProto, depth: int = 0):
+    """``graph`` and every branch below it, each with how deep it is nested."""
+    yield graph, depth
+    for branch in branches(graph):
+        yield from graphs_with_depth(branch, depth + 1)
+
+
+def test_weights_sit_in_the_branch_that_uses_them(make_model, converted):
+    """ONNX Runtime prepacks only a graph's own weights: a layer in an If branch must not read them from outside."""
+    _, threshold, onnx = graph_model(make_model, converted, "deebert", "mean", ONNX_INT8)
+    onnx.one_graph.session(onnx.settings(threshold))
+    (path,) = onnx.one_graph.graphs.values()
+    graphs = list(graphs_with_depth(onnx_model(path).graph))
+    everywhere = {item.name for graph, _ in graphs for item in graph.initializer}
+    in_branches = 0
+    for graph, depth in graphs:
+        own = {item.name for item in graph.initializer}
+        for node in graph.node:
+            if node.op_type in ("MatMul", "MatMulInteger", "Gemm") and node.input[1] in everywhere:
+                assert node.input[1] in own, f"{node.name} reads its weight from an enclosing graph"
+                in_branches += depth > 0
+    assert in_branches >= 6 * (onnx.num_layers - 1), "the layers after the first exit sit in branches"
+
+
+def toy_if_model() -> onnx.ModelProto:
+    """y = If(c, x + a, x * b + a): ``b`` only the else branch reads, ``a`` both branches."""
+
+    def branch(name: str, nodes: list) -> onnx.GraphProto:
+        return helper.make_graph(
+            nodes, name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [2])]
+        )
+
+    then = branch("then", [helper.make_node("Add", ["x", "a"], ["then_out"])])
+    otherwise = branch(
+        "else",
+        [helper.make_node("Mul", ["x", "b"], ["scaled"]), helper.make_node("Add", ["scaled", "a"], ["else_out"])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=otherwise)],
+        "main",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[
+            helper.make_tensor("a", TensorProto.FLOAT, [2], [1.0, 2.0]),
+            helper.make_tensor("b", TensorProto.FLOAT, [2], [3.0, 4.0]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_sinking_moves_a_weight_into_the_only_branch_that_reads_it_and_computes_the_same():
+    model = toy_if_model()
+    feeds = [{"x": np.array([1.0, -1.0], dtype=np.float32), "c": np.array(flag)} for flag in (True, False)]
+
+    def outputs(proto):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return [session.run(None, feed)[0] for feed in feeds]
+
+    before = outputs(model)
+    assert sink_initializers(model) == 1
+    then, otherwise = sorted(branches(model.graph), key=lambda branch: branch.name != "then")
+    assert [item.name for item in model.graph.initializer] == ["a"], "a weight both branches read stays above them"
+    assert [item.name for item in otherwise.initializer] == ["b"] and not then.initializer
+    for mine, theirs in zip(outputs(model), before):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def onnx_model(path) -> onnx.ModelProto:
