@@ -45,21 +45,25 @@ class BatchResult:
     def batch_size(self) -> int:
         return self.outputs.shape[0]
 
-    def reached(self) -> torch.Tensor:
-        """[B, L] bool: the row got as far as this layer (it had not exited before it). On the device the batch ran on,
-        as the other tables.
+    def paths(self) -> tuple[list[list[bool]], list[list[bool]]]:
+        """Per row and layer, as lists: (reached: the row got as far as the layer, executed: the layer was computed for
+        it). Read off the layer records in Python: at small batches that costs less than filling tensors per layer.
         """
-        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool, device=self.outputs.device)
+        reached = [[False] * self.num_layers for _ in range(self.batch_size)]
+        executed = [[False] * self.num_layers for _ in range(self.batch_size)]
         for layer, record in enumerate(self.layers):
-            table[record.rows, layer] = True
-        return table
+            rows = record.rows.tolist()
+            for row, computed in zip(rows, [True] * len(rows) if record.ran is None else record.ran.tolist()):
+                reached[row][layer], executed[row][layer] = True, computed
+        return reached, executed
+
+    def reached(self) -> torch.Tensor:
+        """[B, L] bool: the row got as far as this layer (it had not exited before it)."""
+        return torch.tensor(self.paths()[0], dtype=torch.bool, device=self.outputs.device)
 
     def executed(self) -> torch.Tensor:
         """[B, L] bool: the layer was computed for the row."""
-        table = torch.zeros(self.batch_size, self.num_layers, dtype=torch.bool, device=self.outputs.device)
-        for layer, record in enumerate(self.layers):
-            table[record.rows if record.ran is None else record.rows[record.ran], layer] = True
-        return table
+        return torch.tensor(self.paths()[1], dtype=torch.bool, device=self.outputs.device)
 
     def reports(self, method: Method) -> list[dict[str, torch.Tensor]]:
         """Per layer, each of the method's layer fields as a [B, ...] tensor (NaN, or -1 for integers, where not

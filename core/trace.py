@@ -82,18 +82,19 @@ def build_traces(
     """
     result = batch.result
     kinds = {item.name: item.kind for item in model.method.layer_fields}
-    executed, reached = result.executed().tolist(), result.reached().tolist()
+    reached, executed = result.paths()
+    outputs, exit_layers = result.outputs.tolist(), result.exit_layer.tolist()  # read once: single values cost more
     reports = result.reports(model.method) if layer_values else [{} for _ in range(model.num_layers)]
     labels, num_layers = model.config.labels, model.num_layers
     traces = []
     for row, text in enumerate(texts):
-        output = result.outputs[row]
+        output = outputs[row]
         if labels is None:
             prediction: str | float = float(output)
             probabilities: dict[str, float] = {}
         else:
-            probabilities = {label: float(p) for label, p in zip(labels, output.tolist())}
-            prediction = labels[int(output.argmax())]
+            probabilities = dict(zip(labels, output))
+            prediction = labels[max(range(len(output)), key=output.__getitem__)]  # the first largest, as argmax
         ran, got_to = executed[row], reached[row]
         layers_executed = [layer + 1 for layer in range(num_layers) if ran[layer]]
         traces.append(
@@ -106,7 +107,7 @@ def build_traces(
                 layers_executed=layers_executed,
                 layers_skipped=[layer + 1 for layer in range(num_layers) if got_to[layer] and not ran[layer]],
                 layers_not_reached=[layer + 1 for layer in range(num_layers) if not got_to[layer]],
-                exit_layer=int(result.exit_layer[row]) or None,
+                exit_layer=exit_layers[row] or None,
                 expected_speedup=num_layers / max(len(layers_executed), 1),
                 latency_ms=batch.latency_ms,
                 threshold=settings.threshold,
