@@ -25,14 +25,17 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
 
     The [CLS] row, or the mean over the row's real tokens (padding never enters it).
     ``attention_mask`` None says no row is padded (as at batch size 1): the mean is then one call
-    instead of eight, which counts when the engine pools after every layer of a single input.
+    instead of five, which counts when the engine pools after every layer of a single input.
     """
     if pooling == CLS:
         return hidden[:, 0]
     if attention_mask is None:
         return hidden.mean(1)
-    weights = attention_mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+    weights = attention_mask[:, : hidden.shape[1]].to(hidden.dtype)
+    weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
+    # one matrix product of each row's token weights and its states: no [B, T, H] product to materialise, and in an
+    # exported graph a MatMul, which ONNX Runtime runs faster than a sum over the token axis
+    return (weights.unsqueeze(1) @ hidden).squeeze(1)
 
 
 def declared_pooling(backbone_folder: str | Path) -> str | None:
