@@ -308,10 +308,8 @@ class OneGraphRuntime:
         self.knob_is_input[settings.early_exit] = export_one_graph(self.encoder, self.method, settings, path)
         if self.int8:
             path = quantize_onnx(path, path.with_name(path.name.replace("fp32", "int8")), one_graph=True)
-        self.graphs[self.key(settings)], self.sessions[self.key(settings)] = (
-            path,
-            new_session(path),
-        )
+        self.graphs[self.key(settings)] = prepare_for_session(path)
+        self.sessions[self.key(settings)] = new_session(path)
 
     def run(
         self,

@@ -2,8 +2,8 @@
 
 - ``bf16``: every weight and activation in bfloat16 (``module.to(torch.bfloat16)``); the heads'
   logits are turned back to fp32 before any decision (``PooledHead.logits``), so thresholds
-  compare fp32 numbers. On CPUs without native bf16 (no AVX512-BF16 / AMX, as on this project's
-  machine) this is much slower than fp32; it is offered for GPUs and newer CPUs.
+  compare fp32 numbers. On CPUs without native bf16 (no AVX512-BF16 / AMX) this is much slower
+  than fp32; on GPUs and CPUs with it, faster (README Results).
 - ``int8``: dynamic quantization of the linear layers of the encoder's transformer layers and of
   the heads (every ``PooledHead``: the final head, DeeBERT's and PABEE's off-ramps, DACT's
   per-layer classifiers): int8 weights with one scale per output channel, activations quantized
@@ -31,8 +31,8 @@ the benchmark's at batch 1 on this project's CPU (README Results): ONNX Runtime 
 PyTorch int8, the onnx-fp32 one graph, fp32.
 
 Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
-but torchao's int8 dynamic-activation config runs about 16x slower than fp32 on this AVX2 CPU in
-eager mode (its CPU path has no int8 kernel without ``torch.compile``), and its int8
+but torchao's int8 dynamic-activation config runs far slower than fp32 on an AVX2 CPU in eager
+mode (its CPU path has no int8 kernel without ``torch.compile``; NOTES.md, session 4), and its int8
 weight-only config is no faster than fp32. The fbgemm kernels behind ``quantize_dynamic`` are the
 fast int8 path PyTorch 2.13 (pinned) has on x86 CPUs, so they are used here, with the
 deprecation warnings silenced at this one call site.
