@@ -57,13 +57,13 @@ class BatchResult:
                 reached[row][layer], executed[row][layer] = True, computed
         return reached, executed
 
-    def reached(self) -> torch.Tensor:
-        """[B, L] bool: the row got as far as this layer (it had not exited before it)."""
-        return torch.tensor(self.paths()[0], dtype=torch.bool, device=self.outputs.device)
-
-    def executed(self) -> torch.Tensor:
-        """[B, L] bool: the layer was computed for the row."""
-        return torch.tensor(self.paths()[1], dtype=torch.bool, device=self.outputs.device)
+    def path_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``paths`` as [B, L] bool tensors on the device the batch ran on: (reached, executed)."""
+        reached, executed = self.paths()
+        device = self.outputs.device
+        return torch.tensor(reached, dtype=torch.bool, device=device), torch.tensor(
+            executed, dtype=torch.bool, device=device
+        )
 
     def reports(self, method: Method) -> list[dict[str, torch.Tensor]]:
         """Per layer, each of the method's layer fields as a [B, ...] tensor (NaN, or -1 for integers, where not

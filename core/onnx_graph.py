@@ -215,14 +215,11 @@ def branches(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
             yield from attribute.graphs
 
 
-def _uses(graph: onnx.GraphProto, path: GraphPath, table: dict[str, list[GraphPath]]) -> dict[str, list[GraphPath]]:
-    """Name -> the path of every graph, ``graph`` and all below it, whose nodes read that name."""
-    for node in graph.node:
-        for name in node.input:
-            table.setdefault(name, []).append(path)
+def graphs_by_path(graph: onnx.GraphProto, path: GraphPath = ()) -> Iterator[tuple[GraphPath, onnx.GraphProto]]:
+    """``graph`` and every branch below it, parents before their branches, each with its path."""
+    yield path, graph
     for index, branch in enumerate(branches(graph)):
-        _uses(branch, (*path, index), table)
-    return table
+        yield from graphs_by_path(branch, (*path, index))
 
 
 def _common_prefix(paths: list[GraphPath]) -> GraphPath:
@@ -238,30 +235,24 @@ def sink_initializers(model: onnx.ModelProto) -> int:
 
     Computes the same: a branch may read names of the graphs around it, and here it owns them instead.
     """
+    graphs = dict(graphs_by_path(model.graph))
+    readers: dict[str, list[GraphPath]] = {}  # name -> the path of every graph whose nodes read it
+    for path, graph in graphs.items():
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(path)
     moved = 0
-
-    def graph_at(path: GraphPath) -> onnx.GraphProto:
-        graph = model.graph
-        for index in path:
-            graph = list(branches(graph))[index]
-        return graph
-
-    def visit(graph: onnx.GraphProto, path: GraphPath) -> None:
-        nonlocal moved
-        uses, staying = _uses(graph, path, {}), []
+    for path, graph in graphs.items():  # parents first: a moved initializer lands where it stays
+        staying = []
         for initializer in graph.initializer:
-            target = _common_prefix(uses[initializer.name]) if initializer.name in uses else path
+            target = _common_prefix(readers[initializer.name]) if initializer.name in readers else path
             if len(target) > len(path):
-                graph_at(target).initializer.append(initializer)
+                graphs[target].initializer.append(initializer)
                 moved += 1
             else:
                 staying.append(initializer)
         del graph.initializer[:]
         graph.initializer.extend(staying)
-        for index, branch in enumerate(branches(graph)):
-            visit(branch, (*path, index))
-
-    visit(model.graph, ())
     return moved
 
 

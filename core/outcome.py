@@ -60,11 +60,12 @@ class Outcome:
                     for name in names
                 }
             )
+        reached, executed = zip(*(result.path_tables() for result in results))
         return cls(
             settings=settings,
             outputs=in_input_order([result.outputs for result in results]),
-            executed=in_input_order([result.executed() for result in results]),
-            reached=in_input_order([result.reached() for result in results]),
+            executed=in_input_order(list(executed)),
+            reached=in_input_order(list(reached)),
             exit_layer=in_input_order([result.exit_layer for result in results]),
             reports=reports,
         )

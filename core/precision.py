@@ -32,7 +32,7 @@ PyTorch int8, the onnx-fp32 one graph, fp32.
 
 Why not torchao: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
 but torchao's int8 dynamic-activation config runs far slower than fp32 on an AVX2 CPU in eager
-mode (its CPU path has no int8 kernel without ``torch.compile``; NOTES.md, session 4), and its int8
+mode (its CPU path has no int8 kernel without ``torch.compile``; NOTES.md), and its int8
 weight-only config is no faster than fp32. The fbgemm kernels behind ``quantize_dynamic`` are the
 fast int8 path PyTorch 2.13 (pinned) has on x86 CPUs, so they are used here, with the
 deprecation warnings silenced at this one call site.

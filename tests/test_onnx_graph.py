@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from core.methods import METHODS
-from core.onnx_graph import branches, sink_initializers
+from core.onnx_graph import branches, graphs_by_path, sink_initializers
 from core.pooling import POOLINGS
 from core.precision import ONNX_FP32, ONNX_INT8
 from tests.conftest import SECOND, SENTENCES
@@ -111,19 +111,12 @@ def test_per_layer_values_fall_back_to_the_per_layer_sessions(make_model, conver
     assert sum(counter.rows) == len(traces[0].layers_executed) and traces[0].per_layer[0].values
 
 
-def graphs_with_depth(graph: onnx.GraphProto, depth: int = 0):
-    """``graph`` and every branch below it, each with how deep it is nested."""
-    yield graph, depth
-    for branch in branches(graph):
-        yield from graphs_with_depth(branch, depth + 1)
-
-
 def test_weights_sit_in_the_branch_that_uses_them(make_model, converted):
     """ONNX Runtime prepacks only a graph's own weights: a layer in an If branch must not read them from outside."""
     _, threshold, onnx = graph_model(make_model, converted, "deebert", "mean", ONNX_INT8)
     onnx.one_graph.session(onnx.settings(threshold))
     (path,) = onnx.one_graph.graphs.values()
-    graphs = list(graphs_with_depth(onnx_model(path).graph))
+    graphs = [(graph, len(where)) for where, graph in graphs_by_path(onnx_model(path).graph)]
     everywhere = {item.name for graph, _ in graphs for item in graph.initializer}
     in_branches = 0
     for graph, depth in graphs:
