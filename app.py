@@ -49,7 +49,7 @@ from interpret.attributions import attribute
 from interpret.charts import layer_frequency_chart, layer_path_chart, method_chart, method_title, probe_chart, stacked
 from interpret.compare import CHART_METHODS, ModelCache, compare_methods, knob_methods, knob_settings
 from interpret.probes import probe_results
-from interpret.querylog import QueryLog, parse_since, read_results
+from interpret.querylog import QueryLog, holds_results, parse_since, read_results
 from interpret.render import attribution_caption, intro_markdown, message_html, results_html
 from interpret.report import export_report, summary_table
 from interpret.usage import precomputed_usage, usage_by_task
@@ -124,6 +124,7 @@ class DemoComponents:
     dev_chart: gr.Plot
     probe_chart: gr.Plot  # what each layer knows (a linear probe per layer), where the task has one committed
     dev_note: gr.HTML
+    log_task: gr.Dropdown  # the logged queries' task filter
     log_view: gr.Column  # holds the logged-queries chart and summary: hidden while there is nothing to show
     log_chart: gr.Plot
     log_summary: gr.Dataframe
@@ -368,6 +369,7 @@ class DemoHandlers:
             return self._no_logged_usage(message_html([str(error)], []))
         if not rows:
             filtered = task != ANY or method not in (None, ANY) or bool((since or "").strip())
+            filtered = filtered and holds_results(self.query_log.path)
             return self._no_logged_usage(
                 message_html([], ["no logged queries match these filters" if filtered else "no queries logged yet"])
             )
@@ -443,8 +445,9 @@ class DemoHandlers:
     # --- page load -------------------------------------------------------------------------
     def open_page(self, request: gr.Request) -> dict:
         """Links that show a result when the page opens: ``?example=N`` fills in example N (1-based) and runs it;
-        ``?usage=TASK`` opens the Layer usage tab with TASK's dev-set chart and the logged queries' usage. The log
-        status is refreshed either way; widgets no link asks for are left as they are."""
+        ``?usage=TASK`` opens the Layer usage tab with TASK's dev-set chart and the usage of its logged queries (the
+        task filter set to it; every task's for a task the demo does not serve). The log status is refreshed either
+        way; widgets no link asks for are left as they are."""
         ui = self.components
         rows = example_rows(self.models.tasks)
         params = request.query_params if request is not None else {}
@@ -462,13 +465,15 @@ class DemoHandlers:
             which = f"use 1 to {len(rows)}" if rows else "these tasks have none"
             answer[ui.message] = message_html([f"there is no example {wanted!r}: {which}"], [])
         if usage_task:
-            answer |= {ui.tabs: gr.Tabs(selected=USAGE_TAB)} | self.logged_layer_usage(ANY, ANY, "")
+            answer[ui.tabs] = gr.Tabs(selected=USAGE_TAB)
             try:
                 name = self.models.spec(usage_task).name
             except UserError as error:
                 answer |= {ui.dev_chart: None, ui.dev_note: message_html([str(error)], [])}
+                answer |= self.logged_layer_usage(ANY, ANY, "")
             else:
-                answer |= {ui.dev_task: name} | self.dev_layer_usage(name)
+                answer |= {ui.dev_task: name, ui.log_task: name} | self.dev_layer_usage(name)
+                answer |= self.logged_layer_usage(name, ANY, "")
         return answer
 
 
@@ -595,6 +600,7 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             dev_chart=dev_chart,
             probe_chart=probe_chart_plot,
             dev_note=dev_note,
+            log_task=log_task,
             log_view=log_view,
             log_chart=log_chart,
             log_summary=log_summary,
@@ -664,6 +670,7 @@ def build_demo(handlers: DemoHandlers) -> gr.Blocks:
             dev_chart,
             dev_note,
             probe_chart_plot,
+            log_task,
             *ui.logged_usage_outputs,
         ]
         demo.load(handlers.open_page, None, page_outputs, api_visibility="private", queue=False)

@@ -294,6 +294,21 @@ def parse_since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def holds_results(path: str | Path) -> bool:
+    """Whether the query log at ``path`` holds any result (False where it does not exist or cannot be read)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            return connection.execute("select exists(select 1 from results)").fetchone()[0] == 1
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+
+
 def read_results(
     path: str | Path, task: str | None = None, method: str | None = None, since: datetime | None = None
 ) -> list[dict]:

@@ -451,6 +451,10 @@ def test_opening_the_layer_usage_tab_shows_what_the_log_holds(handlers):
         assert f"{len(ALL_METHODS)} logged results" in opened[ui.log_note]
     filtered = handlers.logged_layer_usage("SST-2", "any", "")
     assert visible(filtered[ui.log_view]) is False and "no logged queries match these filters" in filtered[ui.log_note]
+    linked = page(handlers, usage="sst2")
+    assert linked[ui.log_task] == "SST-2", "a ?usage= link filters the logged queries to its task"
+    assert visible(linked[ui.log_view]) is False and "no logged queries match these filters" in linked[ui.log_note]
+    assert page(handlers, usage="MRPC")[ui.log_task] == "MRPC"
 
 
 def test_the_layer_usage_tab_asks_for_the_logged_usage_whenever_it_opens(handlers):

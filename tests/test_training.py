@@ -571,6 +571,25 @@ def test_dpbert_checkpoints_saved_before_integral_rate_control_record_it_as_off(
     assert load_checkpoint(folder).method.config.rate_bias_step == 0.0, "as it was trained: without it"
 
 
+def test_publish_takes_each_dpbert_target_rate_trained_by_rl_as_a_candidate_but_no_relaxed_step_or_ablation(
+    stage_one, tiny_backbone, tmp_path
+):
+    from training.publish import candidate_folders
+
+    run = tmp_path / "mrpc"
+    model = start("dpbert", "relaxed", tiny_backbone, stage_one)
+    for name, stage in [
+        ("dpbert", "rl"),
+        ("dpbert-t0.5", "rl"),
+        ("dpbert-relaxed", "relaxed"),
+        ("dpbert-relaxed-t0.5", "relaxed"),
+        ("dpbert-soft", "soft"),
+    ]:
+        model.config.training = {"stage": stage}
+        save_checkpoint(model, run / name)
+    assert [folder.name for folder in candidate_folders(run, "dpbert")] == ["dpbert", "dpbert-t0.5"]
+
+
 def test_publish_ships_full_as_int8_delta_and_methods_beside_it_with_points_chosen_on_validation(
     glue_dir, tiny_backbone, tmp_path, monkeypatch
 ):

@@ -6,8 +6,9 @@ table.
 For every task folder in --runs (runs/<task>/<method>): the full model is the reference. Each
 adaptive method is calibrated with ``training.calibration`` (its knob grid on the validation rows
 held out of train, the fastest point keeping ``training.targets.KEEP`` of the full model there) and the chosen point
-is reported on dev. A method whose trade-off is a training setting (``variants_are_operating_points``,
-DACT's tau) has every trained variant runs/<task>/<method>-* as a candidate. The sweeps go to
+is reported on dev. A method whose trade-off is also a training setting (``variants_are_operating_points``:
+DACT's tau, DPBERT's target skip rate) has every variant runs/<task>/<method>-* trained in a shipping stage as a
+candidate. The sweeps go to
 assets/results/, the table to assets/checkpoints/README.md.
 """
 
@@ -43,12 +44,21 @@ RESULTS_DIR = SHIPPED_DIR.parent / "results"
 def candidate_folders(run: Path, method: str) -> list[Path]:
     """The trained checkpoints of a method in a task's run folder.
 
-    Its variants too, where they are operating points.
+    Its variants too, where they are operating points, but only those trained in a stage that ships (not DPBERT's
+    relaxed step toward the rl stage, nor an ablation).
     """
     folders = [run / method]
     if METHODS[method].variants_are_operating_points:
         folders += sorted(run.glob(f"{method}-*"))
-    return [folder for folder in folders if (folder / CONFIG_FILE).is_file() and read_config(folder).method == method]
+    not_shipped = {stage.name for stage in METHODS[method].stages if not stage.ships}
+    candidates = []
+    for folder in folders:
+        if not (folder / CONFIG_FILE).is_file():
+            continue
+        config = read_config(folder)
+        if config.method == method and (config.training or {}).get("stage") not in not_shipped:
+            candidates.append(folder)
+    return candidates
 
 
 def ship(folder: Path, target: Path) -> None:

@@ -132,6 +132,7 @@ class Stage:
     trains_encoder: bool  # False: the encoder (and its adapters) stay frozen
     help: str
     training: dict = field(default_factory=dict)
+    ships: bool = True  # False: a step toward a later stage, or an ablation; its checkpoints are never shipped
 
 
 @dataclass(frozen=True)

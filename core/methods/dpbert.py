@@ -171,14 +171,22 @@ class DPBERT(Method):
     paper_claim = PaperClaim("98% of BERT-base's GLUE score at 1.34x speed-up", metric_pct_of_full=98.0, speedup=1.34)
     summary = "a planner before every layer runs or bypasses it (any subset of layers)"
     Config = DPBERTConfig
+    # the target skip rate t sets the trade-off as much as the threshold does: each trained t is a candidate
+    variants_are_operating_points = True
     stages = (
-        heads_stage("relaxed", "backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h"),
+        heads_stage(
+            "relaxed",
+            "backbone frozen; planners and head through the relaxed gate s*layer(h) + (1-s)*h",
+            ships=False,
+        ),
         joint_stage(
             "rl",
             "backbone and planners jointly: task loss on sampled paths plus REINFORCE for the planners",
             starts_from="previous",
         ),
-        joint_stage("soft", "ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL"),
+        joint_stage(
+            "soft", "ablation (paper Table 2): relaxed gates trained jointly with the backbone, no RL", ships=False
+        ),
     )
     layer_fields = (
         LayerField(

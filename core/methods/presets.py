@@ -12,11 +12,11 @@ LORA_JOINT = {"finetune": "lora", "lora_rank": 16, "warmup": 0.1, "epochs": 2.0,
 HEADS_ONLY = {"epochs": 2.0, "lr": 1e-3, "batch_size": 32}
 
 
-def joint_stage(name: str, help: str, starts_from: str = "full") -> Stage:
+def joint_stage(name: str, help: str, starts_from: str = "full", ships: bool = True) -> Stage:
     """A stage that trains the encoder (through LoRA adapters) together with the method's heads."""
-    return Stage(name, starts_from=starts_from, trains_encoder=True, help=help, training=LORA_JOINT)
+    return Stage(name, starts_from=starts_from, trains_encoder=True, help=help, training=LORA_JOINT, ships=ships)
 
 
-def heads_stage(name: str, help: str, starts_from: str = "full") -> Stage:
+def heads_stage(name: str, help: str, starts_from: str = "full", ships: bool = True) -> Stage:
     """A stage that freezes the encoder and trains only the method's heads."""
-    return Stage(name, starts_from=starts_from, trains_encoder=False, help=help, training=HEADS_ONLY)
+    return Stage(name, starts_from=starts_from, trains_encoder=False, help=help, training=HEADS_ONLY, ships=ships)
