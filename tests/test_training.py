@@ -911,3 +911,32 @@ def test_a_sweep_table_shows_every_compared_metric_and_the_no_layer_share(tmp_pa
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert list(table.columns[:7]) == ["task", "method", "threshold", "metric_name", "metric", "accuracy", "f1"]
     assert table["accuracy"].tolist() == [0.74, 0.70] and table["no_layer_share"].tolist() == [0.11, 0.11]
+
+
+def test_probe_scores_every_layer_both_ways_and_adds_a_checkpoint_to_an_earlier_table(
+    glue_dir, tiny_backbone, tmp_path, capsys
+):
+    from training import probe
+
+    run_training(
+        glue_dir, tiny_backbone, tmp_path / "full", "--method", "full", "--finetune", "full", "--max-steps", "1"
+    )
+    out = tmp_path / "probe"
+    common = ["--task", "MRPC", "--data-dir", str(glue_dir), "--out", str(out)]
+    assert probe.main([*common, "--backbone", "--backbone-name", tiny_backbone]) == 0
+    backbone_rows = pd.read_csv(out / "results.csv")
+    layers = load_checkpoint(tmp_path / "full").encoder.num_layers
+    assert set(backbone_rows["model"]) == {"backbone"} and len(backbone_rows) == 2 * (layers + 1), (
+        "both poolings, after the embeddings and after every layer"
+    )
+    assert backbone_rows["metric"].between(0, 1).all()
+    for _ in range(2):  # probing the same checkpoint again replaces its rows
+        assert probe.main([*common, "--checkpoints", str(tmp_path / "full"), "--add"]) == 0
+        both = pd.read_csv(out / "results.csv")
+        assert len(both) == 2 * len(backbone_rows) and both["model"].nunique() == 2
+        pd.testing.assert_frame_equal(both[both["model"] == "backbone"].reset_index(drop=True), backbone_rows)
+    assert probe.main([*common, "--checkpoints", str(tmp_path / "full")]) == 0
+    assert "backbone" not in set(pd.read_csv(out / "results.csv")["model"]), "without --add the table starts again"
+    missing = ["--task", "MRPC", "--data-dir", str(glue_dir), "--out", str(tmp_path / "nowhere")]
+    assert probe.main([*missing, "--checkpoints", str(tmp_path / "full"), "--add"]) == 2
+    assert "does not exist: leave out --add" in capsys.readouterr().err

@@ -111,6 +111,25 @@ def probe_rows(models: list[tuple[str, AdaptiveModel]], train, dev) -> list[dict
     return rows
 
 
+def earlier_rows(results: Path, probed: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an earlier probe's ``results.csv`` for the models not probed again, checked to be comparable."""
+    if not results.is_file():
+        raise UserError(
+            f"--add keeps the rows of {results.parent.name}/results.csv, which does not exist: leave out --add"
+        )
+    earlier = pd.read_csv(results)
+    if list(earlier.columns) != COLUMNS:
+        raise UserError(f"{results.parent.name}/results.csv is not a probe's table: leave out --add")
+    kept = earlier[~earlier["model"].isin(set(probed["model"]))]
+    settings = ["metric_name", "train_rows", "dev_rows"]
+    if not kept.empty and set(map(tuple, kept[settings].values)) != set(map(tuple, probed[settings].values)):
+        raise UserError(
+            f"{results.parent.name}/results.csv was probed with other rows or another metric "
+            f"({', '.join(settings)}): probe every model again without --add"
+        )
+    return kept
+
+
 @command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -128,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-limit", type=int, help="only the first N dev rows")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--out", required=True, help="folder for results.csv and the chart")
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the other models' rows of --out's results.csv (a probed model's earlier rows are replaced), so "
+        "one more checkpoint is probed without probing again those that were",
+    )
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.backbone:
         raise UserError("nothing to probe: give --checkpoints, --backbone or both")
@@ -145,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         dev = dev.select(range(min(args.dev_limit, len(dev))))
     frame = pd.DataFrame(probe_rows(models, train, dev), columns=COLUMNS)
     out = Path(args.out)
+    if args.add:
+        frame = pd.concat([earlier_rows(out / "results.csv", frame), frame], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(frame, out / "results.csv")
     chart = probe_chart(frame, models[0][1].config.task)
