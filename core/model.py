@@ -116,7 +116,7 @@ class AdaptiveModel(nn.Module):
 
     def fastest_precision(self) -> PrecisionChoice:
         """What ``with_precision("fastest")`` picks on this model's device, from the checkpoint's validation checks."""
-        return fastest_precision(self.config.operating_point, self.device)
+        return fastest_precision(self.config.operating_point, self.device, regression=self.config.labels is None)
 
     def with_precision(self, precision: str) -> AdaptiveModel:
         """This model at another precision (core/precision.py): a converted copy of encoder and method.

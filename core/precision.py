@@ -71,6 +71,10 @@ DESCRIPTIONS = {
 }
 
 
+# a score "agrees" with fp32's when they differ by at most this (STS-B's scale is 0-5); classes agree when equal
+REGRESSION_AGREEMENT = 0.1
+
+
 @dataclass(frozen=True)
 class PrecisionChoice:
     """What ``fastest`` picked for one checkpoint, and what its validation check said about it."""
@@ -78,12 +82,18 @@ class PrecisionChoice:
     precision: str
     agreement: float | None  # share of validation inputs answered as fp32 answers them (None: fp32 itself)
     recorded: bool  # False: the checkpoint records no validation check per precision, so fp32 was kept
+    regression: bool = False  # scores agree within REGRESSION_AGREEMENT, not exactly
 
     def describe(self) -> str:
         if not self.recorded:
             return f"{FP32} (no validation check per precision is recorded)"
         if self.agreement is None:
             return f"{self.precision} (no faster precision keeps the validation metric)"
+        if self.regression:
+            return (
+                f"{self.precision} (scores {100 * self.agreement:.1f}% of validation inputs within "
+                f"{REGRESSION_AGREEMENT:g} of {FP32}'s score)"
+            )
         return f"{self.precision} (answers {100 * self.agreement:.1f}% of validation inputs as {FP32} does)"
 
 
@@ -92,15 +102,18 @@ def faster_precisions(device: torch.device | str) -> tuple[str, ...]:
     return tuple(precision for precision in SPEED_ORDER.get(torch.device(device).type, ()) if precision != FP32)
 
 
-def fastest_precision(operating_point: dict, device: torch.device | str) -> PrecisionChoice:
-    """The first of ``faster_precisions`` whose recorded validation check keeps the operating point, else fp32."""
+def fastest_precision(operating_point: dict, device: torch.device | str, regression: bool = False) -> PrecisionChoice:
+    """The first of ``faster_precisions`` whose recorded validation check keeps the operating point, else fp32.
+
+    ``regression``: the model answers scores (the agreement is then within ``REGRESSION_AGREEMENT``).
+    """
     checks = operating_point.get("precisions") or {}
     if not checks:
-        return PrecisionChoice(FP32, None, recorded=False)
+        return PrecisionChoice(FP32, None, recorded=False, regression=regression)
     keeping = [precision for precision in faster_precisions(device) if checks.get(precision, {}).get("keeps")]
     if not keeping:
-        return PrecisionChoice(FP32, None, recorded=True)
-    return PrecisionChoice(keeping[0], checks[keeping[0]].get("agreement"), recorded=True)
+        return PrecisionChoice(FP32, None, recorded=True, regression=regression)
+    return PrecisionChoice(keeping[0], checks[keeping[0]].get("agreement"), recorded=True, regression=regression)
 
 
 def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> str:

@@ -256,6 +256,10 @@ def test_fastest_takes_the_first_precision_in_speed_order_whose_validation_check
     choice = fastest_precision({"precisions": checks}, "cpu")
     assert (choice.precision, choice.agreement, choice.recorded) == (INT8, 0.99, True)
     assert "99.0%" in choice.describe()
+    scores = fastest_precision({"precisions": checks}, "cpu", regression=True)
+    assert scores.precision == INT8 and "99.0% of validation inputs within 0.1 of fp32's score" in scores.describe(), (
+        "a score agrees within a tolerance, and the note says which"
+    )
     nothing_keeps = {name: check | {"keeps": False} for name, check in checks.items()}
     assert fastest_precision({"precisions": nothing_keeps}, "cpu").precision == FP32
     unrecorded = fastest_precision({}, "cpu")

@@ -19,7 +19,7 @@ project's ONNX Runtime runtime (``onnx-fp32``, ``onnx-int8``) beside ONNX Runtim
 export at the same precision. The dev metric of each point comes from
 training.evaluate on the whole dev set (ONNX Runtime: its own pass), and each point's agreement
 with the same point in fp32 (share of dev inputs with the same class; regression: a score within
-``training.metrics.REGRESSION_AGREEMENT``).
+``core.precision.REGRESSION_AGREEMENT``).
 
 Writes to --out (default assets/benchmarks/<task>/): results.csv (one row per method, precision and
 operating point, plus the papers' headline figures as rows marked quoted), results.md (tables,

@@ -6,6 +6,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from core.precision import REGRESSION_AGREEMENT
+
 MAIN_METRIC = {
     "SST-2": "accuracy",
     "RTE": "accuracy",
@@ -15,7 +17,6 @@ MAIN_METRIC = {
     "STS-B": "pearson",
     "CoLA": "matthews",
 }
-REGRESSION_AGREEMENT = 0.1  # two scores "agree" when they differ by at most this (STS-B's scale is 0-5)
 
 
 def main_metric(task: str, regression: bool) -> str:
