@@ -294,13 +294,18 @@ def parse_since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that can only read the log (a reader never creates or changes the file)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+
+
 def holds_results(path: str | Path) -> bool:
     """Whether the query log at ``path`` holds any result (False where it does not exist or cannot be read)."""
     path = Path(path)
     if not path.is_file():
         return False
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        connection = open_read_only(path)
         try:
             return connection.execute("select exists(select 1 from results)").fetchone()[0] == 1
         finally:
@@ -331,9 +336,7 @@ def read_results(
         "queries.id, results.id"
     )
     try:
-        db = sqlite_utils.Database(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        )
+        db = sqlite_utils.Database(open_read_only(path))
         try:
             rows = list(db.query(sql, params))
         finally:
